@@ -1,0 +1,288 @@
+"""Batched composition: the torch reference and the Triton kernel against the fp32 loop oracle.
+
+The CPU table (reference vs loop) runs everywhere. The kernel table needs CUDA and Triton and
+skips cleanly otherwise; with TRITON_INTERPRET=1 and Triton installed it also runs on CPU
+through Triton's interpreter (fp32/fp16 only: the interpreter mishandles bf16).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from compiler.compose import compose_delta, use_backend
+from compiler.compose.reference import compose_delta_loop, compose_delta_torch
+
+BATCHES = (1, 3, 7, 133)
+ATOMS = (0, 1, 8, 64)
+RANKS = (1, 2, 4, 16)
+PATTERNS = ("distinct", "shared", "zipf", "one_empty")
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if torch.cuda.is_available() and HAS_TRITON:
+    KDEV = "cuda"
+elif INTERPRET and HAS_TRITON:
+    KDEV = "cpu"
+else:
+    KDEV = None
+needs_kernel = pytest.mark.skipif(KDEV is None, reason="needs CUDA and Triton (or TRITON_INTERPRET=1)")
+
+# relative error bound per request, ||got - ref|| / ||ref||
+TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def make_case(bsz, K, R, pattern, T=3, d_in=24, d_out=20, seed=0):
+    """fp32 inputs: x (bsz, T, d_in), pool A (N, R, d_in), B (N, d_out, R), idx (bsz, K), w (bsz, K), unused slots."""
+    g = torch.Generator().manual_seed(seed)
+    if K == 0:
+        N = 4
+        idx = torch.empty(bsz, 0, dtype=torch.int64)
+    elif pattern == "distinct":
+        N = bsz * K + 2
+        idx = torch.randperm(N, generator=g)[: bsz * K].reshape(bsz, K)
+    elif pattern == "shared":
+        N = K + 2
+        idx = torch.randperm(N, generator=g)[:K].expand(bsz, K).clone()
+    elif pattern == "zipf":
+        N = max(2 * K, 16)
+        p = 1.0 / torch.arange(1, N + 1, dtype=torch.float64) ** 1.1
+        idx = torch.stack([torch.multinomial(p, K, replacement=False, generator=g) for _ in range(bsz)])
+        n_used = torch.randint(0, K + 1, (bsz,), generator=g)  # ragged: trailing padding
+        idx[torch.arange(K)[None, :] >= n_used[:, None]] = -1
+    elif pattern == "one_empty":
+        N = 2 * K + 2
+        idx = torch.randint(0, N - 2, (bsz, K), generator=g)  # repeats within a request allowed
+        idx[bsz // 2] = -1
+    else:
+        raise ValueError(pattern)
+    x = torch.randn(bsz, T, d_in, generator=g)
+    A = torch.randn(N, R, d_in, generator=g) / d_in**0.5
+    B = torch.randn(N, d_out, R, generator=g) / R**0.5
+    w = torch.rand(bsz, K, generator=g) + 0.25
+    w[idx < 0] = 1e3  # must be ignored
+    used = set(idx[idx >= 0].tolist())
+    unused = [s for s in range(N) if s not in used]
+    return x, A, B, idx, w, unused
+
+
+def table():
+    for bsz in BATCHES:
+        for K in ATOMS:
+            for R in RANKS:
+                for pattern in PATTERNS:
+                    if K == 0 and pattern != "distinct":
+                        continue  # no atoms: the pattern is meaningless
+                    yield pytest.param(bsz, K, R, pattern, id=f"b{bsz}-k{K}-r{R}-{pattern}")
+
+
+def rel_err_per_request(got, ref):
+    """max over requests of ||got_b - ref_b|| / ||ref_b||; requests whose ref is 0 must be exactly 0."""
+    got, ref = got.double(), ref.double()
+    diff = (got - ref).flatten(1).norm(dim=1)
+    scale = ref.flatten(1).norm(dim=1)
+    zero = scale == 0
+    assert torch.all(diff[zero] == 0), "a request without atoms got a nonzero delta"
+    return float((diff[~zero] / scale[~zero]).max()) if (~zero).any() else 0.0
+
+
+# ---- CPU: the torch reference against the loop (runs in CI) --------------------------------
+@pytest.mark.parametrize("bsz,K,R,pattern", list(table()))
+def test_torch_reference_matches_loop(bsz, K, R, pattern):
+    x, A, B, idx, w, _ = make_case(bsz, K, R, pattern, seed=bsz * 1000 + K * 10 + R)
+    ref = compose_delta_loop(x, A, B, idx, w)
+    got = compose_delta_torch(x, A, B, idx, w)
+    assert got.shape == ref.shape and got.dtype == x.dtype
+    assert rel_err_per_request(got, ref) < 1e-4
+
+
+def test_torch_reference_int32_idx():
+    x, A, B, idx, w, _ = make_case(5, 4, 2, "zipf")
+    ref = compose_delta_loop(x, A, B, idx, w)
+    assert rel_err_per_request(compose_delta_torch(x, A, B, idx.int(), w), ref) < 1e-4
+
+
+# ---- the Triton kernel ----------------------------------------------------------------------
+def kernel_dtypes():
+    dts = [torch.float32, torch.float16, torch.bfloat16]
+    if KDEV == "cpu":
+        dts.remove(torch.bfloat16)
+    return dts
+
+
+def to_dev(dtype, x, A, B, idx, w, unused=()):
+    """Cast to the kernel dtype on the kernel device; poison unused pool slots with NaN."""
+    A, B = A.clone(), B.clone()
+    if unused:
+        A[list(unused)] = float("nan")
+        B[list(unused)] = float("nan")
+    return (x.to(KDEV, dtype), A.to(KDEV, dtype), B.to(KDEV, dtype), idx.to(KDEV), w.to(KDEV))
+
+
+def oracle(x, A, B, idx, w):
+    return compose_delta_loop(x.cpu(), A.cpu(), B.cpu(), idx.cpu(), w.cpu())
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
+@pytest.mark.parametrize("bsz,K,R,pattern", list(table()))
+def test_triton_matches_loop(bsz, K, R, pattern, dtype):
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    T = 1 if (bsz + K) % 2 else 5
+    x, A, B, idx, w, unused = make_case(bsz, K, R, pattern, T=T, d_in=96, d_out=80, seed=bsz + K + R)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
+    ref = oracle(x, A, B, idx, w)
+    out = torch.full((bsz, T, 80), float("nan"), dtype=dtype, device=KDEV)  # poisoned
+    got = compose_delta_triton(x, A, B, idx, w, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.isfinite(got).all(), "an output element was not written (or a poisoned slot was read)"
+    assert rel_err_per_request(got.float().cpu(), ref) < TOL[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
+@pytest.mark.parametrize(
+    "bsz,T,K,R,d_in,d_out,split",
+    [
+        (3, 70, 8, 4, 96, 80, None),  # several token blocks
+        (2, 40, 64, 4, 96, 200, None),  # 256 stacked ranks: scratch path, two token blocks
+        (7, 1, 64, 16, 64, 48, None),  # 1024 stacked ranks (decode)
+        (3, 5, 8, 2, 100, 72, None),  # d_in, d_out not multiples of 16
+        (1, 1, 8, 2, 128, 1000, 3),  # forced d_out split with a ragged last share
+        (2, 17, 3, 4, 64, 300, 64),  # split larger than the number of d_out blocks
+    ],
+)
+def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype):
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    x, A, B, idx, w, unused = make_case(bsz, K, R, "zipf", T=T, d_in=d_in, d_out=d_out, seed=T + d_out)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
+    ref = oracle(x, A, B, idx, w)
+    out = torch.full((bsz, T, d_out), float("nan"), dtype=dtype, device=KDEV)
+    got = compose_delta_triton(x, A, B, idx, w, out=out, split=split)
+    assert torch.isfinite(got).all()
+    assert rel_err_per_request(got.float().cpu(), ref) < TOL[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
+@pytest.mark.parametrize("K,R", [(8, 2), (64, 4)])
+def test_triton_accumulates_into_out(K, R, dtype):
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    x, A, B, idx, w, unused = make_case(7, K, R, "one_empty", T=3, d_in=64, d_out=96, seed=5)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
+    y = torch.randn(7, 3, 96).to(KDEV, dtype)
+    out = y.clone()
+    compose_delta_triton(x, A, B, meta=ComposeMeta(idx, w, n_slots=A.shape[0]), out=out, accumulate=True)
+    ref = oracle(x, A, B, idx, w) + y.float().cpu()
+    assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
+
+
+@needs_kernel
+def test_triton_no_atoms_and_empty_batch():
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    x = torch.randn(3, 2, 32, device=KDEV)
+    A, B = torch.randn(4, 2, 32, device=KDEV), torch.randn(4, 16, 2, device=KDEV)
+    out = torch.full((3, 2, 16), float("nan"), device=KDEV)
+    got = compose_delta_triton(x, A, B, torch.empty(3, 0, dtype=torch.int64, device=KDEV),
+                               torch.empty(3, 0, device=KDEV), out=out)
+    assert torch.all(got == 0)
+    y = torch.randn(3, 2, 16, device=KDEV)
+    kept = compose_delta_triton(x, A, B, torch.full((3, 1), -1, device=KDEV), torch.ones(3, 1, device=KDEV),
+                                out=y.clone(), accumulate=True)
+    assert torch.equal(kept, y)
+    assert compose_delta_triton(x[:0], A, B, torch.zeros(0, 1, dtype=torch.int64, device=KDEV),
+                                torch.ones(0, 1, device=KDEV)).shape == (0, 2, 16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", [4, 1000, -2])
+def test_triton_rejects_out_of_range_before_launch(bad):
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    x = torch.randn(2, 1, 32, device=KDEV)
+    A, B = torch.randn(4, 2, 32, device=KDEV), torch.randn(4, 16, 2, device=KDEV)
+    idx = torch.tensor([[0, 1], [2, bad]], device=KDEV)
+    w = torch.ones(2, 2, device=KDEV)
+    out = torch.full((2, 1, 16), float("nan"), device=KDEV)
+    with pytest.raises(IndexError):
+        compose_delta_triton(x, A, B, idx, w, out=out)
+    assert torch.isnan(out).all(), "the kernel ran despite the bad index"
+    with pytest.raises(IndexError):
+        ComposeMeta(idx, w, n_slots=4)
+    if bad >= 4:
+        meta = ComposeMeta(idx, w)  # no pool size given: the range check happens at the call
+        with pytest.raises(IndexError):
+            compose_delta_triton(x, A, B, meta=meta, out=out)
+        assert torch.isnan(out).all()
+    with pytest.raises(IndexError):
+        with use_backend("triton"):
+            compose_delta(x, A, B, idx, w)
+
+
+@needs_kernel
+def test_triton_rejects_bad_inputs():
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    x = torch.randn(2, 1, 32, device=KDEV)
+    A, B = torch.randn(4, 2, 32, device=KDEV), torch.randn(4, 16, 2, device=KDEV)
+    idx, w = torch.zeros(2, 1, dtype=torch.int64, device=KDEV), torch.ones(2, 1, device=KDEV)
+    with pytest.raises(TypeError):
+        compose_delta_triton(x, A.half(), B.half(), idx, w)
+    with pytest.raises(ValueError):
+        compose_delta_triton(x, A.transpose(1, 2).contiguous().transpose(1, 2), B, idx, w)
+    with pytest.raises(ValueError):
+        compose_delta_triton(x, A, B, idx, w, out=torch.empty(2, 1, 15, device=KDEV))
+    with pytest.raises(TypeError):
+        compose_delta_triton(x, A, B, idx.float(), w)
+
+
+@needs_kernel
+def test_dispatcher_triton_backend_matches_loop():
+    x, A, B, idx, w, _ = make_case(7, 8, 2, "zipf", T=4, d_in=64, d_out=48)
+    x, A, B, idx, w = to_dev(torch.float32, x, A, B, idx, w)
+    with use_backend("triton"):
+        got = compose_delta(x, A, B, idx, w)
+    assert rel_err_per_request(got.cpu(), oracle(x, A, B, idx, w)) < TOL[torch.float32]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")
+def test_triton_under_cuda_graph_with_refilled_meta():
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    dtype = torch.bfloat16
+    x1, A, B, idx1, w1, _ = make_case(7, 8, 2, "zipf", T=1, d_in=128, d_out=96, seed=1)
+    x2, _, _, idx2, w2, _ = make_case(7, 8, 2, "zipf", T=1, d_in=128, d_out=96, seed=2)
+    N = max(A.shape[0], int(idx2.max()) + 1)
+    A = torch.randn(N, 2, 128) / 11
+    B = torch.randn(N, 96, 2)
+    x, A, B, idx, w = to_dev(dtype, x1, A, B, idx1, w1)
+    meta = ComposeMeta(idx, w, n_slots=N)
+    y = torch.randn(7, 1, 96, device="cuda", dtype=dtype)
+    out = torch.empty_like(y)
+
+    def step():
+        out.copy_(y)
+        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    x.copy_(x2.to("cuda", dtype))
+    meta.update_(idx2.to("cuda"), w2.to("cuda"), n_slots=N)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = oracle(x, A, B, idx2, w2) + y.float().cpu()
+    assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
