@@ -1,0 +1,38 @@
+"""Compile settings, validated once where they are declared."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class CompileConfig(BaseModel):
+    """How one atom becomes a micro-LoRA. Stored in the KB; all atoms of a KB share it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modules: list[str] = Field(default=["o_proj", "down_proj"], description="Projection names that get a delta")
+    layers: list[int] | None = Field(default=None, description="Layer indices that get deltas (None = all)")
+    rank: int = Field(default=2, ge=1, le=16, description="LoRA rank per atom")
+    scale: float = Field(default=2.0, gt=0, le=64, description="Multiplier on B (alpha / r)")
+    lr: float = Field(default=5e-3, gt=0, le=1.0, description="Adam learning rate")
+    max_steps: int = Field(default=24, ge=1, le=1000, description="Most optimiser steps per atom")
+    min_steps: int = Field(default=4, ge=0, le=1000, description="Fewest optimiser steps per atom")
+    target_prob: float = Field(default=0.6, gt=0, lt=1, description="An atom is done when every answer token has p >= this")
+    extra_steps: int = Field(default=2, ge=0, le=100, description="Steps after an atom first reaches target_prob")
+    questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
+    questions_per_step: int = Field(default=3, ge=1, le=64, description="Questions per atom in each step")
+    batch_atoms: int = Field(default=8, ge=1, le=4096, description="Atoms trained together in one batched step")
+    seed: int = Field(default=0, description="Random seed (initialisation and question sampling)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompileConfig":
+        bad = [m for m in self.modules if m not in PROJECTIONS]
+        if bad or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {PROJECTIONS}, got {self.modules}")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must be <= max_steps ({self.max_steps})")
+        if self.questions_per_step > self.questions:
+            raise ValueError(f"questions_per_step ({self.questions_per_step}) must be <= questions ({self.questions})")
+        return self

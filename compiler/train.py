@@ -1,0 +1,181 @@
+"""Batched compile: many atoms trained in one step, each example through its own atom's LoRA.
+
+The composition op (`compiler.compose`) with per-row atom indices is what makes one batch
+hold many atoms: row i of the batch uses slot idx[i] of the trainable pools. Atoms that
+reach the target stop updating (masked Adam) and leave the batch.
+This module must never modify the base model's weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from compiler.config import CompileConfig
+from compiler.lora import attach, module_shapes, target_names
+from doc2atom.prompts import answer_ids, prompt_ids
+
+
+@dataclass
+class AtomExample:
+    """What one atom is trained on: question prompts (token ids) and the answer (token ids)."""
+
+    prompts: list[list[int]]
+    answer: list[int]
+
+
+@dataclass
+class CompiledAtom:
+    """An atom's weights (module -> (A (r, d_in), B (d_out, r)), scale folded into B) and stats."""
+
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    stats: dict
+
+
+def make_examples(tok, texts: list[str], questions: list[list[str]]) -> list[AtomExample]:
+    return [AtomExample([prompt_ids(tok, q) for q in qs], answer_ids(tok, t)) for t, qs in zip(texts, questions)]
+
+
+class _MaskedAdam:
+    """Adam whose update touches only the rows (atoms) that are still training."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.b1, self.b2, self.eps = params, lr, betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor, t: torch.Tensor) -> None:
+        """active: (M,) bool; t: (M,) per-atom step count (after this step)."""
+        bc1 = (1 - self.b1 ** t.float()).clamp(min=1e-8)
+        bc2 = (1 - self.b2 ** t.float()).clamp(min=1e-8)
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            a = active.view(shape).to(p.dtype)
+            g = p.grad
+            m.mul_(1 - a * (1 - self.b1)).add_(a * (1 - self.b1) * g)
+            v.mul_(1 - a * (1 - self.b2)).add_(a * (1 - self.b2) * g * g)
+            upd = (m / bc1.view(shape)) / ((v / bc2.view(shape)).sqrt() + self.eps)
+            p.sub_(a * self.lr * upd)
+            p.grad = None
+
+
+def _batch(examples: list[AtomExample], rows: list[tuple[int, int]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, target positions, target ids, row of each target)."""
+    seqs, tgt_pos, tgt_ids, tgt_row = [], [], [], []
+    for r, (a, q) in enumerate(rows):
+        p, ans = examples[a].prompts[q], examples[a].answer
+        seq = p + ans
+        seqs.append(seq)
+        # logits at position j predict token j+1: answer token k sits at len(p)+k, predicted from len(p)+k-1
+        for k, tokid in enumerate(ans):
+            tgt_pos.append((r, len(p) + k - 1))
+            tgt_ids.append(tokid)
+            tgt_row.append(r)
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+    pos = torch.tensor(tgt_pos, dtype=torch.long)
+    return ids, mask, pos, torch.tensor(tgt_ids), torch.tensor(tgt_row)
+
+
+def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
+                  progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
+    """Train one micro-LoRA per example, `cfg.batch_atoms` at a time. Returns them in order."""
+    names = target_names(model, cfg.modules, cfg.layers)
+    if not names:
+        raise ValueError(f"no linear layers match modules={cfg.modules} layers={cfg.layers} in this base model")
+    state = attach(model, names)
+    shapes = module_shapes(model, names)
+    out: list[CompiledAtom] = []
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rnd = random.Random(cfg.seed)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    try:
+        for start in range(0, len(examples), cfg.batch_atoms):
+            chunk = examples[start:start + cfg.batch_atoms]
+            out.extend(_compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id))
+            if progress:
+                progress(len(chunk))
+    finally:
+        state.clear()
+        state.pools = {}
+    return out
+
+
+def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
+    t0 = time.perf_counter()
+    M, r = len(chunk), cfg.rank
+    params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in names:
+        d_in, d_out = shapes[name]
+        bound = 1.0 / math.sqrt(d_in)
+        A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).requires_grad_(True)
+        B = torch.zeros(M, d_out, r, requires_grad=True)
+        params[name] = (A, B)
+    flat = [t for ab in params.values() for t in ab]
+    opt = _MaskedAdam(flat, cfg.lr)
+    active = torch.ones(M, dtype=torch.bool)
+    steps = torch.zeros(M, dtype=torch.long)
+    reached = torch.full((M,), -1, dtype=torch.long)
+    last_p = torch.zeros(M)
+    last_loss = torch.zeros(M)
+    while bool(active.any()):
+        act = active.nonzero().flatten().tolist()
+        rows = []
+        for a in act:
+            qs = list(range(len(chunk[a].prompts)))
+            rnd.shuffle(qs)
+            rows += [(a, q) for q in qs[:cfg.questions_per_step]]
+        ids, mask, pos, tgt, trow = _batch(chunk, rows, pad_id)
+        row_atom = torch.tensor([a for a, _ in rows])
+        state.pools = {n: (A, B * cfg.scale) for n, (A, B) in params.items()}
+        state.set(row_atom[:, None], torch.ones(len(rows), 1))
+        with torch.enable_grad():
+            h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
+            logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
+            # each atom weighs the same whatever its answer length
+            tok_atom = row_atom[trow]
+            per_atom = torch.zeros(M).index_add(0, tok_atom, -logp)
+            counts = torch.zeros(M).index_add(0, tok_atom, torch.ones_like(logp))
+            loss = (per_atom[act] / counts[act]).sum()
+            loss.backward()
+        state.clear()
+        with torch.no_grad():
+            pmin = torch.ones(M).scatter_reduce(0, tok_atom, logp.exp(), reduce="amin", include_self=True)
+            last_p[act] = pmin[act]
+            last_loss[act] = (per_atom[act] / counts[act]).detach()
+        steps[act] += 1
+        opt.step(active, steps)
+        for a in act:
+            if reached[a] < 0 and last_p[a] >= cfg.target_prob and steps[a] >= cfg.min_steps:
+                reached[a] = steps[a]
+            done_extra = reached[a] >= 0 and steps[a] >= reached[a] + cfg.extra_steps
+            if done_extra or steps[a] >= cfg.max_steps:
+                active[a] = False
+    secs = (time.perf_counter() - t0) / M
+    res = []
+    with torch.no_grad():
+        for a in range(M):
+            w = {n: (A[a].detach().clone(), (B[a] * cfg.scale).detach().clone()) for n, (A, B) in params.items()}
+            res.append(CompiledAtom(w, {"steps": int(steps[a]), "min_answer_prob": round(float(last_p[a]), 4),
+                                        "loss": round(float(last_loss[a]), 4), "converged": bool(reached[a] >= 0),
+                                        "seconds": round(secs, 3)}))
+    return res
+
+
+def log(msg: str) -> None:
+    print(f"doc2atom: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,342 @@
+"""The knowledge base on disk: SQLite manifest + safetensors weight shards.
+
+Layout of a KB folder:
+  kb.sqlite            documents, atoms (with their key embeddings), meta (base model, settings)
+  shards/*.safetensors atom weights, many atoms per file, fp16; tensors `<module>.A` (n, r, d_in)
+                       and `<module>.B` (n, d_out, r); an atom is one row (its `offset`) of each
+  keys.faiss           the key index (owned by the router; rebuilt from the embeddings here
+                       whenever it disagrees with kb.sqlite)
+
+SQLite is the source of truth. A shard is written completely (temp name, fsync, rename)
+before the transaction that references it, so a crash at any point leaves either the old
+state or the new one; unreferenced shards are garbage and are removed by the next writer.
+This module must never import torch at module level, nor anything from compiler/router/serving.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from doc2atom import errors
+from doc2atom.readers import line_of
+from doc2atom.schemas import AtomDraft, AtomOut, Document, Source
+
+SCHEMA_VERSION = "1"
+SHARD_FORMAT = "doc2atom-shard/1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, path TEXT NOT NULL, title TEXT NOT NULL, sha256 TEXT NOT NULL,
+    text TEXT NOT NULL, status TEXT NOT NULL, n_atoms INTEGER NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS atoms (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    type TEXT NOT NULL, text TEXT NOT NULL, key TEXT NOT NULL,
+    start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+    shard TEXT NOT NULL, offset INTEGER NOT NULL,
+    stats TEXT NOT NULL, embedding BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS atoms_doc ON atoms(doc_id);
+CREATE INDEX IF NOT EXISTS atoms_shard ON atoms(shard);
+"""
+
+
+def atom_id(rowid: int) -> str:
+    return f"a{rowid}"
+
+
+def parse_atom_id(aid: str) -> int:
+    if not isinstance(aid, str) or not aid.startswith("a") or not aid[1:].isdigit():
+        raise errors.unknown_atom(str(aid))
+    return int(aid[1:])
+
+
+class KBStore:
+    """One knowledge-base folder. Open read-only for asking, or with `create=True` to ingest."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = False):
+        self.path = Path(path).expanduser().resolve()
+        db = self.path / "kb.sqlite"
+        if not db.exists():
+            if not create:
+                raise errors.no_kb(str(path))
+            if self.path.exists() and not self.path.is_dir():
+                raise errors.InputError(f"--kb {path}: exists and is not a folder.")
+            (self.path / "shards").mkdir(parents=True, exist_ok=True)
+        self.shards = self.path / "shards"
+        self.conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        with self.transaction():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            if self.get_meta("schema") is None:
+                self._set_meta("schema", SCHEMA_VERSION)
+        if self.get_meta("schema") != SCHEMA_VERSION:
+            raise errors.KBError(f"{self.path}: knowledge-base schema {self.get_meta('schema')} is not supported "
+                                 f"(this doc2atom reads {SCHEMA_VERSION}); re-ingest into a new --kb.")
+
+    # -- transactions and locking ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Exclusive writer lock across processes (ingest, forget)."""
+        with open(self.path / "kb.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._set_meta(key, value)
+
+    def bind_base(self, name: str, sha: str, settings: dict) -> None:
+        """Record the base model and compile settings on first use; refuse another base later."""
+        kb_sha = self.get_meta("base_sha256")
+        if kb_sha is None:
+            with self.transaction():
+                self._set_meta("base_name", name)
+                self._set_meta("base_sha256", sha)
+                self._set_meta("settings", json.dumps(settings, sort_keys=True))
+            return
+        self.check_base(name, sha)
+
+    def check_base(self, name: str, sha: str) -> None:
+        kb_sha = self.get_meta("base_sha256")
+        if kb_sha is not None and kb_sha != sha:
+            raise errors.base_mismatch(str(self.path), self.get_meta("base_name") or "?", kb_sha, name, sha)
+
+    def settings(self) -> dict:
+        s = self.get_meta("settings")
+        return json.loads(s) if s else {}
+
+    # -- documents ------------------------------------------------------------------------
+
+    def document(self, doc: str) -> dict | None:
+        """A document row by id or by path."""
+        row = self.conn.execute(
+            "SELECT id, path, title, sha256, text, status, n_atoms FROM documents WHERE id = ? OR path = ?",
+            (doc, doc)).fetchone()
+        if row is None and os.path.exists(doc):
+            row = self.conn.execute(
+                "SELECT id, path, title, sha256, text, status, n_atoms FROM documents WHERE path = ?",
+                (str(Path(doc).resolve()),)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "path", "title", "sha256", "text", "status", "n_atoms"), row))
+
+    def documents(self) -> list[dict]:
+        rows = self.conn.execute("SELECT id, path, title, sha256, n_atoms FROM documents ORDER BY path").fetchall()
+        return [dict(zip(("id", "path", "title", "sha256", "n_atoms"), r)) for r in rows]
+
+    def is_current(self, doc: Document) -> bool:
+        row = self.conn.execute("SELECT sha256 FROM documents WHERE id = ? AND status = 'ready'", (doc.id,)).fetchone()
+        return row is not None and row[0] == doc.sha256
+
+    # -- shards ---------------------------------------------------------------------------
+
+    def write_shard(self, tensors: dict[str, "object"], n: int) -> str:
+        """Write one shard atomically; returns its file name. tensors: name -> torch fp16 tensor with n rows."""
+        from safetensors.torch import save_file
+
+        name = f"{uuid.uuid4().hex}.safetensors"
+        tmp = self.shards / f".{name}.tmp"
+        modules = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": SHARD_FORMAT, "n": str(n), "modules": json.dumps(modules)})
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.shards / name)
+        return name
+
+    def gc_shards(self) -> int:
+        """Delete shard files no atom row references (left by a crash or a forget). Call under writer()."""
+        used = {r[0] for r in self.conn.execute("SELECT DISTINCT shard FROM atoms")}
+        n = 0
+        for f in self.shards.iterdir():
+            if f.name not in used and (f.suffix == ".safetensors" or f.name.endswith(".tmp")):
+                f.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def load_weights(self, ids: list[str]) -> dict[str, tuple["object", "object"]]:
+        """Stack the named atoms' weights: module -> (A (n, r, d_in), B (n, d_out, r)), fp32, in `ids` order."""
+        import torch
+        from safetensors import safe_open
+
+        rows = self._rows_by_ids(ids, "shard, offset")
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for pos, (shard, off) in enumerate(rows):
+            by_shard.setdefault(shard, []).append((pos, off))
+        out: dict[str, list] = {}
+        for shard, items in by_shard.items():
+            path = self.shards / shard
+            if not path.exists():
+                raise errors.bad_weights(str(path), "shard file missing")
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():
+                        sl = f.get_slice(key)
+                        for pos, off in items:
+                            t = sl[off:off + 1][0].float()
+                            if not torch.isfinite(t).all():
+                                raise errors.bad_weights(f"{path}[{key}][{off}]", "NaN or infinite values")
+                            out.setdefault(key, [None] * len(ids))[pos] = t
+            except errors.Doc2AtomError:
+                raise
+            except Exception as e:  # truncated or malformed file
+                raise errors.bad_weights(str(path), f"{type(e).__name__}: {e}") from None
+        modules = sorted({k.rsplit(".", 1)[0] for k in out})
+        return {m: (torch.stack(out[m + ".A"]), torch.stack(out[m + ".B"])) for m in modules}
+
+    # -- atoms ----------------------------------------------------------------------------
+
+    def commit_document(self, doc: Document, drafts: list[AtomDraft], shard: str | None,
+                        stats: list[dict], embeddings: np.ndarray) -> list[str]:
+        """Replace `doc` and its atoms in one transaction; returns the new atom ids."""
+        assert len(drafts) == len(stats) == len(embeddings)
+        with self.transaction():
+            self.conn.execute("DELETE FROM atoms WHERE doc_id = ?", (doc.id,))
+            self.conn.execute("DELETE FROM documents WHERE id = ?", (doc.id,))
+            self.conn.execute(
+                "INSERT INTO documents(id, path, title, sha256, text, status, n_atoms, created) "
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?)",
+                (doc.id, doc.path, doc.title, doc.sha256, doc.text, len(drafts), time.time()))
+            ids = []
+            for i, (d, st, emb) in enumerate(zip(drafts, stats, embeddings)):
+                cur = self.conn.execute(
+                    'INSERT INTO atoms(doc_id, type, text, key, start, "end", shard, offset, stats, embedding) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (doc.id, d.type, d.text, d.key, d.start, d.end, shard or "", i, json.dumps(st),
+                     np.asarray(emb, dtype=np.float32).tobytes()))
+                ids.append(atom_id(cur.lastrowid))
+        return ids
+
+    def forget(self, doc: str) -> dict:
+        row = self.document(doc)
+        if row is None:
+            raise errors.unknown_document(doc)
+        with self.transaction():
+            n = self.conn.execute("DELETE FROM atoms WHERE doc_id = ?", (row["id"],)).rowcount
+            self.conn.execute("DELETE FROM documents WHERE id = ?", (row["id"],))
+        return {"doc": row["id"], "path": row["path"], "atoms_removed": n}
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rowids int64 (n,), embeddings float32 (n, d)) of every atom, for rebuilding the key index."""
+        rows = self.conn.execute("SELECT rowid, embedding FROM atoms ORDER BY rowid").fetchall()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def rowids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.conn.execute("SELECT rowid FROM atoms ORDER BY rowid")], dtype=np.int64)
+
+    def count_atoms(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM atoms").fetchone()[0]
+
+    def _rows_by_ids(self, ids: list[str], cols: str) -> list[tuple]:
+        rowids = [parse_atom_id(a) for a in ids]
+        found = {}
+        for chunk in range(0, len(rowids), 500):
+            part = rowids[chunk:chunk + 500]
+            q = f"SELECT rowid, {cols} FROM atoms WHERE rowid IN ({','.join('?' * len(part))})"
+            for r in self.conn.execute(q, part):
+                found[r[0]] = r[1:]
+        missing = [a for a, r in zip(ids, rowids) if r not in found]
+        if missing:
+            raise errors.unknown_atom(missing[0])
+        return [found[r] for r in rowids]
+
+    _ATOM_COLS = 'a.rowid, a.type, a.text, a.key, a.start, a."end", a.stats, d.id, d.path, d.text'
+
+    def _atom_out(self, r: tuple, score: float | None = None, weight: float | None = None) -> AtomOut:
+        rowid, typ, text, _key, start, end, _stats, did, path, dtext = r
+        return AtomOut(id=atom_id(rowid), type=typ, score=score, weight=weight, text=text,
+                       source=Source(doc=did, path=path, start=start, end=end, line=line_of(dtext, start)))
+
+    def atoms_out(self, ids: list[str], scores: list[float] | None = None,
+                  weights: list[float] | None = None) -> list[AtomOut]:
+        rowids = [parse_atom_id(a) for a in ids]
+        q = (f"SELECT {self._ATOM_COLS} FROM atoms a JOIN documents d ON a.doc_id = d.id "
+             f"WHERE a.rowid IN ({','.join('?' * len(rowids))})")
+        found = {r[0]: r for r in self.conn.execute(q, rowids)} if rowids else {}
+        out = []
+        for i, (aid, rid) in enumerate(zip(ids, rowids)):
+            if rid not in found:
+                raise errors.unknown_atom(aid)
+            out.append(self._atom_out(found[rid], scores[i] if scores else None, weights[i] if weights else None))
+        return out
+
+    def atom_detail(self, aid: str) -> dict:
+        rid = parse_atom_id(aid)
+        q = f"SELECT {self._ATOM_COLS}, a.shard, a.offset FROM atoms a JOIN documents d ON a.doc_id = d.id WHERE a.rowid = ?"
+        r = self.conn.execute(q, (rid,)).fetchone()
+        if r is None:
+            raise errors.unknown_atom(aid)
+        out = self._atom_out(r[:10]).model_dump()
+        out.update(key=r[3], stats=json.loads(r[6]), shard=r[10], offset=r[11],
+                   source_text=r[9][r[4]:r[5]])
+        return out
+
+    def list_atoms(self, doc: str | None = None, type: str | None = None) -> list[AtomOut]:
+        q = f"SELECT {self._ATOM_COLS} FROM atoms a JOIN documents d ON a.doc_id = d.id"
+        cond, args = [], []
+        if doc is not None:
+            row = self.document(doc)
+            if row is None:
+                raise errors.unknown_document(doc)
+            cond.append("a.doc_id = ?")
+            args.append(row["id"])
+        if type is not None:
+            cond.append("a.type = ?")
+            args.append(type)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY a.rowid"
+        return [self._atom_out(r) for r in self.conn.execute(q, args)]
+
+    def atom_rowids_of_docs(self) -> dict[int, str]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT rowid, doc_id FROM atoms")}

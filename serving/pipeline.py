@@ -1,0 +1,346 @@
+"""The pipeline: ingest = read -> atomize -> compile -> index; ask = route -> compose -> generate.
+
+`KnowledgeBase` is the Python API (re-exported lazily as `doc2atom.KnowledgeBase`); the CLI
+and the HTTP server are thin layers over it. Every write to the KB goes through the store's
+transactions, so a crash at any point leaves the last consistent state.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler.config import CompileConfig
+from doc2atom import errors
+from doc2atom.readers import expand_paths, read_file
+from doc2atom.schemas import Answer, Document
+from doc2atom.store import KBStore, atom_id
+from router.select import RouterConfig, select
+
+MODES = ("atoms", "context", "hybrid", "base")
+REFUSAL = "I don't know: no knowledge atom in this knowledge base covers that question."
+
+
+def _log(msg: str) -> None:
+    print(f"doc2atom: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)  # paths of new or changed documents
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
+    atoms: int = 0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"added": self.added, "unchanged": self.unchanged,
+                "failed": [{"path": p, "error": m} for p, m in self.failed], "atoms": self.atoms,
+                "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2)}
+
+
+class KnowledgeBase:
+    """A knowledge base folder plus the models that serve it.
+
+    KnowledgeBase(path).ingest(paths) compiles documents into atoms; .ask(question, mode=...)
+    answers with them. Models load lazily, on first use.
+    """
+
+    def __init__(self, path: str | Path, base_model: str | None = None, create: bool = True,
+                 compile_config: CompileConfig | None = None, router_config: RouterConfig | None = None,
+                 progress: bool = True):
+        self.store = KBStore(path, create=create)
+        self.path = self.store.path
+        self.base_model_arg = base_model
+        self.progress = progress
+        saved = self.store.settings()
+        if saved and compile_config is not None and compile_config.model_dump() != saved.get("compile"):
+            _log("warning: this knowledge base was compiled with other settings; keeping the stored ones")
+        self.compile_config = CompileConfig(**saved["compile"]) if saved.get("compile") else (
+            compile_config or CompileConfig())
+        self.router_config = router_config or RouterConfig()
+        self._base = None
+        self._model = None
+        self._index = None
+        self._embedder = None
+        self._weights: OrderedDict[str, dict] = OrderedDict()
+        self._weights_cap = 4096
+        recorded = self.store.get_meta("base_name")
+        if recorded is not None:
+            self.base_info()  # refuses another base model early, before any work
+
+    # -- lazy components --------------------------------------------------------------------
+
+    def base_info(self):
+        if self._base is None:
+            from doc2atom.models import DEFAULT_BASE, resolve_base
+
+            arg = self.base_model_arg
+            recorded = self.store.get_meta("base_name")
+            if arg is None and recorded is not None and recorded != DEFAULT_BASE:
+                arg = recorded
+            info = resolve_base(arg)
+            self.store.check_base(info.name, info.sha256)
+            self._base = info
+        return self._base
+
+    def model(self):
+        if self._model is None:
+            from doc2atom.models import load_base
+
+            self._model = load_base(str(self.base_info().path))
+        return self._model
+
+    def embedder(self):
+        if self._embedder is None:
+            from router.embed import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def index(self):
+        if self._index is None:
+            from router.index import KeyIndex
+
+            self._index = KeyIndex.open(self.path, self.store, self.embedder().dim)
+        return self._index
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def ingest(self, paths: list[str], max_bytes: int | None = None) -> IngestReport:
+        """Ingest files or folders; unchanged documents are skipped, changed ones replaced."""
+        files = expand_paths([str(p) for p in paths])
+        if not files:
+            raise errors.InputError(f"no supported files under {', '.join(map(str, paths))}")
+        report = IngestReport()
+        docs: list[Document] = []
+        for f in files:
+            try:
+                kw = {"max_bytes": max_bytes} if max_bytes else {}
+                docs.extend(read_file(f, **kw))
+            except errors.InputError as e:
+                report.failed.append((str(f), e.message))
+                _log(f"skipped: {e.message}")
+        return self.ingest_documents(docs, report)
+
+    def ingest_documents(self, docs: list[Document], report: IngestReport | None = None) -> IngestReport:
+        report = report or IngestReport()
+        t0 = time.perf_counter()
+        with self.store.writer():
+            self.store.gc_shards()
+            todo = []
+            for d in docs:
+                if self.store.is_current(d):
+                    report.unchanged.append(d.path)
+                else:
+                    todo.append(d)
+            if todo:
+                self._ingest(todo, report)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _ingest(self, docs: list[Document], report: IngestReport) -> None:
+        from compiler.synth import questions as synth_questions
+        from compiler.train import compile_atoms, make_examples
+        from compiler.weights import pack
+        from doc2atom.atomizer import atomize_many
+        from doc2atom.models import load_spacy
+
+        info = self.base_info()
+        self.store.bind_base(info.name, info.sha256, {"compile": self.compile_config.model_dump()})
+        nlp = load_spacy()
+        model, tok = self.model()
+        cfg = self.compile_config
+        index = self.index()
+        drafts_per_doc = list(atomize_many(docs, nlp))
+        total = sum(len(d) for d in drafts_per_doc)
+        bar = _Progress(total, "compiling atoms", enabled=self.progress)
+        # Compile in groups of whole documents of about batch_atoms atoms; commit each document alone.
+        group: list[int] = []
+        for i in range(len(docs) + 1):
+            if i < len(docs):
+                group.append(i)
+                if sum(len(drafts_per_doc[j]) for j in group) < cfg.batch_atoms and i < len(docs) - 1:
+                    continue
+            if not group:
+                continue
+            drafts = [a for j in group for a in drafts_per_doc[j]]
+            tc = time.perf_counter()
+            qs = [synth_questions(a.text, nlp, cfg.questions) for a in drafts]
+            compiled = compile_atoms(model, tok, make_examples(tok, [a.text for a in drafts], qs), cfg,
+                                     progress=bar.update)
+            report.compile_seconds += time.perf_counter() - tc
+            embs = self.embedder()([a.key for a in drafts])
+            pos = 0
+            for j in group:
+                n = len(drafts_per_doc[j])
+                part = compiled[pos:pos + n]
+                shard = self.store.write_shard(pack(part), n) if n else None
+                stats = [dict(c.stats, questions=q) for c, q in zip(part, qs[pos:pos + n])]
+                old = [int(a.id[1:]) for a in self.store.list_atoms(doc=docs[j].id)] if self.store.document(
+                    docs[j].id) else []
+                ids = self.store.commit_document(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n])
+                index.remove(old)
+                import numpy as np
+
+                index.add(np.array([int(a[1:]) for a in ids], dtype=np.int64), embs[pos:pos + n])
+                index.save(self.path)
+                for a in old:
+                    self._weights.pop(atom_id(a), None)
+                report.added.append(docs[j].path)
+                report.atoms += n
+                pos += n
+            group = []
+        bar.close()
+        self.store.gc_shards()
+
+    # -- forget -----------------------------------------------------------------------------
+
+    def forget(self, doc: str) -> dict:
+        with self.store.writer():
+            row = self.store.document(doc)
+            if row is None:
+                raise errors.unknown_document(doc)
+            old = [int(a.id[1:]) for a in self.store.list_atoms(doc=row["id"])]
+            res = self.store.forget(row["id"])
+            index = self.index()
+            index.remove(old)
+            index.save(self.path)
+            for a in old:
+                self._weights.pop(atom_id(a), None)
+            self.store.gc_shards()
+        return res
+
+    # -- ask --------------------------------------------------------------------------------
+
+    def route(self, questions: list[str], top_k: int | None = None):
+        """Router decisions for a batch of questions (list of router.select.Route)."""
+        emb = self.embedder()(questions)
+        scores, ids = self.index().search(emb, self.router_config.candidates)
+        return [select(s, i, self.router_config, top_k) for s, i in zip(scores, ids)]
+
+    def _atom_weights(self, ids: list[str]) -> list[dict]:
+        missing = [a for a in dict.fromkeys(ids) if a not in self._weights]
+        if missing:
+            loaded = self.store.load_weights(missing)
+            for n, aid in enumerate(missing):
+                self._weights[aid] = {m: (A[n], B[n]) for m, (A, B) in loaded.items()}
+        for aid in ids:
+            self._weights.move_to_end(aid)
+        while len(self._weights) > self._weights_cap:
+            self._weights.popitem(last=False)
+        return [self._weights[a] for a in ids]
+
+    def ask(self, question: str, mode: str = "atoms", top_k: int | None = None,
+            max_new_tokens: int = 48) -> Answer:
+        return self.ask_many([question], mode=mode, top_k=top_k, max_new_tokens=max_new_tokens)[0]
+
+    def ask_many(self, questions: list[str], mode: str = "atoms", top_k: int | None = None,
+                 extra_atoms: list[list[str]] | None = None, max_new_tokens: int = 48,
+                 batch_size: int = 8) -> list[Answer]:
+        """Answer a batch of questions; extra_atoms[i] are composed in beside question i's routed atoms."""
+        if mode not in MODES:
+            raise errors.InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise errors.InputError("the question is empty; ask something.")
+        out: list[Answer] = []
+        for s in range(0, len(questions), batch_size):
+            chunk = questions[s:s + batch_size]
+            extra = extra_atoms[s:s + batch_size] if extra_atoms else None
+            out.extend(self._ask_batch(chunk, mode, top_k, extra, max_new_tokens))
+        return out
+
+    def _ask_batch(self, questions, mode, top_k, extra, max_new_tokens) -> list[Answer]:
+        from serving.generate import build_pool, generate
+
+        t0 = time.perf_counter()
+        n = len(questions)
+        timings = {}
+        if mode == "base":
+            routes = None
+        else:
+            routes = self.route(questions, top_k)
+        timings["route_ms"] = (time.perf_counter() - t0) * 1000
+        fired: list[list[str]] = []
+        for i in range(n):
+            ids = [atom_id(r) for r in routes[i].ids] if routes else []
+            if extra and extra[i]:
+                ids += [a for a in extra[i] if a not in ids]
+            fired.append(ids)
+        answerable = [i for i in range(n) if mode == "base" or not routes[i].refused]
+        t1 = time.perf_counter()
+        facts = slots = pool = weights = None
+        if answerable and mode in ("context", "hybrid"):
+            texts = {a.id: a.text for i in answerable for a in self.store.atoms_out(fired[i])}
+            facts = [[texts[a] for a in fired[i]] for i in answerable]
+        if answerable and mode in ("atoms", "hybrid"):
+            uniq = list(dict.fromkeys(a for i in answerable for a in fired[i]))
+            pool = build_pool(self._atom_weights(uniq))
+            slot_of = {a: k for k, a in enumerate(uniq)}
+            slots = [[slot_of[a] for a in fired[i]] for i in answerable]
+            weights = [self._weights_for(routes[i] if routes else None, fired[i]) for i in answerable]
+        timings["load_ms"] = (time.perf_counter() - t1) * 1000
+        t2 = time.perf_counter()
+        texts_out = {}
+        if answerable:
+            model, tok = self.model()
+            gen = generate(model, tok, [questions[i] for i in answerable], facts, pool, slots, weights,
+                           max_new_tokens=max_new_tokens)
+            texts_out = dict(zip(answerable, gen))
+        timings["generate_ms"] = (time.perf_counter() - t2) * 1000
+        timings["total_ms"] = (time.perf_counter() - t0) * 1000
+        answers = []
+        for i in range(n):
+            refused = i not in texts_out
+            atoms = []
+            if fired[i] and mode != "base":
+                r = routes[i]
+                score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)}
+                w = self._weights_for(r, fired[i])
+                atoms = self.store.atoms_out(fired[i], [score_of.get(a, 0.0) for a in fired[i]], w)
+            answers.append(Answer(answer=REFUSAL if refused else texts_out[i], refused=refused,
+                                  atoms=[] if refused else atoms,
+                                  timings_ms={k: round(v / max(1, n), 2) for k, v in timings.items()}))
+        return answers
+
+    @staticmethod
+    def _weights_for(route, fired: list[str]) -> list[float]:
+        if route is None:
+            return [1.0] * len(fired)
+        w_of = {atom_id(a): w for a, w in zip(route.ids, route.weights)}
+        return [w_of.get(a, 1.0) for a in fired]
+
+    # -- inspect ----------------------------------------------------------------------------
+
+    def atoms(self, doc: str | None = None, type: str | None = None):
+        return self.store.list_atoms(doc=doc, type=type)
+
+    def atom(self, aid: str) -> dict:
+        return self.store.atom_detail(aid)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class _Progress:
+    """A tqdm bar on stderr when enabled, else nothing."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"doc2atom: {desc}", unit="atom", file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from doc2atom import errors
+from doc2atom.readers import expand_paths, read_file
+
+
+def one(path):
+    docs = list(read_file(path))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_txt_keeps_text_exactly(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("Title line\n\nThe Korrin Bridge is long.\n", encoding="utf-8")
+    d = one(p)
+    assert d.text == p.read_text()
+    assert d.title == "Title line"
+
+
+def test_html_drops_scripts_and_navigation(tmp_path):
+    p = tmp_path / "a.html"
+    p.write_text("<html><head><title>T</title><script>var x = 'secret';</script></head><body>"
+                 "<nav>Home | About</nav><h1>Zarnic</h1><p>Zarnic acid boils at 143 degrees.</p></body></html>")
+    d = one(p)
+    assert "secret" not in d.text and "Home" not in d.text
+    assert "Zarnic acid boils at 143 degrees." in d.text
+    assert d.title == "T"
+
+
+def test_jsonl_one_document_per_line(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"id": "x", "text": "Alpha is a letter."}) + "\n\n" +
+                 json.dumps({"title": "B", "content": "Beta is a letter."}) + "\n")
+    docs = list(read_file(p))
+    assert [d.text for d in docs] == ["Alpha is a letter.", "Beta is a letter."]
+    assert docs[0].id != docs[1].id
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty"),
+    (b"   \n\n", "empty"),
+    (b"\x00\x01\x02binary", "binary"),
+    (b"caf\xe9 au lait", "UTF-8"),
+])
+def test_bad_files_get_clear_errors(tmp_path, content, match):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(content)
+    with pytest.raises(errors.InputError, match=match):
+        list(read_file(p))
+
+
+def test_huge_file_rejected_with_limit_in_message(tmp_path):
+    p = tmp_path / "big.txt"
+    p.write_text("x" * 2000)
+    with pytest.raises(errors.InputError, match="limit"):
+        list(read_file(p, max_bytes=1000))
+
+
+def test_unsupported_suffix_and_bad_jsonl(tmp_path):
+    p = tmp_path / "a.pdf"
+    p.write_text("hello")
+    with pytest.raises(errors.InputError, match="unsupported"):
+        list(read_file(p))
+    q = tmp_path / "b.jsonl"
+    q.write_text('{"text": "ok line."}\n{not json}\n')
+    with pytest.raises(errors.InputError, match=r"b.jsonl:2"):
+        list(read_file(q))
+
+
+def test_expand_paths_missing_and_folders(tmp_path):
+    with pytest.raises(errors.InputError, match="no such file"):
+        expand_paths([str(tmp_path / "nope")])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text("# A\n\nA is a thing.")
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")
+    assert [p.name for p in expand_paths([str(tmp_path / "d")])] == ["a.md"]
