@@ -10,12 +10,17 @@ small scratch buffer), so a decode step that calls it can be captured in a CUDA 
 
 Importing this module raises ImportError when Triton is missing; the dispatcher relies on it.
 
-Layout of one launch (grid = (Bsz * ceil(T / BLOCK_T), SPLIT)):
-  program (b, t-block, split) gathers the A rows of request b's atoms (K atoms x R pool rank
-  = S stacked rows, padding slots masked to zero), computes h = x_tile @ A_b^T scaled by w,
-  then for its share of d_out computes h @ B_b^T and stores (or accumulates) the tile.
-  SPLIT > 1 only when the batch is too small to fill the GPU (decode): each split program
-  repeats the shrink for its request (from L2) and handles 1/SPLIT of d_out.
+Two plans, one semantics (S = K atoms x R pool rank stacked rows per request):
+  fused  one launch, grid (Bsz * ceil(T / BLOCK_T), SPLIT): program (b, t-block, split)
+         gathers request b's A rows, computes h = w * x_tile A_b^T over all of d_in in
+         registers, then h B_b^T for its 1/SPLIT share of d_out. Cheapest to launch; its
+         serial loops make it latency-bound. Used for small eager calls (decode), where the
+         host's launch cost, not the GPU, sets the pace.
+  wide   two launches: shrink partials over (request, t-block, d_in slice, S chunk), then
+         expand over (request, t-block, d_out tile) summing the partials. Every program
+         does about one round of loads, so the GPU is filled and the step stays near its
+         memory bound. Used for large calls and whenever a CUDA graph is being captured
+         (launch cost is then paid once, at capture).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
 # Stacked ranks (K * R) up to this many stay in registers; above it, h goes through a
 # per-program scratch buffer in global memory (still one launch, no cross-program sync).
 _S_REGISTERS = 128
 _S_CHUNK = 64
+# Eager calls up to this many tokens take the one-launch fused plan (host launch cost rules there).
+_FUSED_MAX_TOKENS = 256
 
 
 class ComposeMeta:
@@ -104,14 +112,14 @@ def _pow2_at_most(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None):
+def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None, esize: int):
     """Tile sizes and grid for one call; pure function of the shapes, cached."""
     S = K * R
     block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
     single = S <= _S_REGISTERS
     block_s = _pow2_at_least(S, 16) if single else _S_CHUNK
-    # about 16 KB of operands per pipeline stage
-    block_d = min(256, max(64, _pow2_at_most(8192 // (block_t + block_s))))
+    # about 32 KB of operands per pipeline stage (x tile + gathered A rows)
+    block_d = min(512, max(64, _pow2_at_most((32768 // esize) // (block_t + block_s))))
     block_n = min(128, max(64, _pow2_at_most(8192 // (block_t + block_s))))
     n_tb = triton.cdiv(T, block_t)
     n_prog = bsz * n_tb
@@ -126,11 +134,11 @@ def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | 
 
 @triton.jit
 def _shrink_chunk(
-    x_rows, t_mask, a_ptr, idx_row, w_row, s0, S, d_in,
+    x_rows, t_mask, a_ptr, idx_row, w_row, s0, S, d_in, d_lo, d_hi,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """h (BLOCK_T, BLOCK_S) fp32 = w * x_tile @ A_rows^T for stacked rows s0 .. s0 + BLOCK_S."""
+    """h (BLOCK_T, BLOCK_S) fp32 = w * x_tile[:, d_lo:d_hi] @ A_rows[:, d_lo:d_hi]^T, rows s0 .. s0 + BLOCK_S."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
     s_mask = offs_s < S
     k = offs_s // R
@@ -140,9 +148,9 @@ def _shrink_chunk(
     wk = tl.load(w_row + k, mask=valid, other=0.0).to(tl.float32)
     a_rows = a_ptr + (tl.maximum(slot, 0).to(tl.int64) * R + j) * d_in
     acc = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
-    for d0 in range(0, d_in, BLOCK_D):
+    for d0 in range(d_lo, d_hi, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = offs_d < d_in
+        d_mask = offs_d < d_hi
         xt = tl.load(x_rows[:, None] + offs_d[None, :], mask=t_mask[:, None] & d_mask[None, :], other=0.0)
         at = tl.load(a_rows[:, None] + offs_d[None, :], mask=valid[:, None] & d_mask[None, :], other=0.0)
         acc = tl.dot(xt, tl.trans(at), acc, input_precision=PREC)
@@ -166,7 +174,7 @@ def _expand_tile(
     return tl.load(b_rows[:, None] + offs_n[None, :] * R, mask=valid[:, None] & n_mask[None, :], other=0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
 def _compose_kernel(
     x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, h_ptr,
     T, d_in, d_out, K,
@@ -195,7 +203,8 @@ def _compose_kernel(
     nb_hi = tl.minimum(nb_lo + per, n_nb)
 
     if SINGLE:
-        h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, 0, S, d_in, R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
+        h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, 0, S, d_in, 0, d_in,
+                          R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
         hq = h.to(x_ptr.dtype.element_ty)
         for nb in range(nb_lo, nb_hi):
             offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -213,7 +222,7 @@ def _compose_kernel(
         h_base = h_ptr + (pid * n_split + pid_n).to(tl.int64) * (n_chunks * BLOCK_T * BLOCK_S)
         tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
         for c in range(0, n_chunks):
-            h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, c * BLOCK_S, S, d_in,
+            h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, c * BLOCK_S, S, d_in, 0, d_in,
                               R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
             tl.store(h_base + c * (BLOCK_T * BLOCK_S) + tile, h)
         tl.debug_barrier()  # the scratch tiles are re-read by other threads of this program
@@ -232,8 +241,127 @@ def _compose_kernel(
             tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
+@triton.jit(do_not_specialize=["T", "K"])
+def _shrink_partial_kernel(
+    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr,
+    T, d_in, K, d_per,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT_D: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (Bsz * n_tb, SPLIT_D, n_sc): partial h of one d_in slice and one chunk of stacked rows
+    pid = tl.program_id(0)
+    sd = tl.program_id(1)
+    sc = tl.program_id(2)
+    n_sc = tl.num_programs(2)
+    n_tb = tl.cdiv(T, BLOCK_T)
+    b = pid // n_tb
+    tb = pid % n_tb
+    offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = offs_t < T
+    x_rows = x_ptr + (b * T + offs_t).to(tl.int64) * d_in
+    d_lo = sd * d_per
+    d_hi = tl.minimum(d_lo + d_per, d_in)
+    h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_ptr + b * K, w_ptr + b * K, sc * BLOCK_S, K * R, d_in, d_lo, d_hi,
+                      R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
+    # hp layout (pid, sc, sd, t, s): the expand reads the SPLIT_D partials of a chunk as one tile
+    base = hp_ptr + ((pid * n_sc + sc) * SPLIT_D + sd).to(tl.int64) * (BLOCK_T * BLOCK_S)
+    tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
+    tl.store(base + tile, h, mask=t_mask[:, None])
+
+
+@triton.jit(do_not_specialize=["T", "K"])
+def _expand_partial_kernel(
+    hp_ptr, b_ptr, idx_ptr, out_ptr,
+    T, d_out, K,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_D: tl.constexpr, ACCUMULATE: tl.constexpr, PREC: tl.constexpr,
+):
+    # grid (Bsz * n_tb, ceil(d_out / BLOCK_N)): one output tile, summing the shrink partials
+    pid = tl.program_id(0)
+    nb = tl.program_id(1)
+    n_tb = tl.cdiv(T, BLOCK_T)
+    b = pid // n_tb
+    tb = pid % n_tb
+    S = K * R
+    n_sc = tl.cdiv(S, BLOCK_S)
+    offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = offs_t < T
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_out
+    idx_row = idx_ptr + b * K
+    part = (tl.arange(0, SPLIT_D)[:, None, None] * (BLOCK_T * BLOCK_S)
+            + tl.arange(0, BLOCK_T)[None, :, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, None, :])
+    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    for sc in range(0, n_sc):
+        base = hp_ptr + ((pid * n_sc + sc) * SPLIT_D).to(tl.int64) * (BLOCK_T * BLOCK_S)
+        h = tl.sum(tl.load(base + part, mask=t_mask[None, :, None], other=0.0), axis=0)
+        bt = _expand_tile(b_ptr, idx_row, sc * BLOCK_S, S, offs_n, n_mask, d_out, R, BLOCK_S)
+        acc = tl.dot(h.to(b_ptr.dtype.element_ty), bt, acc, input_precision=PREC)
+    o_ptrs = out_ptr + (b * T + offs_t).to(tl.int64)[:, None] * d_out + offs_n[None, :]
+    o_mask = t_mask[:, None] & n_mask[None, :]
+    if ACCUMULATE:
+        acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_wide(bsz: int, T: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, esize: int):
+    """Tiles and grids of the two-pass plan; pure function of the shapes, cached."""
+    S = K * R
+    block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
+    block_s = min(64, _pow2_at_least(S, 16))
+    n_sc = triton.cdiv(S, block_s)
+    # ~16 KB per stage: several shrink programs share an SM
+    block_d = min(256, max(64, _pow2_at_most((16384 // esize) // (block_t + block_s))))
+    n_prog = bsz * triton.cdiv(T, block_t)
+    n_db = triton.cdiv(d_in, block_d)
+    # fill the GPU with shrink programs: ~4 per SM for decode-sized tiles, ~2 for big ones
+    want = triton.cdiv((4 if block_t == 16 else 2) * n_sm, n_prog * n_sc)
+    split_d = max(1, min(_pow2_at_most(max(1, want)), _pow2_at_most(n_db), 16))
+    # the expand holds all partials of a chunk at once: keep that tile at <= 4096 floats
+    split_d = max(1, min(split_d, _pow2_at_most(max(1, 4096 // (block_t * block_s)))))
+    d_per = triton.cdiv(n_db, split_d) * block_d
+    block_n = 128
+    warps_expand = 4 if block_t <= 32 else 8
+    return block_t, block_s, n_sc, block_d, split_d, d_per, block_n, warps_expand
+
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_FAST_LAUNCH = os.environ.get("DOC2ATOM_TRITON_FAST_LAUNCH", "1") == "1" and not _INTERPRET
+_compiled: dict = {}
+
+
+def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages: int, device_index: int) -> None:
+    """Launch `kernel`; after the first launch of a specialization, straight through its compiled launcher.
+
+    Triton's own per-call dispatch (binding, specialization, cache key) costs tens of
+    microseconds on a slow host, paid 224 times per decode step of an 8B model. The key here
+    is at least as fine as Triton's specialization (dtype and 16-byte alignment of every
+    tensor, exact value of every integer), so a hit runs exactly the kernel Triton would pick.
+    Set DOC2ATOM_TRITON_FAST_LAUNCH=0 to always go through Triton.
+    """
+    if not _FAST_LAUNCH or knobs.runtime.launch_enter_hook is not None:
+        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        return
+    key = (kernel, num_warps, num_stages, tuple(consts.values()),
+           tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args))
+    ck = _compiled.get(key)
+    if ck is None:
+        ck = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        usable = (hasattr(ck, "function") and hasattr(ck, "packed_metadata")
+                  and list(kernel.arg_names) == list(kernel.arg_names[: len(args)]) + list(consts))
+        if len(_compiled) > 8192:
+            _compiled.clear()
+        _compiled[key] = ck if usable else False
+        return
+    if ck is False:
+        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        return
+    stream = torch._C._cuda_getCurrentRawStream(device_index)
+    ck.run(grid[0], grid[1], grid[2], stream, ck.function, ck.packed_metadata, None, None,
+           knobs.runtime.launch_exit_hook, *args, *consts.values())
 
 
 def compose_delta_triton(
@@ -247,6 +375,8 @@ def compose_delta_triton(
     out: torch.Tensor | None = None,
     accumulate: bool = False,
     split: int | None = None,
+    tune: dict | None = None,
+    path: str = "auto",
 ) -> torch.Tensor:
     """Semantics: out[b, t] (+)= sum_k w[b, k] * B[idx[b, k]] @ (A[idx[b, k]] @ x[b, t]), idx < 0 adds 0.
 
@@ -262,7 +392,10 @@ def compose_delta_triton(
         out:  optional (Bsz, T, d_out) contiguous buffer in x's dtype, WRITTEN IN PLACE:
               every element is overwritten with the delta, or, with accumulate=True,
               out += delta (e.g. out = the base layer's output y).
-        split: override of the d_out split per request (benchmarks, tuning).
+        split, tune: overrides of the fused plan (benchmarks, tuning): the d_out split per
+              request; any of block_t, block_d, block_n, num_warps, num_stages.
+        path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto": wide for
+              more than 256 tokens or while a CUDA graph is being captured, else fused.
 
     Returns `out` (allocated as (Bsz, T, d_out) in x's dtype when not given). Everything is
     checked before the launch; no check reads device memory when `meta` is given.
@@ -328,22 +461,54 @@ def compose_delta_triton(
     idx = idx if idx.is_contiguous() else idx.contiguous()
     w = w if w.is_contiguous() else w.contiguous()
 
-    n_sm = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else 8
-    block_t, block_s, block_d, block_n, single, n_split, num_warps = _plan(bsz, T, K, R, d_out, n_sm, split)
+    dev_index = dev.index if dev.index is not None else (torch.cuda.current_device() if dev.type == "cuda" else 0)
+    if dev.type == "cuda" and dev_index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            if meta is not None:
+                return compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=accumulate, split=split,
+                                            tune=tune, path=path)
+            return compose_delta_triton(x, A, B, idx, w, out=out, accumulate=accumulate, split=split, tune=tune,
+                                        path=path)
+    if path == "auto":
+        big = bsz * T > _FUSED_MAX_TOKENS
+        path = "wide" if big or (dev.type == "cuda" and torch.cuda.is_current_stream_capturing()) else "fused"
+    elif path not in ("fused", "wide"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'wide', got {path!r}")
+    n_sm = _num_sms(dev_index) if dev.type == "cuda" else 8
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    if path == "wide":
+        block_t, block_s, n_sc, block_d, split_d, d_per, block_n, warps_e = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())
+        grid0 = bsz * triton.cdiv(T, block_t)
+        hp = torch.empty(grid0 * n_sc * split_d * block_t * block_s, dtype=torch.float32, device=dev)
+        _launch(_shrink_partial_kernel, (grid0, split_d, n_sc), (x, A, idx, w, hp, T, d_in, K, d_per),
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, SPLIT_D=split_d, PREC=prec),
+                4, 2, dev_index)
+        _launch(_expand_partial_kernel, (grid0, triton.cdiv(d_out, block_n)), (hp, B, idx, out, T, d_out, K),
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_N=block_n, SPLIT_D=split_d,
+                     ACCUMULATE=accumulate, PREC=prec),
+                warps_e, 2, dev_index)
+        return out
+
+    block_t, block_s, block_d, block_n, single, n_split, num_warps = _plan(bsz, T, K, R, d_out, n_sm, split, x.element_size())
+    num_stages = 3
+    if tune:
+        block_t = tune.get("block_t", block_t)
+        block_d = tune.get("block_d", block_d)
+        block_n = tune.get("block_n", block_n)
+        num_warps = tune.get("num_warps", num_warps)
+        num_stages = tune.get("num_stages", num_stages)
+        if split is None and "block_t" in tune:
+            n_split = max(1, min(n_sm // max(1, bsz * triton.cdiv(T, block_t)), triton.cdiv(d_out, block_n)))
     grid0 = bsz * triton.cdiv(T, block_t)
     if single:
         h = out  # unused by the kernel in this mode
     else:
         n_chunks = triton.cdiv(K * R, block_s)
         h = torch.empty(grid0 * n_split * n_chunks * block_t * block_s, dtype=torch.float32, device=dev)
-    prec = "ieee" if x.dtype == torch.float32 else "tf32"
-    _compose_kernel[(grid0, n_split)](
-        x, A, B, idx, w, out, h,
-        T, d_in, d_out, K,
-        R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_N=block_n,
-        SINGLE=single, ACCUMULATE=accumulate, PREC=prec,
-        num_warps=num_warps, num_stages=3,
-    )
+    _launch(_compose_kernel, (grid0, n_split), (x, A, B, idx, w, out, h, T, d_in, d_out, K),
+            dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_N=block_n,
+                 SINGLE=single, ACCUMULATE=accumulate, PREC=prec),
+            num_warps, num_stages, dev_index)
     return out
 
 

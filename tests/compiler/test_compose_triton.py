@@ -127,9 +127,10 @@ def oracle(x, A, B, idx, w):
 
 
 @needs_kernel
+@pytest.mark.parametrize("path", ["fused", "wide"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize("bsz,K,R,pattern", list(table()))
-def test_triton_matches_loop(bsz, K, R, pattern, dtype):
+def test_triton_matches_loop(bsz, K, R, pattern, dtype, path):
     from compiler.compose.triton_ops import compose_delta_triton
 
     T = 1 if (bsz + K) % 2 else 5
@@ -137,13 +138,14 @@ def test_triton_matches_loop(bsz, K, R, pattern, dtype):
     x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
     ref = oracle(x, A, B, idx, w)
     out = torch.full((bsz, T, 80), float("nan"), dtype=dtype, device=KDEV)  # poisoned
-    got = compose_delta_triton(x, A, B, idx, w, out=out)
+    got = compose_delta_triton(x, A, B, idx, w, out=out, path=path)
     assert got.data_ptr() == out.data_ptr()
     assert torch.isfinite(got).all(), "an output element was not written (or a poisoned slot was read)"
     assert rel_err_per_request(got.float().cpu(), ref) < TOL[dtype]
 
 
 @needs_kernel
+@pytest.mark.parametrize("path", ["fused", "wide"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize(
     "bsz,T,K,R,d_in,d_out,split",
@@ -154,31 +156,34 @@ def test_triton_matches_loop(bsz, K, R, pattern, dtype):
         (3, 5, 8, 2, 100, 72, None),  # d_in, d_out not multiples of 16
         (1, 1, 8, 2, 128, 1000, 3),  # forced d_out split with a ragged last share
         (2, 17, 3, 4, 64, 300, 64),  # split larger than the number of d_out blocks
+        (1, 1, 16, 4, 4096, 64, None),  # long d_in: many d_in slices in the wide plan
+        (133, 300, 2, 2, 64, 40, None),  # many tokens (auto picks wide)
     ],
 )
-def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype):
+def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype, path):
     from compiler.compose.triton_ops import compose_delta_triton
 
     x, A, B, idx, w, unused = make_case(bsz, K, R, "zipf", T=T, d_in=d_in, d_out=d_out, seed=T + d_out)
     x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
     ref = oracle(x, A, B, idx, w)
     out = torch.full((bsz, T, d_out), float("nan"), dtype=dtype, device=KDEV)
-    got = compose_delta_triton(x, A, B, idx, w, out=out, split=split)
+    got = compose_delta_triton(x, A, B, idx, w, out=out, split=split, path=path)
     assert torch.isfinite(got).all()
     assert rel_err_per_request(got.float().cpu(), ref) < TOL[dtype]
 
 
 @needs_kernel
+@pytest.mark.parametrize("path", ["fused", "wide"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize("K,R", [(8, 2), (64, 4)])
-def test_triton_accumulates_into_out(K, R, dtype):
+def test_triton_accumulates_into_out(K, R, dtype, path):
     from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
 
     x, A, B, idx, w, unused = make_case(7, K, R, "one_empty", T=3, d_in=64, d_out=96, seed=5)
     x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
     y = torch.randn(7, 3, 96).to(KDEV, dtype)
     out = y.clone()
-    compose_delta_triton(x, A, B, meta=ComposeMeta(idx, w, n_slots=A.shape[0]), out=out, accumulate=True)
+    compose_delta_triton(x, A, B, meta=ComposeMeta(idx, w, n_slots=A.shape[0]), out=out, accumulate=True, path=path)
     ref = oracle(x, A, B, idx, w) + y.float().cpu()
     assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
 
@@ -267,14 +272,14 @@ def test_triton_under_cuda_graph_with_refilled_meta():
     y = torch.randn(7, 1, 96, device="cuda", dtype=dtype)
     out = torch.empty_like(y)
 
-    def step():
+    def step(path="auto"):
         out.copy_(y)
-        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True)
+        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True, path=path)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        step()  # compile and warm up outside the capture
+        step("wide")  # compile and warm up outside the capture ("auto" picks wide while capturing)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

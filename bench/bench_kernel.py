@@ -1,0 +1,552 @@
+"""Benchmark of the batched composition kernel (issue 7): layer level and decode, eager and graphed.
+
+How to run (on a CUDA machine with triton, transformers and peft; one run, ~5 min on an H200):
+
+    PYTHONUNBUFFERED=1 python3 bench/bench_kernel.py --out bench/results/kernel_h200.json
+
+Options: --layers N (decoder layers of the Llama-8B-shaped model, default 32), --new-tokens,
+--prompt, --batches 32,128, --skip-peft, --time-budget SECONDS (optional parts are skipped
+past it). The JSON is rewritten after every section, so a run cut short keeps what it measured.
+
+What it measures:
+  1. ceilings: device-to-device copy bandwidth (bytes read + written).
+  2. layer level, d_in = d_out = 4096, 32 requests x T tokens, K atoms of rank r per request,
+     every request its own atoms (worst case for bytes): base GEMM, composed linear
+     (GEMM + kernel accumulating into its output), the delta alone, and the torch reference
+     (gather + bmm); the delta's HBM bound = (distinct atoms' A and B + x + delta) bytes over
+     the measured copy bandwidth. Timed with triton.testing.do_bench (median, L2 flushed).
+  3. decode: a Llama-8B-shaped model with random bf16 weights, static KV cache, greedy hand
+     loop (prompt, then timed single-token steps), all 7 projections of every layer wrapped by
+     compiler.lora.attach, atoms from serving.atom_pool.AtomPool. Variants: base; composed
+     through the current dispatcher (compose_delta, which checks slots with a host sync per
+     layer); composed with the proposed wiring (ComposeMeta validated once per step, kernel
+     accumulating into the base output: no sync, capturable); the torch reference both ways;
+     PEFT with one rank-K*r adapter per request (what add_weighted_adapter "cat" yields) in a
+     mixed batch. Then the same step captured in a CUDA graph where possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compiler.compose.reference import compose_delta_torch  # noqa: E402
+
+PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DT = torch.bfloat16
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --tiny smoke test only
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write)."""
+    src = torch.empty(2 * 1024**3 // 2, dtype=DT, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    ev[0].record()
+    n = 10
+    for _ in range(n):
+        dst.copy_(src)
+    ev[1].record()
+    torch.cuda.synchronize()
+    s = ev[0].elapsed_time(ev[1]) / 1e3 / n
+    bw = 2 * src.numel() * src.element_size() / s
+    del src, dst
+    torch.cuda.empty_cache()
+    return bw
+
+
+def bench_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def layer_level(res: dict, copy_bw: float) -> None:
+    import torch.nn.functional as F
+
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    bsz, d_in, d_out = 32, 4096, 4096
+    W = torch.randn(d_out, d_in, dtype=DT, device="cuda") / 64
+    rows = []
+    for T in (1, 32, 256):
+        x = torch.randn(bsz, T, d_in, dtype=DT, device="cuda")
+        t_base = bench_ms(lambda: F.linear(x, W))
+        for K in (1, 8, 32):
+            for r in (1, 2, 4):
+                N = bsz * K  # every request its own atoms
+                A = torch.randn(N, r, d_in, dtype=DT, device="cuda") / 64
+                B = torch.randn(N, d_out, r, dtype=DT, device="cuda") / 8
+                idx = torch.randperm(N, device="cuda").reshape(bsz, K)
+                w = torch.rand(bsz, K, device="cuda") + 0.5
+                meta = ComposeMeta(idx, w, n_slots=N)
+                buf = torch.empty(bsz, T, d_out, dtype=DT, device="cuda")
+
+                def composed():
+                    y = F.linear(x, W)
+                    compose_delta_triton(x, A, B, meta=meta, out=y, accumulate=True)
+
+                t_comp = bench_ms(composed)
+                t_fused = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path="fused"))
+                t_wide = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path="wide"))
+                t_delta = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf))
+                t_ref = bench_ms(lambda: compose_delta_torch(x, A, B, idx, w))
+                t_ref_comp = bench_ms(lambda: F.linear(x, W) + compose_delta_torch(x, A, B, idx, w))
+                byts = (A.numel() + B.numel() + x.numel() + buf.numel()) * 2
+                bound_ms = byts / copy_bw * 1e3
+                row = dict(T=T, K=K, r=r, tokens=bsz * T, base_gemm_ms=t_base, composed_ms=t_comp,
+                           composed_over_base=t_comp / t_base, delta_ms=t_delta, delta_bytes=byts,
+                           delta_hbm_bound_ms=bound_ms, delta_over_bound=t_delta / bound_ms,
+                           delta_achieved_GBps=byts / (t_delta / 1e3) / 1e9, delta_fused_ms=t_fused,
+                           delta_wide_ms=t_wide, wide_over_bound=t_wide / bound_ms,
+                           torch_ref_delta_ms=t_ref, torch_ref_composed_over_base=t_ref_comp / t_base)
+                rows.append(row)
+                log(f"layer T={T:3d} K={K:2d} r={r}: base {t_base*1e3:7.1f}us composed {t_comp*1e3:7.1f}us "
+                    f"({t_comp/t_base:5.2f}x) delta {t_delta*1e3:6.1f}us bound {bound_ms*1e3:6.1f}us "
+                    f"({t_delta/bound_ms:4.2f}x, {row['delta_achieved_GBps']:5.0f} GB/s) fused {t_fused*1e3:6.1f} "
+                    f"wide {t_wide*1e3:6.1f}us ({t_wide/bound_ms:4.2f}x) ref {t_ref*1e3:7.1f}us")
+                del A, B, buf
+    res["layer"] = dict(bsz=bsz, d_in=d_in, d_out=d_out, dtype="bfloat16", atoms="distinct per request",
+                        note="T = tokens per request; composed = base GEMM + kernel accumulating into its output "
+                             "(auto plan: fused for <= 256 tokens, else wide); delta_* = the kernel alone",
+                        rows=rows)
+
+    # host-side cost per call (what eager decode pays), decode shape
+    T, K, r = 1, 8, 2
+    N = bsz * K
+    x = torch.randn(bsz, T, d_in, dtype=DT, device="cuda")
+    A = torch.randn(N, r, d_in, dtype=DT, device="cuda")
+    B = torch.randn(N, d_out, r, dtype=DT, device="cuda")
+    meta = ComposeMeta(torch.randperm(N, device="cuda").reshape(bsz, K), None, n_slots=N)
+
+    def host_us(fn, n=2000):
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        return (t1 - t0) / n * 1e6
+
+    y = torch.empty(bsz, T, d_out, dtype=DT, device="cuda")
+    res["layer"]["host_us_per_call"] = {
+        "F.linear": host_us(lambda: F.linear(x, W)),
+        "triton_kernel_with_meta": host_us(lambda: compose_delta_triton(x, A, B, meta=meta, out=y, accumulate=True)),
+        "triton_kernel_with_meta_wide": host_us(
+            lambda: compose_delta_triton(x, A, B, meta=meta, out=y, accumulate=True, path="wide")),
+        "triton_kernel_checking_idx": host_us(lambda: compose_delta_triton(x, A, B, meta.idx, meta.w)),
+        "torch_reference": host_us(lambda: compose_delta_torch(x, A, B, meta.idx, meta.w)),
+    }
+    log("host us per call:", res["layer"]["host_us_per_call"])
+
+
+# ------------------------------------------------------------------------------------------
+def build_model(n_layers: int, tiny: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dims = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                vocab_size=128256)
+    if tiny:
+        dims = dict(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+                    vocab_size=256)
+    cfg = LlamaConfig(num_hidden_layers=n_layers, max_position_embeddings=8192, rope_theta=500000.0,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, attn_implementation="sdpa", **dims)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(DT)
+    try:
+        with torch.device(DEV):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model = model.to(DT).eval()
+    model.config.use_cache = True
+    return model
+
+
+def make_cache(model, bsz, length):
+    from transformers import StaticCache
+
+    try:
+        return StaticCache(config=model.config, max_cache_len=length)
+    except TypeError:
+        return StaticCache(config=model.config, max_batch_size=bsz, max_cache_len=length, device=DEV, dtype=DT)
+
+
+def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, **kw) -> dict:
+    """Greedy decode of n_new tokens after a prompt; returns tok/s and ms/step of the timed steps."""
+    L = prompt + n_new + 4
+    g = torch.Generator(device=DEV).manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV, generator=g)
+    cache = make_cache(model, bsz, L)
+    attn = torch.ones(bsz, L, dtype=torch.long, device=DEV)
+    if before_step:
+        before_step()
+    out = model(input_ids=ids, attention_mask=attn, past_key_values=cache,
+                cache_position=torch.arange(prompt, device=DEV), use_cache=True, logits_to_keep=1, **kw)
+    static_ids = out.logits[:, -1].argmax(-1, keepdim=True)
+    static_pos = torch.tensor([prompt], device=DEV)
+
+    def step():
+        if before_step:
+            before_step()
+        return model(input_ids=static_ids, attention_mask=attn, past_key_values=cache, cache_position=static_pos,
+                     use_cache=True, logits_to_keep=1, **kw).logits
+
+    if graphed:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_logits = step()
+
+        def run():
+            graph.replay()
+            return static_logits
+    else:
+        run = step
+        for _ in range(2):
+            run()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n_new):
+        logits = run()
+        static_ids.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        static_pos.add_(1)
+    sync()
+    dt = time.perf_counter() - t0
+    del cache
+    return {"tok_s": bsz * n_new / dt, "ms_per_step": dt / n_new * 1e3, "steps": n_new}
+
+
+class Wiring:
+    """Switches compiler.lora.AtomLinear.forward between the current dispatcher path and the proposed one."""
+
+    def __init__(self):
+        from compiler.lora import AtomLinear
+
+        self.cls = AtomLinear
+        self.original = AtomLinear.forward
+        self.meta = None
+
+    def dispatcher(self, backend: str):
+        from compiler.compose import set_backend
+
+        set_backend(backend)
+        self.cls.forward = self.original
+
+    def direct(self, kind: str, path: str = "auto"):
+        from compiler.compose.triton_ops import compose_delta_triton
+
+        wiring = self
+
+        def forward(mod, x):
+            y = mod.base(x)
+            st = mod.state
+            if st.idx is None or mod.name not in st.pools:
+                return y
+            A, B = st.pools[mod.name]
+            x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+            if kind == "triton":
+                compose_delta_triton(x3, A, B, meta=wiring.meta, out=y.view(x3.shape[0], x3.shape[1], -1),
+                                     accumulate=True, path=path)
+                return y
+            return y + compose_delta_torch(x3, A, B, wiring.meta.idx, wiring.meta.w).reshape(y.shape)
+
+        self.cls.forward = forward
+
+
+def unwrap(model, names):
+    from compiler.lora import AtomLinear
+
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        mod = getattr(parent, child)
+        if isinstance(mod, AtomLinear):
+            setattr(parent, child, mod.base)
+
+
+def decode_section(res: dict, args, t_start: float) -> None:
+    import transformers.masking_utils as mu
+
+    from compiler.compose.triton_ops import ComposeMeta
+    from compiler.lora import attach, module_shapes, target_names
+    from serving.atom_pool import AtomPool
+
+    # Always materialize the attention mask over the static cache: correct (unfilled cache slots
+    # masked) and identical in eager and graphed runs (HF skips it only when it may read the mask).
+    mu._ignore_causal_mask_sdpa = lambda *a, **k: False
+
+    K, r = args.atoms, args.rank
+    batches = [int(b) for b in args.batches.split(",")]
+    t0 = time.perf_counter()
+    model = build_model(args.layers, args.tiny)
+    sync()
+    names = target_names(model, PROJ, None)
+    shapes = module_shapes(model, names)
+    lin_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                    if n.endswith("proj.weight") or n.startswith("lm_head"))
+    atom_bytes_per_atom = sum(r * (d_in + d_out) * 2 for d_in, d_out in shapes.values())
+    dec = res["decode"] = dict(
+        model=f"Llama-8B shapes (hidden 4096, ffn 14336, 32 heads / 8 kv, vocab 128256), {args.layers} layers, "
+              "random bf16 weights", build_s=time.perf_counter() - t0, prompt=args.prompt, new_tokens=args.new_tokens,
+        atoms_per_request=K, rank=r, targets=len(names), modules=PROJ, timing="decode steps only (prefill excluded)",
+        attention="sdpa with explicit mask over the static cache", results={})
+    log(f"model built in {dec['build_s']:.1f}s, {len(names)} target linears")
+
+    n_atoms = max(batches) * K
+    t0 = time.perf_counter()
+    pool = AtomPool(shapes, rank=r, capacity=n_atoms, dtype=DT, device=DEV)
+    ids = [f"a{i}" for i in range(n_atoms)]
+    g = torch.Generator(device=DEV).manual_seed(1)
+    for name, (d_in, d_out) in shapes.items():
+        pool.add_many(ids, {name: (torch.randn(n_atoms, r, d_in, device=DEV, dtype=DT, generator=g) / 64,
+                                   torch.randn(n_atoms, d_out, r, device=DEV, dtype=DT, generator=g) / 8)})
+    sync()
+    dec["pool_fill_s"] = time.perf_counter() - t0
+    wiring = Wiring()
+
+    def record(key, fn):
+        try:
+            out = fn()
+            dec["results"][key] = out
+            log(f"decode {key}: {out['tok_s']:.0f} tok/s, {out['ms_per_step']:.2f} ms/step")
+        except Exception as e:  # record and go on: one failing variant must not lose the others
+            dec["results"][key] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            log(f"decode {key}: FAILED {type(e).__name__}: {e}")
+            traceback.print_exc()
+        save(res, args.out)
+
+    for bsz in batches:
+        # every request its own K distinct atoms; and a zipf-shared variant (64 popular atoms)
+        lists = [ids[b * K:(b + 1) * K] for b in range(bsz)]
+        idx_d, w_d = pool.slots(lists, [[1.0 / math.sqrt(K)] * K] * bsz)
+        zg = torch.Generator().manual_seed(bsz)
+        p = 1.0 / torch.arange(1, min(64, n_atoms) + 1, dtype=torch.float64) ** 1.1
+        zl = [[ids[i] for i in torch.multinomial(p, K, replacement=False, generator=zg).tolist()] for _ in range(bsz)]
+        idx_z, w_z = pool.slots(zl, [[1.0 / math.sqrt(K)] * K] * bsz)
+        n_dist = {"distinct": len({a for row in lists for a in row}), "zipf": len({a for row in zl for a in row})}
+        dec[f"bound_b{bsz}"] = {
+            kind: {"distinct_atoms": n, "linear_weight_bytes": lin_bytes, "atom_bytes": n * atom_bytes_per_atom,
+                   "hbm_bound_ratio": lin_bytes / (lin_bytes + n * atom_bytes_per_atom)}
+            for kind, n in n_dist.items()}
+
+        unwrap(model, names)
+        record(f"b{bsz}_base_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        record(f"b{bsz}_base_graphed", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        state = attach(model, names)
+        state.pools = pool.pools()
+        state.set(idx_d, w_d)
+        wiring.meta = ComposeMeta(idx_d, w_d, n_slots=pool.capacity)
+
+        wiring.dispatcher("triton")
+        record(f"b{bsz}_triton_dispatcher_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        wiring.direct("triton")  # auto: fused for decode-sized eager calls
+        record(f"b{bsz}_triton_meta_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        wiring.direct("triton", "wide")
+        record(f"b{bsz}_triton_meta_eager_wide", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        # under capture auto picks wide; forced here so that the warm-up compiles the same kernels
+        record(f"b{bsz}_triton_meta_graphed", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        wiring.direct("triton", "fused")
+        record(f"b{bsz}_triton_meta_graphed_fused",
+               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        wiring.dispatcher("torch")
+        record(f"b{bsz}_torch_dispatcher_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        wiring.direct("torch")
+        record(f"b{bsz}_torch_meta_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        record(f"b{bsz}_torch_meta_graphed", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        # zipf-shared atoms
+        state.set(idx_z, w_z)
+        wiring.meta = ComposeMeta(idx_z, w_z, n_slots=pool.capacity)
+        wiring.direct("triton")
+        record(f"b{bsz}_triton_meta_eager_zipf", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        wiring.direct("triton", "wide")
+        record(f"b{bsz}_triton_meta_graphed_zipf",
+               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        state.clear()
+        wiring.dispatcher("auto")
+
+    def ratio(a, b):
+        ra, rb = dec["results"].get(a, {}), dec["results"].get(b, {})
+        return ra["tok_s"] / rb["tok_s"] if "tok_s" in ra and "tok_s" in rb else None
+
+    for bsz in batches:
+        dec[f"ratios_b{bsz}"] = {
+            "triton_meta_eager": ratio(f"b{bsz}_triton_meta_eager", f"b{bsz}_base_eager"),
+            "triton_meta_eager_wide": ratio(f"b{bsz}_triton_meta_eager_wide", f"b{bsz}_base_eager"),
+            "triton_meta_graphed_fused": ratio(f"b{bsz}_triton_meta_graphed_fused", f"b{bsz}_base_graphed"),
+            "triton_dispatcher_eager": ratio(f"b{bsz}_triton_dispatcher_eager", f"b{bsz}_base_eager"),
+            "torch_dispatcher_eager": ratio(f"b{bsz}_torch_dispatcher_eager", f"b{bsz}_base_eager"),
+            "torch_meta_eager": ratio(f"b{bsz}_torch_meta_eager", f"b{bsz}_base_eager"),
+            "triton_meta_graphed": ratio(f"b{bsz}_triton_meta_graphed", f"b{bsz}_base_graphed"),
+            "torch_meta_graphed": ratio(f"b{bsz}_torch_meta_graphed", f"b{bsz}_base_graphed"),
+            "triton_meta_eager_zipf": ratio(f"b{bsz}_triton_meta_eager_zipf", f"b{bsz}_base_eager"),
+            "triton_meta_graphed_zipf": ratio(f"b{bsz}_triton_meta_graphed_zipf", f"b{bsz}_base_graphed"),
+        }
+    res["decode_ratio_composed_over_base"] = dec.get("ratios_b32", {}).get("triton_meta_eager")
+    res["decode_ratio_composed_over_base_graphed"] = dec.get("ratios_b32", {}).get("triton_meta_graphed")
+    save(res, args.out)
+
+    unwrap(model, names)
+    del pool, state
+    torch.cuda.empty_cache()
+    if not args.skip_peft:
+        peft_section(res, model, batches, args, t_start)
+
+
+def peft_section(res, model, batches, args, t_start):
+    batches = [int(b) for b in args.peft_batches.split(",")]
+    from peft import LoraConfig, get_peft_model
+
+    K, r = args.atoms, args.rank
+    dec = res["decode"]
+    pe = dec["peft"] = {"how": f"one rank-{K * r} adapter per request (the shape add_weighted_adapter 'cat' of "
+                               f"{K} rank-{r} adapters gives), mixed batch via adapter_names, eager only",
+                        "new_tokens": args.peft_new_tokens}
+    cfg = LoraConfig(r=K * r, lora_alpha=K * r, lora_dropout=0.0, target_modules=PROJ)
+    t0 = time.perf_counter()
+    pm = get_peft_model(model, cfg, adapter_name="req0")
+    made = 1
+    for bsz in batches:
+        if time.perf_counter() - t_start > args.time_budget:
+            pe[f"b{bsz}"] = {"skipped": "time budget"}
+            continue
+        try:
+            while made < bsz:
+                pm.add_adapter(f"req{made}", cfg)
+                made += 1
+            sync()
+            pe["adapter_create_s_each"] = (time.perf_counter() - t0) / made
+            pm.eval()
+            names = [f"req{i}" for i in range(bsz)]
+            out = decode(pm, bsz, args.prompt, args.peft_new_tokens, adapter_names=names)
+            pe[f"b{bsz}"] = out
+            base = dec["results"].get(f"b{bsz}_base_eager", {}).get("tok_s")
+            if base:
+                dec.setdefault(f"ratios_b{bsz}", {})["peft_eager"] = out["tok_s"] / base
+            log(f"decode b{bsz}_peft: {out['tok_s']:.1f} tok/s")
+        except Exception as e:
+            pe[f"b{bsz}"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            traceback.print_exc()
+        save(res, args.out)
+    # per-request composition cost: K rank-r adapters merged by add_weighted_adapter("cat")
+    if time.perf_counter() - t_start < args.time_budget + 60:
+        try:
+            small = LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=PROJ)
+            parts = [f"atom{i}" for i in range(K)]
+            for p in parts:
+                pm.add_adapter(p, small)
+            sync()
+            t0 = time.perf_counter()
+            pm.add_weighted_adapter(parts, [1.0] * K, "composed_req", combination_type="cat")
+            sync()
+            pe["add_weighted_adapter_cat_s_per_request"] = time.perf_counter() - t0
+            log(f"peft add_weighted_adapter cat: {pe['add_weighted_adapter_cat_s_per_request']:.2f} s")
+        except Exception as e:
+            pe["add_weighted_adapter_error"] = f"{type(e).__name__}: {e}"[:500]
+            traceback.print_exc()
+    save(res, args.out)
+
+
+# ------------------------------------------------------------------------------------------
+def save(res: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(res, indent=1, default=str) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "bench/results/kernel_h200.json"))
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--peft-new-tokens", type=int, default=3)
+    ap.add_argument("--batches", default="32,128")
+    ap.add_argument("--peft-batches", default="32",
+                    help="PEFT builds one adapter per request at ~1 s each on an H200: 128 costs minutes")
+    ap.add_argument("--atoms", type=int, default=8)
+    ap.add_argument("--rank", type=int, default=2)
+    ap.add_argument("--skip-layer", action="store_true")
+    ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--time-budget", type=float, default=420.0)
+    ap.add_argument("--tiny", action="store_true", help="tiny model (smoke test of the plumbing, CPU ok)")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+
+    import triton
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    props = torch.cuda.get_device_properties(0) if DEV == "cuda" else None
+    res: dict = {
+        "bench": "batched low-rank composition kernel (issue 7)",
+        "machine": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+        "gpu": props.name if props else None, "sm_count": props.multi_processor_count if props else None,
+        "gpu_mem_gib": props.total_memory / 2**30 if props else None,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+        "transformers": transformers.__version__, "peft": peft_version,
+        "settings": vars(args), "decode_ratio_composed_over_base": None,
+        "decode_ratio_composed_over_base_graphed": None,
+        "targets": {"eager_ratio": 0.95, "graphed_ratio": 0.90, "delta_over_hbm_bound_at_T256": 1.5},
+    }
+    try:
+        if DEV == "cuda":
+            bw = copy_bandwidth()
+            res["copy_bandwidth_GBps"] = bw / 1e9
+            log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
+            save(res, args.out)
+        if not args.skip_layer and DEV == "cuda":
+            with torch.no_grad():
+                layer_level(res, bw)
+            save(res, args.out)
+        if not args.skip_decode:
+            with torch.no_grad():
+                decode_section(res, args, t_start)
+    except Exception as e:
+        res.setdefault("errors", []).append(traceback.format_exc()[-3000:])
+        log(f"FAILED: {e}")
+        traceback.print_exc()
+    res["wall_s"] = time.perf_counter() - t_start
+    save(res, args.out)
+    log(json.dumps({k: res.get(k) for k in ("decode_ratio_composed_over_base",
+                                            "decode_ratio_composed_over_base_graphed", "wall_s")}))
+
+
+if __name__ == "__main__":
+    main()
