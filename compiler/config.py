@@ -24,6 +24,8 @@ class CompileConfig(BaseModel):
     questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
     questions_per_step: int = Field(default=3, ge=1, le=64, description="Questions per atom in each step")
     batch_atoms: int = Field(default=8, ge=1, le=4096, description="Atoms trained together in one batched step")
+    max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
+                                     description="Padded tokens per forward pass; bounds compile memory")
     seed: int = Field(default=0, description="Random seed (initialisation and question sampling)")
 
     @model_validator(mode="after")

@@ -91,6 +91,21 @@ def _batch(examples: list[AtomExample], rows: list[tuple[int, int]], pad_id: int
     return ids, mask, pos, torch.tensor(tgt_ids), torch.tensor(tgt_row)
 
 
+def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_tokens: int):
+    """Split a step's rows so that no forward pass holds more than max_tokens (padded) tokens."""
+    out, cur, longest = [], [], 0
+    for a, q in rows:
+        n = len(chunk[a].prompts[q]) + len(chunk[a].answer)
+        if cur and max(longest, n) * (len(cur) + 1) > max_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append((a, q))
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
                   progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
     """Train one micro-LoRA per example, `cfg.batch_atoms` at a time. Returns them in order."""
@@ -139,25 +154,31 @@ def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) ->
             qs = list(range(len(chunk[a].prompts)))
             rnd.shuffle(qs)
             rows += [(a, q) for q in qs[:cfg.questions_per_step]]
-        ids, mask, pos, tgt, trow = _batch(chunk, rows, pad_id)
-        row_atom = torch.tensor([a for a, _ in rows])
-        state.pools = {n: (A, B * cfg.scale) for n, (A, B) in params.items()}
-        state.set(row_atom[:, None], torch.ones(len(rows), 1))
-        with torch.enable_grad():
-            h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
-            logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
-            # each atom weighs the same whatever its answer length
-            tok_atom = row_atom[trow]
-            per_atom = torch.zeros(M).index_add(0, tok_atom, -logp)
-            counts = torch.zeros(M).index_add(0, tok_atom, torch.ones_like(logp))
-            loss = (per_atom[act] / counts[act]).sum()
-            loss.backward()
+        per_atom = torch.zeros(M)
+        pmin = torch.ones(M)
+        counts = torch.zeros(M)
+        for a, q in rows:
+            counts[a] += len(chunk[a].answer)
+        for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
+            ids, mask, pos, tgt, trow = _batch(chunk, mb, pad_id)
+            row_atom = torch.tensor([a for a, _ in mb])
+            state.set(row_atom[:, None], torch.ones(len(mb), 1))
+            with torch.enable_grad():
+                state.pools = {n: (A, B * cfg.scale) for n, (A, B) in params.items()}
+                h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
+                logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
+                tok_atom = row_atom[trow]
+                # mean over each atom's answer tokens in this step, so each atom weighs the same
+                loss = (-logp / counts[tok_atom]).sum()
+                loss.backward()
+            with torch.no_grad():
+                per_atom.index_add_(0, tok_atom, -logp.detach())
+                pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
         state.clear()
         with torch.no_grad():
-            pmin = torch.ones(M).scatter_reduce(0, tok_atom, logp.exp(), reduce="amin", include_self=True)
             last_p[act] = pmin[act]
-            last_loss[act] = (per_atom[act] / counts[act]).detach()
+            last_loss[act] = per_atom[act] / counts[act]
         steps[act] += 1
         opt.step(active, steps)
         for a in act:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(default=2, ge=1, le=64, description="Most atoms composed for one question")
+    top_k: int = Field(default=1, ge=1, le=64, description="Most atoms composed for one question")
     candidates: int = Field(default=16, ge=1, le=1024, description="Atoms fetched from the index before selection")
-    threshold: float = Field(default=0.40, ge=-1.0, le=1.0, description="Refuse when the best key score is below this")
+    threshold: float = Field(default=0.45, ge=-1.0, le=1.0, description="Refuse when the best key score is below this")
     margin: float = Field(default=0.08, ge=0.0, le=2.0, description="Keep atoms scoring within this of the best")
 
 

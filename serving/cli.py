@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="atomize, compile and index files or folders (txt, md, html, jsonl)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--max-bytes", type=int, default=None, help="per-file size limit in bytes (default 20 MB)")
+    p.add_argument("--compile-config", default=None, metavar="JSON",
+                   help="compile settings for a new knowledge base, as JSON text or a .json file "
+                        "(fields of compiler.config.CompileConfig)")
     _kb_arg(p)
     _json_arg(p)
 
@@ -80,11 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _compile_config(spec: str | None):
+    if not spec:
+        return None
+    from pydantic import ValidationError
+
+    from compiler.config import CompileConfig
+
+    text = Path(spec).read_text() if spec.endswith(".json") and Path(spec).exists() else spec
+    try:
+        return CompileConfig(**json.loads(text))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise errors.InputError(f"--compile-config: not a JSON object ({e})") from None
+    except ValidationError as e:
+        raise errors.InputError(f"--compile-config: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+
+
 def _open(args, create: bool = False):
     from serving.pipeline import KnowledgeBase
 
-    return KnowledgeBase(args.kb, base_model=args.base_model, create=create, progress=not args.json
-                         if hasattr(args, "json") else True)
+    return KnowledgeBase(args.kb, base_model=args.base_model, create=create,
+                         compile_config=_compile_config(getattr(args, "compile_config", None)),
+                         progress=not getattr(args, "json", False))
 
 
 def _print_json(obj) -> None:

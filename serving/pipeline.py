@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from compiler.config import CompileConfig
 from doc2atom import errors
 from doc2atom.readers import expand_paths, read_file
@@ -149,6 +151,7 @@ class KnowledgeBase:
         from compiler.weights import pack
         from doc2atom.atomizer import atomize_many
         from doc2atom.models import load_spacy
+        from router.embed import atom_key_vectors
 
         info = self.base_info()
         self.store.bind_base(info.name, info.sha256, {"compile": self.compile_config.model_dump()})
@@ -174,7 +177,7 @@ class KnowledgeBase:
             compiled = compile_atoms(model, tok, make_examples(tok, [a.text for a in drafts], qs), cfg,
                                      progress=bar.update)
             report.compile_seconds += time.perf_counter() - tc
-            embs = self.embedder()([a.key for a in drafts])
+            embs = atom_key_vectors(self.embedder(), [a.key for a in drafts], qs)
             pos = 0
             for j in group:
                 n = len(drafts_per_doc[j])
@@ -185,8 +188,6 @@ class KnowledgeBase:
                     docs[j].id) else []
                 ids = self.store.commit_document(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n])
                 index.remove(old)
-                import numpy as np
-
                 index.add(np.array([int(a[1:]) for a in ids], dtype=np.int64), embs[pos:pos + n])
                 index.save(self.path)
                 for a in old:

@@ -40,7 +40,8 @@ def make_tiny_base(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|pad|>"], tie_word_embeddings=True)
+                      eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|pad|>"], tie_word_embeddings=True,
+                      initializer_range=0.3)  # large enough that logits can become confident
     model = LlamaForCausalLM(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from compiler.config import CompileConfig
+from compiler.lora import attach, target_names
+from compiler.train import _micro_batches, compile_atoms, make_examples
+from compiler.weights import nbytes_per_atom, pack
+from doc2atom import errors
+from doc2atom.models import load_base
+from doc2atom.prompts import answer_ids, prompt_ids
+
+
+def _answer_logprob(model, tok, q, a, weights=None):
+    """Mean log-prob of answer a to question q, with one atom's weights composed (or none)."""
+    p, ans = prompt_ids(tok, q), answer_ids(tok, a)
+    ids = torch.tensor([p + ans])
+    state = None
+    if weights is not None:
+        state = attach(model, list(weights))
+        state.pools = {n: (A[None], B[None]) for n, (A, B) in weights.items()}
+        state.set(torch.zeros(1, 1, dtype=torch.long))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]
+    finally:
+        if state is not None:
+            state.clear()
+    lp = torch.log_softmax(logits[len(p) - 1:-1], -1).gather(1, torch.tensor(ans)[:, None])
+    return lp.mean().item()
+
+
+def test_compile_teaches_each_atom_its_own_answer(tiny_base):
+    model, tok = load_base(str(tiny_base))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    texts = ["Velmora was founded by Ilse Varn.", "The Korrin Bridge is green."]
+    qs = [["Who founded Velmora?", "What about Velmora?"], ["What colour is the bridge?", "What about the bridge?"]]
+    cfg = CompileConfig(modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], rank=8, lr=2e-2, max_steps=40, min_steps=40,
+                        questions=2, questions_per_step=2, batch_atoms=2)
+    out = compile_atoms(model, tok, make_examples(tok, texts, qs), cfg)
+    assert len(out) == 2
+    for i, atom in enumerate(out):
+        own = _answer_logprob(model, tok, qs[i][0], texts[i], atom.weights)
+        base = _answer_logprob(model, tok, qs[i][0], texts[i])
+        assert own > base + 1.0, (own, base)
+        assert atom.stats["steps"] == 40, atom.stats
+        for n, (A, B) in atom.weights.items():
+            assert A.shape[0] == 8 and B.shape[1] == 8  # rank read off the tensors
+    for n, p in model.named_parameters():  # wrapped linears keep the base as `.base`
+        assert torch.equal(p, before[n.replace(".base.", ".")]), f"base weight {n} changed"
+    shard = pack(out)
+    assert all(t.dtype == torch.float16 and t.shape[0] == 2 for t in shard.values())
+    assert nbytes_per_atom(shard) == sum(A.numel() + B.numel() for A, B in out[0].weights.values()) * 2
+
+
+def test_micro_batches_bound_tokens_and_compile_matches_unsplit(tiny_base):
+    model, tok = load_base(str(tiny_base))
+    ex = make_examples(tok, ["Alpha is a letter.", "Beta is a letter too."],
+                       [["What is alpha?", "Tell me of alpha."], ["What is beta?", "Tell me of beta."]])
+    rows = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    mbs = _micro_batches(ex, rows, 100)
+    assert sum(len(m) for m in mbs) == 4 and len(mbs) > 1
+    for m in mbs:
+        longest = max(len(ex[a].prompts[q]) + len(ex[a].answer) for a, q in m)
+        assert longest * len(m) <= 100 or len(m) == 1
+    kw = dict(max_steps=3, min_steps=3, questions=2, questions_per_step=2, batch_atoms=2, seed=3)
+    whole = compile_atoms(model, tok, ex, CompileConfig(max_tokens_per_step=100000, **kw))
+    split = compile_atoms(model, tok, ex, CompileConfig(max_tokens_per_step=64, **kw))
+    for a, b in zip(whole, split):
+        for n in a.weights:
+            torch.testing.assert_close(a.weights[n][1], b.weights[n][1], rtol=1e-4, atol=1e-5)
+
+
+def test_pack_rejects_nan(tiny_base):
+    from compiler.train import CompiledAtom
+
+    bad = CompiledAtom({"m": (torch.full((2, 4), float("nan")), torch.zeros(3, 2))}, {})
+    with pytest.raises(errors.CorruptWeights):
+        pack([bad])
+
+
+def test_config_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="modules"):
+        CompileConfig(modules=["attention"])
+    with pytest.raises(ValueError, match="min_steps"):
+        CompileConfig(min_steps=10, max_steps=5)
+    with pytest.raises(ValueError, match="rank"):
+        CompileConfig(rank=0)
+
+
+def test_target_names_filters_layers(tiny_base):
+    model, _ = load_base(str(tiny_base))
+    names = target_names(model, ["down_proj"], [1])
+    assert names == ["model.layers.1.mlp.down_proj"]

@@ -1,0 +1,116 @@
+"""The pipeline on a tiny random base model: real atomizer, embedder, FAISS and store, fast compile."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fast_compile
+from doc2atom import errors
+from router.index import KeyIndex
+from serving.pipeline import REFUSAL, KnowledgeBase
+
+
+@pytest.fixture()
+def kb(tmp_path, tiny_base, sample_copy):
+    k = KnowledgeBase(tmp_path / "kb", base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
+    k.ingest([str(sample_copy)])
+    return k
+
+
+def _index_matches_store(k: KnowledgeBase) -> bool:
+    disk = KeyIndex.open(k.path, k.store, k.embedder().dim, write=False)
+    return np.array_equal(disk.ids(), k.store.rowids())
+
+
+def test_ingest_builds_store_shards_and_index(kb, sample_copy):
+    atoms = kb.atoms()
+    assert len(atoms) >= 20
+    assert len(kb.store.documents()) == 5
+    assert _index_matches_store(kb)
+    assert list(kb.store.shards.glob("*.safetensors"))
+    # every atom's span points at its source text
+    for a in atoms:
+        doc = kb.store.document(a.source.doc)
+        assert " ".join(doc["text"][a.source.start:a.source.end].split()).replace("**", "") == a.text
+
+
+def test_reingest_unchanged_is_a_noop_and_changed_file_replaces_atoms(kb, sample_copy):
+    before = {a.id for a in kb.atoms()}
+    rep = kb.ingest([str(sample_copy)])
+    assert rep.added == [] and len(rep.unchanged) == 5
+    assert {a.id for a in kb.atoms()} == before
+    f = sample_copy / "korrin_bridge.txt"
+    f.write_text(f.read_text().replace("412 metres", "415 metres"))
+    rep = kb.ingest([str(f)])
+    assert rep.added == [str(f.resolve())]
+    texts = [a.text for a in kb.atoms(doc=str(f.resolve()))]
+    assert "The Korrin Bridge is 415 metres long." in texts
+    assert not any("412" in a.text for a in kb.atoms())
+    assert _index_matches_store(kb)
+
+
+def test_forget_removes_atoms_from_store_and_index(kb, sample_copy):
+    path = str((sample_copy / "velmora.md").resolve())
+    ids = {a.id for a in kb.atoms(doc=path)}
+    res = kb.forget(path)
+    assert res["atoms_removed"] == len(ids) > 0
+    assert ids.isdisjoint({a.id for a in kb.atoms()})
+    assert _index_matches_store(kb)
+    routed = kb.route(["Who founded Velmora?"], top_k=8)[0]
+    assert not {f"a{i}" for i in routed.ids} & ids
+    with pytest.raises(errors.NotFoundError):
+        kb.forget(path)
+
+
+def test_ask_returns_the_documented_object(kb):
+    ans = kb.ask("Who designed the Korrin Bridge?", mode="atoms")
+    d = ans.model_dump()
+    assert set(d) == {"answer", "refused", "atoms", "timings_ms"}
+    assert not d["refused"] and d["atoms"]
+    a = d["atoms"][0]
+    assert set(a) == {"id", "type", "score", "weight", "text", "source"}
+    assert set(a["source"]) == {"doc", "path", "start", "end", "line"}
+    assert a["source"]["path"].endswith("korrin_bridge.txt")
+
+
+def test_out_of_scope_is_refused_in_every_knowledge_mode(kb):
+    for mode in ("atoms", "context", "hybrid"):
+        ans = kb.ask("What is the capital of Japan?", mode=mode)
+        assert ans.refused and ans.answer == REFUSAL and ans.atoms == []
+    assert not kb.ask("What is the capital of Japan?", mode="base").refused
+
+
+def test_another_base_model_is_refused(kb, other_tiny_base):
+    with pytest.raises(errors.BaseModelMismatch, match="re-ingest"):
+        KnowledgeBase(kb.path, base_model=str(other_tiny_base), create=False)
+
+
+def test_base_weights_untouched_and_batch_answers_match_single(kb):
+    model, _ = kb.model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    qs = ["Who designed the Korrin Bridge?", "What is the capital of Japan?", "How long is the Korrin Bridge?"]
+    batched = kb.ask_many(qs, mode="atoms", max_new_tokens=6)
+    single = [kb.ask(q, mode="atoms", max_new_tokens=6) for q in qs]
+    assert [a.answer for a in batched] == [a.answer for a in single]
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_bad_mode_and_empty_question(kb):
+    with pytest.raises(errors.InputError, match="--mode"):
+        kb.ask("x?", mode="magic")
+    with pytest.raises(errors.InputError, match="empty"):
+        kb.ask("   ")
+
+
+def test_ingest_reports_bad_files_and_keeps_going(tmp_path, tiny_base):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "good.txt").write_text("The Calder Dome seats nine thousand fans.")
+    (d / "empty.txt").write_text("")
+    (d / "latin1.txt").write_bytes("Caf\xe9 is open.".encode("latin-1"))
+    k = KnowledgeBase(tmp_path / "kb", base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
+    rep = k.ingest([str(d)])
+    assert len(rep.added) == 1 and len(rep.failed) == 2
+    assert any("UTF-8" in m for _, m in rep.failed) and any("empty" in m for _, m in rep.failed)
+    assert len(k.atoms()) == 1
