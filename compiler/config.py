@@ -13,16 +13,17 @@ class CompileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     modules: list[str] = Field(default=["o_proj", "down_proj"], description="Projection names that get a delta")
-    layers: list[int] | None = Field(default=None, description="Layer indices that get deltas (None = all)")
+    layers: list[int] | None = Field(default=None, description="Layer indices that get deltas (None = the upper "
+                                     "half of the model; the frozen lower half then needs no backward pass)")
     rank: int = Field(default=2, ge=1, le=16, description="LoRA rank per atom")
     scale: float = Field(default=2.0, gt=0, le=64, description="Multiplier on B (alpha / r)")
-    lr: float = Field(default=5e-3, gt=0, le=1.0, description="Adam learning rate")
+    lr: float = Field(default=1e-2, gt=0, le=1.0, description="Adam learning rate")
     max_steps: int = Field(default=24, ge=1, le=1000, description="Most optimiser steps per atom")
     min_steps: int = Field(default=4, ge=0, le=1000, description="Fewest optimiser steps per atom")
     target_prob: float = Field(default=0.6, gt=0, lt=1, description="An atom is done when every answer token has p >= this")
     extra_steps: int = Field(default=2, ge=0, le=100, description="Steps after an atom first reaches target_prob")
     questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
-    questions_per_step: int = Field(default=3, ge=1, le=64, description="Questions per atom in each step")
+    questions_per_step: int = Field(default=2, ge=1, le=64, description="Questions per atom in each step")
     batch_atoms: int = Field(default=8, ge=1, le=4096, description="Atoms trained together in one batched step")
     max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
                                      description="Padded tokens per forward pass; bounds compile memory")

@@ -71,8 +71,17 @@ class AtomLinear(nn.Module):
         return y + delta.reshape(*shape[:-1], delta.shape[-1])
 
 
+def default_layers(model: nn.Module) -> list[int]:
+    """The upper half of the decoder layers."""
+    n = int(model.config.num_hidden_layers)
+    return list(range(n // 2, n))
+
+
 def target_names(model: nn.Module, modules: list[str], layers: list[int] | None) -> list[str]:
-    """Names of the linear layers matching `modules` (suffixes such as 'down_proj') in `layers`."""
+    """Names of the linear layers matching `modules` (suffixes such as 'down_proj') in `layers`
+    (None: default_layers)."""
+    if layers is None:
+        layers = default_layers(model)
     names = []
     pat = re.compile(r"\.layers\.(\d+)\.")
     for name, mod in model.named_modules():
