@@ -25,6 +25,13 @@ class CompileConfig(BaseModel):
     questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
     questions_per_step: int = Field(default=2, ge=1, le=64, description="Questions per atom in each step")
     batch_atoms: int = Field(default=8, ge=1, le=4096, description="Atoms trained together in one batched step")
+    locality_weight: float = Field(default=0.0, ge=0, le=1000,
+                                   description="Weight of KL(base || atom) on unrelated prompts (0 = off)")
+    locality_prompts: int = Field(default=2, ge=1, le=64, description="Unrelated prompts per atom per step")
+    locality_tokens: int = Field(default=8, ge=1, le=64, description="Base-continuation positions the KL covers")
+    compose_prob: float = Field(default=0.0, ge=0, le=1,
+                                description="Chance per step that other atoms (frozen) are summed in while training")
+    compose_others: int = Field(default=3, ge=1, le=63, description="How many other atoms are summed in then")
     max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
                                      description="Padded tokens per forward pass; bounds compile memory")
     seed: int = Field(default=0, description="Random seed (initialisation and question sampling)")

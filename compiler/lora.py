@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compiler.compose import compose_delta
+from compiler.compose import compose_delta, get_backend
 
 
 @dataclass
@@ -28,14 +28,22 @@ class ComposeState:
     pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     idx: torch.Tensor | None = None
     w: torch.Tensor | None = None
+    meta: object | None = None  # triton_ops.ComposeMeta on CUDA: validated once per set(), no sync per layer
 
     def set(self, idx: torch.Tensor | None, w: torch.Tensor | None = None) -> None:
         if idx is not None and w is None:
             w = torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
         self.idx, self.w = idx, w
+        self.meta = None
+        if idx is not None and idx.is_cuda and get_backend() != "torch":
+            try:
+                from compiler.compose.triton_ops import ComposeMeta
+            except ImportError:
+                return
+            self.meta = ComposeMeta(idx, w)
 
     def clear(self) -> None:
-        self.idx, self.w = None, None
+        self.idx, self.w, self.meta = None, None, None
 
 
 class AtomLinear(nn.Module):
@@ -67,6 +75,13 @@ class AtomLinear(nn.Module):
         A, B = st.pools[self.name]
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1]) if x.dim() != 3 else x
+        if st.meta is not None and not (torch.is_grad_enabled() and (A.requires_grad or x.requires_grad)):
+            from compiler.compose.triton_ops import compose_delta_triton
+
+            # the kernel adds the delta into the base output in place: no extra buffer, no sync
+            y3 = y.reshape(x3.shape[0], x3.shape[1], -1)
+            compose_delta_triton(x3, A, B, meta=st.meta, out=y3, accumulate=True)
+            return y3.reshape(*shape[:-1], y3.shape[-1])
         delta = compose_delta(x3, A, B, st.idx, st.w)
         return y + delta.reshape(*shape[:-1], delta.shape[-1])
 

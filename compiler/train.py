@@ -106,6 +106,99 @@ def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_to
     return out
 
 
+def _pools(params, scale: float, frozen_copy: bool):
+    """Trainable pools; with frozen_copy, slots M..2M-1 hold detached copies of the same atoms,
+    so an atom can be trained with other (frozen) atoms summed in."""
+    out = {}
+    for n, (A, B) in params.items():
+        Bs = B * scale
+        out[n] = (torch.cat([A, A.detach()]), torch.cat([Bs, Bs.detach()])) if frozen_copy else (A, Bs)
+    return out
+
+
+def _slots(row_atom: torch.Tensor, M: int, others: int, rnd: random.Random):
+    """idx (rows, 1 + others): each row's own atom, then `others` other atoms' frozen copies."""
+    if others == 0:
+        return row_atom[:, None], torch.ones(len(row_atom), 1)
+    k = min(others, M - 1)
+    idx = torch.full((len(row_atom), 1 + k), -1, dtype=torch.long)
+    for r, a in enumerate(row_atom.tolist()):
+        pick = rnd.sample([b for b in range(M) if b != a], k)
+        idx[r, 0] = a
+        idx[r, 1:] = torch.tensor(pick) + M
+    return idx, torch.ones(idx.shape)
+
+
+class _Negatives:
+    """Unrelated prompts with the base model's own continuation and distribution, computed once.
+
+    The pool is the built-in locality prompts plus the other atoms' questions of the chunk:
+    an atom must leave the base model's behaviour unchanged on both.
+    """
+
+    def __init__(self, model, tok, state, chunk, cfg, pad_id):
+        from compiler.locality import LOCALITY_PROMPTS
+
+        self.items: list[tuple[list[int], list[int], torch.Tensor]] = []  # prompt, continuation, base logp
+        self.owner: list[int] = []  # -1 built-in, else the atom whose question it is
+        prompts, owners = [], []
+        for q in LOCALITY_PROMPTS:
+            prompts.append(prompt_ids(tok, q))
+            owners.append(-1)
+        for a, ex in enumerate(chunk):
+            for p in ex.prompts:
+                prompts.append(p)
+                owners.append(a)
+        state.clear()
+        n = cfg.locality_tokens
+        with torch.no_grad():
+            for s in range(0, len(prompts), 16):
+                part = prompts[s:s + 16]
+                T = max(len(p) for p in part)
+                ids = torch.full((len(part), T), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(part), T), dtype=torch.long)
+                for i, p in enumerate(part):
+                    ids[i, T - len(p):] = torch.tensor(p)
+                    mask[i, T - len(p):] = 1
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, pad_token_id=pad_id, output_scores=True,
+                                     return_dict_in_generate=True)
+                cont = out.sequences[:, T:]
+                logp = torch.stack([torch.log_softmax(sc.float(), -1) for sc in out.scores], 1)  # (b, n, V)
+                for i, p in enumerate(part):
+                    self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16)))
+        self.owner = owners
+
+    def sample(self, a: int, k: int, rnd: random.Random) -> list[int]:
+        cand = [i for i, o in enumerate(self.owner) if o != a]
+        return rnd.sample(cand, min(k, len(cand)))
+
+
+def _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives) -> None:
+    """Accumulate grads of locality_weight * KL(base || base+atom) on unrelated prompts."""
+    rows = [(a, i) for a in act for i in negatives.sample(a, cfg.locality_prompts, rnd)]
+    n = cfg.locality_tokens
+    seqs = [negatives.items[i][0] + negatives.items[i][1] for _, i in rows]
+    T = max(len(x) for x in seqs)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, x in enumerate(seqs):
+        ids[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x)] = 1
+    row_atom = torch.tensor([a for a, _ in rows])
+    state.set(row_atom[:, None], torch.ones(len(rows), 1))
+    with torch.enable_grad():
+        state.pools = _pools(params, cfg.scale, frozen_copy=False)
+        h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        pos = torch.tensor([[r, len(negatives.items[i][0]) - 1 + j] for r, (_, i) in enumerate(rows) for j in range(n)])
+        student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
+        base = torch.cat([negatives.items[i][2].float() for _, i in rows])
+        kl = (base.exp() * (base - student)).sum(-1)  # (rows * n,)
+        per_row = kl.view(len(rows), n).mean(1)
+        loss = cfg.locality_weight * per_row.sum() / cfg.locality_prompts
+        loss.backward()
+
+
 def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
                   progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
     """Train one micro-LoRA per example, `cfg.batch_atoms` at a time. Returns them in order."""
@@ -121,7 +214,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     try:
         for start in range(0, len(examples), cfg.batch_atoms):
             chunk = examples[start:start + cfg.batch_atoms]
-            out.extend(_compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id))
+            out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id))
             if progress:
                 progress(len(chunk))
     finally:
@@ -130,7 +223,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     return out
 
 
-def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
+def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
     params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -147,6 +240,7 @@ def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) ->
     reached = torch.full((M,), -1, dtype=torch.long)
     last_p = torch.zeros(M)
     last_loss = torch.zeros(M)
+    negatives = _Negatives(model, tok, state, chunk, cfg, pad_id) if cfg.locality_weight > 0 else None
     while bool(active.any()):
         act = active.nonzero().flatten().tolist()
         rows = []
@@ -159,12 +253,13 @@ def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) ->
         counts = torch.zeros(M)
         for a, q in rows:
             counts[a] += len(chunk[a].answer)
+        composing = M > 1 and rnd.random() < cfg.compose_prob
         for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
             ids, mask, pos, tgt, trow = _batch(chunk, mb, pad_id)
             row_atom = torch.tensor([a for a, _ in mb])
-            state.set(row_atom[:, None], torch.ones(len(mb), 1))
+            state.set(*_slots(row_atom, M, cfg.compose_others if composing else 0, rnd))
             with torch.enable_grad():
-                state.pools = {n: (A, B * cfg.scale) for n, (A, B) in params.items()}
+                state.pools = _pools(params, cfg.scale, frozen_copy=composing)
                 h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
                 logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
@@ -175,6 +270,8 @@ def _compile_chunk(model, state, names, shapes, chunk, cfg, gen, rnd, pad_id) ->
             with torch.no_grad():
                 per_atom.index_add_(0, tok_atom, -logp.detach())
                 pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
+        if cfg.locality_weight > 0:
+            _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives)
         state.clear()
         with torch.no_grad():
             last_p[act] = pmin[act]

@@ -43,7 +43,7 @@ def compose_delta_torch(
     h = torch.bmm(x, a_sel.reshape(Bsz, K * r, d_in).transpose(1, 2))
     h = h * wm.repeat_interleave(r, dim=1)[:, None, :]
     # expand: (Bsz, T, K*r) x (Bsz, K*r, d_out) -> (Bsz, T, d_out)
-    b_cat = b_sel.permute(0, 1, 3, 2).reshape(Bsz, K * r, -1)
+    b_cat = b_sel.permute(0, 1, 3, 2).reshape(Bsz, K * r, B.shape[1])
     return torch.bmm(h, b_cat)
 
 

@@ -31,7 +31,7 @@ def _answer_logprob(model, tok, q, a, weights=None):
 
 def test_compile_teaches_each_atom_its_own_answer(tiny_base):
     model, tok = load_base(str(tiny_base))
-    before = {n: p.clone() for n, p in model.named_parameters()}
+    before = {n.replace(".base.", "."): p.clone() for n, p in model.named_parameters()}
     texts = ["Velmora was founded by Ilse Varn.", "The Korrin Bridge is green."]
     qs = [["Who founded Velmora?", "What about Velmora?"], ["What colour is the bridge?", "What about the bridge?"]]
     cfg = CompileConfig(modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], rank=8, lr=2e-2, max_steps=40, min_steps=40,
@@ -91,3 +91,29 @@ def test_target_names_filters_layers(tiny_base):
     model, _ = load_base(str(tiny_base))
     names = target_names(model, ["down_proj"], [1])
     assert names == ["model.layers.1.mlp.down_proj"]
+
+
+def test_locality_and_compositional_training_run_and_keep_base_frozen(tiny_base):
+    model, tok = load_base(str(tiny_base))
+    before = {n.replace(".base.", "."): p.clone() for n, p in model.named_parameters()}
+    texts = ["Alpha is a letter.", "Beta is a letter too.", "Gamma is the third."]
+    qs = [["What is alpha?"], ["What is beta?"], ["What is gamma?"]]
+    cfg = CompileConfig(max_steps=3, min_steps=3, questions=1, questions_per_step=1, batch_atoms=3,
+                        locality_weight=1.0, locality_prompts=2, locality_tokens=4, compose_prob=1.0,
+                        compose_others=2)
+    out = compile_atoms(model, tok, make_examples(tok, texts, qs), cfg)
+    assert len(out) == 3 and all(torch.isfinite(A).all() for a in out for A, _ in a.weights.values())
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n.replace(".base.", ".")]), n
+
+
+def test_slots_put_own_atom_first_and_frozen_others_after():
+    import random
+
+    from compiler.train import _slots
+
+    idx, w = _slots(torch.tensor([0, 2, 1]), 4, 2, random.Random(0))
+    assert idx[:, 0].tolist() == [0, 2, 1]
+    for r, a in enumerate([0, 2, 1]):
+        others = idx[r, 1:].tolist()
+        assert all(o >= 4 and o - 4 != a for o in others) and len(set(others)) == 2
