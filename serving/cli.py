@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     _kb_arg(p)
     _json_arg(p)
 
+    from serving.evaluate import cli as eval_cli
+
+    eval_cli.add_parser(sub)
+
     p = sub.add_parser("demo", help="ingest the sample corpus shipped in data/, ask its questions, show the atoms")
     _kb_arg(p)
     p.add_argument("--mode", default="atoms", choices=["atoms", "context", "hybrid", "base"])
@@ -235,8 +239,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from serving.evaluate import cli as eval_cli
+
+    return eval_cli.run(args)
+
+
 COMMANDS = {"ingest": cmd_ingest, "atomize": cmd_atomize, "ask": cmd_ask, "atoms": cmd_atoms,
-            "forget": cmd_forget, "demo": cmd_demo}
+            "forget": cmd_forget, "demo": cmd_demo, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,7 +224,8 @@ class KnowledgeBase:
         scores, ids = self.index().search(emb, self.router_config.candidates)
         return [select(s, i, self.router_config, top_k) for s, i in zip(scores, ids)]
 
-    def _atom_weights(self, ids: list[str]) -> list[dict]:
+    def atom_weights(self, ids: list[str]) -> list[dict]:
+        """Per-atom weights (module -> (A, B), fp32), cached (LRU)."""
         missing = [a for a in dict.fromkeys(ids) if a not in self._weights]
         if missing:
             loaded = self.store.load_weights(missing)
@@ -281,7 +282,7 @@ class KnowledgeBase:
             facts = [[texts[a] for a in fired[i]] for i in answerable]
         if answerable and mode in ("atoms", "hybrid"):
             uniq = list(dict.fromkeys(a for i in answerable for a in fired[i]))
-            pool = build_pool(self._atom_weights(uniq))
+            pool = build_pool(self.atom_weights(uniq))
             slot_of = {a: k for k, a in enumerate(uniq)}
             slots = [[slot_of[a] for a in fired[i]] for i in answerable]
             weights = [self._weights_for(routes[i] if routes else None, fired[i]) for i in answerable]
