@@ -160,13 +160,15 @@ class _Negatives:
                 for i, p in enumerate(part):
                     ids[i, T - len(p):] = torch.tensor(p)
                     mask[i, T - len(p):] = 1
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                dev = next(model.parameters()).device
+                out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=n,
+                                     min_new_tokens=n,
                                      do_sample=False, pad_token_id=pad_id, output_scores=True,
                                      return_dict_in_generate=True)
                 cont = out.sequences[:, T:]
                 logp = torch.stack([torch.log_softmax(sc.float(), -1) for sc in out.scores], 1)  # (b, n, V)
                 for i, p in enumerate(part):
-                    self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16)))
+                    self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16).cpu()))
         self.owner = owners
 
     def sample(self, a: int, k: int, rnd: random.Random) -> list[int]:
@@ -185,14 +187,16 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives
     for r, x in enumerate(seqs):
         ids[r, :len(x)] = torch.tensor(x)
         mask[r, :len(x)] = 1
-    row_atom = torch.tensor([a for a, _ in rows])
-    state.set(row_atom[:, None], torch.ones(len(rows), 1))
+    dev = next(model.parameters()).device
+    row_atom = torch.tensor([a for a, _ in rows], device=dev)
+    state.set(row_atom[:, None], torch.ones(len(rows), 1, device=dev))
     with torch.enable_grad():
         state.pools = _pools(params, cfg.scale, frozen_copy=False)
-        h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        pos = torch.tensor([[r, len(negatives.items[i][0]) - 1 + j] for r, (_, i) in enumerate(rows) for j in range(n)])
+        h = model.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+        pos = torch.tensor([[r, len(negatives.items[i][0]) - 1 + j] for r, (_, i) in enumerate(rows) for j in range(n)],
+                           device=dev)
         student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
-        base = torch.cat([negatives.items[i][2].float() for _, i in rows])
+        base = torch.cat([negatives.items[i][2].float() for _, i in rows]).to(dev)
         kl = (base.exp() * (base - student)).sum(-1)  # (rows * n,)
         per_row = kl.view(len(rows), n).mean(1)
         loss = cfg.locality_weight * per_row.sum() / cfg.locality_prompts
@@ -226,12 +230,13 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
 def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
+    dev = next(model.parameters()).device
     params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in names:
         d_in, d_out = shapes[name]
         bound = 1.0 / math.sqrt(d_in)
-        A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).requires_grad_(True)
-        B = torch.zeros(M, d_out, r, requires_grad=True)
+        A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).to(dev).requires_grad_(True)
+        B = torch.zeros(M, d_out, r, device=dev, requires_grad=True)
         params[name] = (A, B)
     flat = [t for ab in params.values() for t in ab]
     opt = _MaskedAdam(flat, cfg.lr)
@@ -248,16 +253,18 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             qs = list(range(len(chunk[a].prompts)))
             rnd.shuffle(qs)
             rows += [(a, q) for q in qs[:cfg.questions_per_step]]
-        per_atom = torch.zeros(M)
-        pmin = torch.ones(M)
-        counts = torch.zeros(M)
-        for a, q in rows:
-            counts[a] += len(chunk[a].answer)
+        per_atom = torch.zeros(M, device=dev)
+        pmin = torch.ones(M, device=dev)
+        counts = torch.zeros(M, device=dev)
+        for a in act:
+            counts[a] = len(chunk[a].answer) * sum(1 for b, _ in rows if b == a)
         composing = M > 1 and rnd.random() < cfg.compose_prob
         for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
-            ids, mask, pos, tgt, trow = _batch(chunk, mb, pad_id)
+            ids, mask, pos, tgt, trow = (t.to(dev) for t in _batch(chunk, mb, pad_id))
             row_atom = torch.tensor([a for a, _ in mb])
-            state.set(*_slots(row_atom, M, cfg.compose_others if composing else 0, rnd))
+            idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
+            state.set(idx.to(dev), w.to(dev))
+            row_atom = row_atom.to(dev)
             with torch.enable_grad():
                 state.pools = _pools(params, cfg.scale, frozen_copy=composing)
                 h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -274,10 +281,10 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives)
         state.clear()
         with torch.no_grad():
-            last_p[act] = pmin[act]
-            last_loss[act] = per_atom[act] / counts[act]
+            last_p[act] = pmin[act].cpu()
+            last_loss[act] = (per_atom[act] / counts[act]).cpu()
         steps[act] += 1
-        opt.step(active, steps)
+        opt.step(active.to(dev), steps.to(dev))
         for a in act:
             if reached[a] < 0 and last_p[a] >= cfg.target_prob and steps[a] >= cfg.min_steps:
                 reached[a] = steps[a]
@@ -288,7 +295,8 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     res = []
     with torch.no_grad():
         for a in range(M):
-            w = {n: (A[a].detach().clone(), (B[a] * cfg.scale).detach().clone()) for n, (A, B) in params.items()}
+            w = {n: (A[a].detach().float().cpu().clone(), (B[a] * cfg.scale).detach().float().cpu().clone())
+                 for n, (A, B) in params.items()}
             res.append(CompiledAtom(w, {"steps": int(steps[a]), "min_answer_prob": round(float(last_p[a]), 4),
                                         "loss": round(float(last_loss[a]), 4), "converged": bool(reached[a] >= 0),
                                         "seconds": round(secs, 3)}))

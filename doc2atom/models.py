@@ -141,14 +141,27 @@ def resolve_base(base_model: str | None = None) -> BaseModelInfo:
     return BaseModelInfo(name=name, path=dest, sha256=sha)
 
 
+def resolve_device(device: str | None = None) -> str:
+    """'cuda' when asked for or ('auto'/None) when a GPU is visible, else 'cpu'. $DOC2ATOM_DEVICE overrides auto."""
+    import torch
+
+    device = device or os.environ.get("DOC2ATOM_DEVICE", "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise errors.InputError(f"--device {device}: no CUDA GPU is visible; use --device cpu.")
+    return device
+
+
 @lru_cache(maxsize=2)
-def load_base(path: str):
-    """Load (model, tokenizer) from a local folder, fp32, eval mode, frozen."""
+def load_base(path: str, device: str = "cpu"):
+    """Load (model, tokenizer) from a local folder: fp32 on the CPU, bf16 on a GPU; eval mode, frozen."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -50,13 +50,15 @@ def generate(model, tok, questions: list[str], facts: list[list[str] | None] | N
     for i, p in enumerate(prompts):  # left padding: every prompt ends where its answer starts
         ids[i, T - len(p):] = torch.tensor(p)
         mask[i, T - len(p):] = 1
+    dev, dtype = model.device, model.dtype
+    ids, mask = ids.to(dev), mask.to(dev)
     state = None
     use_atoms = bool(pool) and slots is not None and any(slots)
     if use_atoms:
         state = attach(model, target_names_for_pool(model, pool))
-        state.pools = pool
+        state.pools = {n: (A.to(dev, dtype).contiguous(), B.to(dev, dtype).contiguous()) for n, (A, B) in pool.items()}
         idx, w = pad_slots(slots, weights or [[1.0] * len(s) for s in slots])
-        state.set(idx, w)
+        state.set(idx.to(dev), w.to(dev))
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad, eos_token_id=_stop_ids(tok))

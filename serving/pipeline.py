@@ -54,11 +54,12 @@ class KnowledgeBase:
 
     def __init__(self, path: str | Path, base_model: str | None = None, create: bool = True,
                  compile_config: CompileConfig | None = None, router_config: RouterConfig | None = None,
-                 progress: bool = True):
+                 progress: bool = True, device: str | None = None):
         self.store = KBStore(path, create=create)
         self.path = self.store.path
         self.base_model_arg = base_model
         self.progress = progress
+        self.device_arg = device
         saved = self.store.settings()
         if saved and compile_config is not None and compile_config.model_dump() != saved.get("compile"):
             _log("warning: this knowledge base was compiled with other settings; keeping the stored ones")
@@ -94,7 +95,9 @@ class KnowledgeBase:
         if self._model is None:
             from doc2atom.models import load_base
 
-            self._model = load_base(str(self.base_info().path))
+            from doc2atom.models import resolve_device
+
+            self._model = load_base(str(self.base_info().path), resolve_device(self.device_arg))
         return self._model
 
     def embedder(self):

@@ -46,8 +46,8 @@ def test_atomize_json(capsys):
     atoms = json.loads(out)["atoms"]
     assert atoms and set(atoms[0]) == {"id", "type", "text", "key", "source"}
     src = (ROOT / "data" / "sample" / "korrin_bridge.txt").read_text()
-    for a in atoms:
-        assert src[a["source"]["start"]:a["source"]["end"]] == a["text"]
+    for a in atoms:  # each span is the source of its atom's statement
+        assert src[a["source"]["start"]:a["source"]["end"]].rstrip(".") in a["text"]
 
 
 def test_bad_compile_config_is_named(tmp_path, capsys):

@@ -1,5 +1,7 @@
 """The pipeline on a tiny random base model: real atomizer, embedder, FAISS and store, fast compile."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -28,10 +30,12 @@ def test_ingest_builds_store_shards_and_index(kb, sample_copy):
     assert len(kb.store.documents()) == 5
     assert _index_matches_store(kb)
     assert list(kb.store.shards.glob("*.safetensors"))
-    # every atom's span points at its source text
+    # every atom's span points at the source text it states (resolved pronouns may differ)
     for a in atoms:
         doc = kb.store.document(a.source.doc)
-        assert " ".join(doc["text"][a.source.start:a.source.end].split()).replace("**", "") == a.text
+        assert 0 <= a.source.start < a.source.end <= len(doc["text"])
+        span = set(re.findall(r"\w+", doc["text"][a.source.start:a.source.end].lower()))
+        assert len(span & set(re.findall(r"\w+", a.text.lower()))) >= 0.6 * len(span), (a.text, span)
 
 
 def test_reingest_unchanged_is_a_noop_and_changed_file_replaces_atoms(kb, sample_copy):
