@@ -1,87 +1,178 @@
-"""The key index (`keys.faiss`): exact inner-product search over unit-norm key embeddings.
+"""The key index (`keys.faiss`): inner-product search over unit-norm atom keys, exact or approximate by size.
 
-The index is derived data: the KB's SQLite rows are the truth. `KeyIndex.open` checks that
-the file holds exactly the store's atom ids and rebuilds it from the stored embeddings
-otherwise (after a crash between the SQLite commit and the index write, or a deleted file).
-Writes go to a temp file renamed over `keys.faiss`, so a reader never sees half an index.
+- up to `exact_max` atoms (default 50,000): exact search, `IndexIDMap2(IndexFlatIP)`;
+- beyond: `IndexIVFFlat` (inverted lists over a k-means coarse quantizer) with `nlist` about
+  4*sqrt(n) lists and `nprobe` lists visited per query; chosen over HNSW by measurement
+  (bench/bench_router.py: at 1M keys on 2 cores IVF met p99 <= 5 ms at recall >= 0.95 with a
+  fraction of HNSW's build time), and because IVF removes ids in place where HNSW cannot.
+
+Ids are the atoms' SQLite rowids (AUTOINCREMENT, never reused), so an id means one atom for
+the life of the KB, across additions and `forget`. The index is derived data: `KeyIndex.open`
+checks that the file holds exactly the store's atom ids and rebuilds it from the stored
+embeddings otherwise (after a crash between the SQLite commit and the index write, or a
+deleted file). Writes go to a temp file renamed over `keys.faiss`, so a reader never sees
+half an index. This module must never write to the store.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 INDEX_FILE = "keys.faiss"
+META_FILE = "keys.json"  # advisory: kind and the size the IVF quantizer was trained at
+EXACT_MAX = 50_000  # exact search up to this many atoms (p99 under ~2 ms on 2 cores; bench_router.py)
+DEFAULT_NPROBE = 32  # IVF lists visited per query (recall@10 >= 0.95 at 1M synthetic keys; bench_router.py)
+RETRAIN_GROWTH = 4.0  # retrain the IVF quantizer when the index has grown this many times past its training
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for n keys: the power of two nearest 4*sqrt(n), in [64, 65536]."""
+    target = 4.0 * np.sqrt(max(n, 1))
+    return int(np.clip(2 ** round(np.log2(target)), 64, 65536))
 
 
 class KeyIndex:
-    def __init__(self, dim: int):
+    """Atom keys by rowid. `kind` is "flat" (exact) or "ivf" (approximate); search is the same call."""
+
+    def __init__(self, dim: int, kind: str = "flat", nlist: int = 0):
         import faiss
 
+        if kind not in ("flat", "ivf"):
+            raise ValueError(f"index kind must be 'flat' or 'ivf', got {kind!r}")
         self.dim = dim
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.nprobe = DEFAULT_NPROBE
+        if kind == "flat":
+            self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+            self.index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.index.own_fields = True
+            quantizer.this.disown()
+            # a hash map id -> (list, offset): reconstruct(id) for lexical-only candidates, remove_ids by id
+            self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        self.trained_n = 0  # keys the IVF quantizer was trained on
+
+    @property
+    def kind(self) -> str:
+        import faiss
+
+        return "ivf" if isinstance(self.index, faiss.IndexIVF) else "flat"
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
     def ids(self) -> np.ndarray:
+        """Sorted ids (int64) of every key in the index."""
         import faiss
 
-        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        if self.kind == "flat":
+            return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        inv = self.index.invlists
+        parts = [faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                 for lst in range(inv.nlist) if inv.list_size(lst)]
+        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """ids (n,) int64 atom rowids; vecs (n, dim) float32 unit rows. Appends; ids must be new."""
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+            assert vecs.shape == (len(ids), self.dim), f"vecs {vecs.shape} for {len(ids)} ids of dim {self.dim}"
+            self.index.add_with_ids(vecs, np.asarray(ids, dtype=np.int64))
+
+    def vectors(self, ids) -> np.ndarray:
+        """(len(ids), dim) float32 stored key vectors of these atom ids (each must be in the index)."""
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
 
     def remove(self, ids) -> None:
         import faiss
 
-        ids = np.asarray(list(ids), dtype=np.int64)
+        ids = np.ascontiguousarray(list(ids), dtype=np.int64)
         if len(ids):
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            if self.kind == "ivf":  # the IVF's id hash map removes by an explicit id array only
+                self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+            else:
+                self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (n, k) float32, ids (n, k) int64; -1 where fewer than k atoms exist)."""
+        """q (n, dim) float32 -> (scores (n, k) float32, ids (n, k) int64; -1 where fewer than k atoms exist)."""
         k = max(1, min(k, max(1, self.ntotal)))
         if self.ntotal == 0:
             n = len(q)
             return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+        if self.kind == "ivf":
+            self.index.nprobe = min(self.nprobe, self.index.nlist)
         return self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
 
     def save(self, folder: Path) -> None:
+        """Write keys.faiss atomically (temp file + rename), then its advisory sidecar keys.json."""
         import faiss
 
-        tmp = folder / f".{INDEX_FILE}.tmp{os.getpid()}"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, folder / INDEX_FILE)
+        tmp = Path(folder) / f".{INDEX_FILE}.tmp{os.getpid()}"
+        try:
+            faiss.write_index(self.index, str(tmp))
+            os.replace(tmp, Path(folder) / INDEX_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = Path(folder) / META_FILE
+        tmp = meta.with_name(f".{META_FILE}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"kind": self.kind, "ntotal": self.ntotal, "trained_n": self.trained_n}))
+        os.replace(tmp, meta)
+
+    def wants_rebuild(self, exact_max: int = EXACT_MAX) -> bool:
+        """True when the index kind no longer fits its size (crossed exact_max, or the IVF outgrew its training)."""
+        n = self.ntotal
+        if self.kind == "flat":
+            return n > exact_max
+        return n < exact_max // 2 or n > RETRAIN_GROWTH * max(self.trained_n, 1)
 
     @classmethod
-    def build(cls, ids: np.ndarray, vecs: np.ndarray, dim: int) -> "KeyIndex":
-        idx = cls(dim)
+    def build(cls, ids: np.ndarray, vecs: np.ndarray, dim: int, exact_max: int = EXACT_MAX,
+              seed: int = 0) -> "KeyIndex":
+        """An index of the kind that fits len(ids): exact up to exact_max, else IVF trained on these keys."""
+        n = len(ids)
+        if n <= exact_max:
+            idx = cls(dim, "flat")
+        else:
+            nlist = ivf_nlist(n)
+            idx = cls(dim, "ivf", nlist)
+            rng = np.random.default_rng(seed)
+            sample = vecs if n <= 64 * nlist else vecs[np.sort(rng.choice(n, 64 * nlist, replace=False))]
+            idx.index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            idx.trained_n = n
         idx.add(ids, vecs)
         return idx
 
     @classmethod
-    def open(cls, folder: Path, store, dim: int, write: bool = True) -> "KeyIndex":
+    def open(cls, folder: Path, store, dim: int, write: bool = True, exact_max: int = EXACT_MAX) -> "KeyIndex":
         """Load keys.faiss if it matches the store exactly, else rebuild it from the stored embeddings."""
         import faiss
 
-        path = folder / INDEX_FILE
+        path = Path(folder) / INDEX_FILE
         want = store.rowids()
         if path.exists():
             try:
                 idx = cls.__new__(cls)
                 idx.dim = dim
+                idx.nprobe = DEFAULT_NPROBE
                 idx.index = faiss.read_index(str(path))
-                if idx.index.d == dim and np.array_equal(idx.ids(), want):
+                idx.trained_n = idx.ntotal
+                try:
+                    idx.trained_n = int(json.loads((Path(folder) / META_FILE).read_text())["trained_n"]) or idx.ntotal
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                if idx.index.d == dim and np.array_equal(idx.ids(), want) and not idx.wants_rebuild(exact_max):
                     return idx
             except RuntimeError:
                 pass  # unreadable file: rebuilt below
         ids, vecs = store.embeddings()
-        idx = cls.build(ids, vecs, dim)
+        idx = cls.build(ids, vecs if len(ids) else np.zeros((0, dim), np.float32), dim, exact_max)
         if write:
             idx.save(folder)
         return idx

@@ -1,0 +1,146 @@
+"""Fit the learned router and calibrate the refusal threshold on a knowledge base's own questions.
+
+Positives: the questions compilation synthesised for each atom (stored in its stats), each
+scored against the atom's leave-one-out key (key + mean of its *other* questions), because
+the stored key already contains the question and would make it look easier than a user's.
+Negatives: router/oos.py's general questions, and near misses made from the positives by
+swapping a name for an invented one ("Who founded Velmora?" -> "Who founded Dravenholt?"),
+which no atom answers although every other word matches.
+
+Three-fold cross-fitting by atom: each fold's questions are scored by a model fitted on the
+other two, and the threshold is the score that routes `target_routed` of these held-out
+in-scope questions; the saved model is then fitted on all of them. The held-out figures
+(routed share, refusals, recall@1 on synthesised questions) go into router.json.
+This module reads the store and never writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from router.learned import DEFAULT_WEIGHTS, LearnedRouter, features
+from router.oos import OUT_OF_SCOPE
+
+FOLDS = 3
+_NAME = re.compile(r"(?<!^)(?<![.?!] )\b[A-Z][a-z][\w-]*(?:\s+[A-Z][a-z][\w-]*)*")
+_SYLL = ("dra", "ven", "holt", "quil", "lam", "osk", "tre", "mor", "vin", "ska", "bel", "thor", "nix", "pal",
+         "ru", "zen", "cor", "dal", "fen", "gro", "hal", "ist", "jor", "kel")
+
+
+def _invented(rng, known) -> str:
+    for _ in range(50):
+        w = "".join(rng.choice(_SYLL, size=rng.integers(2, 4))).capitalize()
+        if not known([w.lower()])[0]:
+            return w
+    return "Zzyqvarn"
+
+
+def near_misses(questions: list[str], rng, known) -> list[str]:
+    """Each question that names something, with one name swapped for an invented one (others dropped)."""
+    out = []
+    for q in questions:
+        spans = list(_NAME.finditer(q))
+        if not spans:
+            continue
+        m = spans[rng.integers(len(spans))]
+        fake = " ".join(_invented(rng, known) for _ in m.group(0).split())
+        out.append(q[:m.start()] + fake + q[m.end():])
+    return out
+
+
+def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
+    """(n, d) unit leave-one-out keys: key + mean of the other questions (the key alone when n == 1)."""
+    n = len(qv)
+    if n == 1:
+        return (key / np.linalg.norm(key))[None]
+    v = key[None] + (qv.sum(0)[None] - qv) / (n - 1)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
+    """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms."""
+    from router.router import MIN_CALIBRATION_ATOMS, atom_rows
+
+    rng = np.random.default_rng(seed)
+    store, emb, cfg = router.store, router.embedder, router.config
+    all_ids = store.rowids()
+    pick = np.sort(rng.choice(all_ids, size=min(len(all_ids), 2 * max_atoms), replace=False)) if len(all_ids) else all_ids
+    atoms = []
+    for rid, key, stats in atom_rows(store, "key, stats", pick):
+        qs = [q for q in (json.loads(stats).get("questions") or []) if isinstance(q, str) and q.strip()]
+        if qs:
+            atoms.append((rid, key, qs))
+    if len(atoms) < MIN_CALIBRATION_ATOMS:
+        return None
+    atoms = [atoms[i] for i in rng.permutation(len(atoms))[:max_atoms]]
+    keys = emb([k for _, k, _ in atoms])
+    qtexts = [q for _, _, qs in atoms for q in qs]
+    qv = emb(qtexts)
+    # positives: one row group per synthesised question, its atom scored with the leave-one-out key
+    pos_q, pos_target, pos_fold, override = [], [], [], []
+    at = 0
+    for a, (rid, _, qs) in enumerate(atoms):
+        loo = _loo(keys[a], qv[at:at + len(qs)])
+        for j in range(len(qs)):
+            pos_q.append(at + j)
+            pos_target.append(rid)
+            pos_fold.append(a % FOLDS)
+            override.append({rid: float(loo[j] @ qv[at + j])})
+        at += len(qs)
+    known = router.lexical.known if router.lexical is not None else router._ensure_lexical().known
+    near = near_misses([atoms[a][2][0] for a in range(len(atoms))], rng, known)
+    neg_texts = list(OUT_OF_SCOPE) + near
+    nv = emb(neg_texts)
+    texts = qtexts + neg_texts
+    vecs = np.concatenate([qv, nv])
+    overrides = override + [{} for _ in neg_texts]
+    cands = router.candidates(vecs, texts, dense_override=overrides)
+    targets = pos_target + [-1] * len(neg_texts)
+    folds = pos_fold + [i % FOLDS for i in range(len(neg_texts))]
+    kinds = ["pos"] * len(pos_target) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
+    F, y, g, qf = [], [], [], []
+    for qi, c in enumerate(cands):
+        if not len(c.ids):
+            continue
+        if targets[qi] >= 0 and targets[qi] not in set(c.ids.tolist()):
+            continue  # retrieval missed the atom: nothing for the reranker to learn from this question
+        f = features(c, cfg.rrf_k)
+        F.append(f)
+        y.append((c.ids == targets[qi]).astype(np.float64))
+        g.append(np.full(len(c.ids), qi))
+        qf.append(qi)
+    F, y, g = np.concatenate(F), np.concatenate(y), np.concatenate(g)
+    fold_of_row = np.asarray(folds)[g]
+    held_p = np.zeros(len(y), np.float32)
+    for f in range(FOLDS):
+        tr = fold_of_row != f
+        m = LearnedRouter.fit(F[tr], y[tr], g[tr], prior=DEFAULT_WEIGHTS)
+        held_p[~tr] = m.prob(F[~tr])
+    final = LearnedRouter.fit(F, y, g, prior=DEFAULT_WEIGHTS)
+    top_p, top_ok = {}, {}
+    for qi in qf:
+        rows = np.flatnonzero(g == qi)
+        j = rows[np.argmax(held_p[rows])]
+        top_p[qi], top_ok[qi] = float(held_p[j]), bool(y[j] > 0)
+    # every in-scope question counts for the routed share, a retrieval miss scoring its best (wrong) candidate 0
+    pos_scores = np.array([top_p.get(qi, 0.0) for qi in range(len(pos_target))])
+    thr = float(np.quantile(pos_scores, 1.0 - cfg.target_routed, method="lower")) if len(pos_scores) else 0.5
+    kinds_a = np.array(kinds)
+    scores_all = np.array([top_p.get(qi, 0.0) for qi in range(len(texts))])
+
+    def share(kind, refused):
+        s = scores_all[kinds_a == kind]
+        return round(float(((s < thr) if refused else (s >= thr)).mean()), 4) if len(s) else None
+
+    metrics = {
+        "atoms": len(atoms), "questions": len(pos_target), "oos": len(OUT_OF_SCOPE), "near_misses": len(near),
+        "heldout_routed": share("pos", False), "heldout_recall@1": round(float(np.mean(
+            [top_ok.get(qi, False) for qi in range(len(pos_target))])), 4),
+        "oos_refused": share("oos", True), "near_refused": share("near", True),
+    }
+    return {"format": "doc2atom-router/1", "weights": final.as_dict(), "threshold": round(thr, 6),
+            "target_routed": cfg.target_routed, "calibrated_atoms": int(router.dense.ntotal), "seed": seed,
+            "metrics": metrics}

@@ -1,0 +1,302 @@
+"""`Router`: the one object the pipeline calls to route questions and to keep the indices in sync.
+
+route(q) = hybrid candidates (dense key index top-C  ∪  BM25 top-C)
+           -> features -> learned probability p per candidate (router/learned.py)
+           -> refuse when the best p is under the calibrated threshold (or let the base answer)
+           -> keep the top_k by p, composition weight p / p_best
+           -> multi-hop: a second round conditioned on the best atom (router/multihop.py)
+
+Files it owns in the KB folder, all derived from kb.sqlite and rebuilt when they disagree
+with it (the store is the truth): keys.faiss (+ keys.json), lexical/, router.json (the
+learned weights and the calibrated threshold). The router only reads the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from router.index import KeyIndex
+from router.learned import DEFAULT_WEIGHTS, Candidates, LearnedRouter, features, rrf
+from router.lexical import LexicalIndex, special_tokens, tokenize
+from router.select import AtomScore, Route, RouterConfig
+
+ROUTER_FILE = "router.json"
+DEFAULT_THRESHOLD = 0.5  # used until a knowledge base is calibrated (fewer than MIN_CALIBRATION_ATOMS atoms)
+MIN_CALIBRATION_ATOMS = 4
+RECALIBRATE_GROWTH = 0.25  # recalibrate once the atom count moved by this share since the last calibration
+
+
+def _log(msg: str) -> None:
+    print(f"doc2atom: {msg}", file=sys.stderr, flush=True)
+
+
+def atom_rows(store, cols: str, rowids=None) -> list[tuple]:
+    """Read-only rows (rowid, cols...) of the store's atoms table, all or the given rowids, by rowid."""
+    if rowids is None:
+        return store.conn.execute(f"SELECT rowid, {cols} FROM atoms ORDER BY rowid").fetchall()
+    rowids = [int(r) for r in rowids]
+    out = []
+    for s in range(0, len(rowids), 500):
+        part = rowids[s:s + 500]
+        out += store.conn.execute(f"SELECT rowid, {cols} FROM atoms WHERE rowid IN ({','.join('?' * len(part))})",
+                                  part).fetchall()
+    return sorted(out)
+
+
+class Router:
+    """Routing for one knowledge base: dense + lexical indices, the learned reranker, refusal, multi-hop."""
+
+    def __init__(self, folder: Path, store, embedder, config: RouterConfig, dense: KeyIndex,
+                 lexical: LexicalIndex | None, state: dict, write: bool = True):
+        self.folder = Path(folder)
+        self.store = store
+        self.embedder = embedder
+        self.config = config
+        self.dense = dense
+        self.dense.nprobe = config.nprobe
+        self.lexical = lexical  # None = stale, rebuilt on next use
+        self.state = state
+        self.model = LearnedRouter.from_dict(state["weights"]) if "weights" in state else LearnedRouter()
+        self.write = write
+        self._texts: dict[int, str] = {}  # rowid -> atom text, for multi-hop (small LRU-less cache)
+
+    # -- opening and persistence ------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder, store, embedder, config: RouterConfig | None = None, write: bool = True) -> "Router":
+        """Open the KB's router files, rebuilding whichever disagrees with the store."""
+        config = config or RouterConfig()
+        folder = Path(folder)
+        dense = KeyIndex.open(folder, store, embedder.dim, write=write, exact_max=config.exact_max)
+        lexical = LexicalIndex.load(folder)
+        if lexical is not None and not np.array_equal(lexical.rowids, store.rowids()):
+            lexical = None
+        state = {}
+        try:
+            state = json.loads((folder / ROUTER_FILE).read_text())
+            LearnedRouter.from_dict(state["weights"])
+        except (OSError, ValueError, KeyError, TypeError):
+            state = {}
+        r = cls(folder, store, embedder, config, dense, lexical, state, write)
+        r._ensure_lexical()
+        return r
+
+    def _ensure_lexical(self) -> LexicalIndex:
+        if self.lexical is None:
+            rows = atom_rows(self.store, "key")
+            self.lexical = LexicalIndex.build(np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows])
+            if self.write:
+                self.lexical.save(self.folder)
+        return self.lexical
+
+    def _save_state(self) -> None:
+        tmp = self.folder / f".{ROUTER_FILE}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+        os.replace(tmp, self.folder / ROUTER_FILE)
+
+    @property
+    def threshold(self) -> float:
+        if self.config.threshold is not None:
+            return float(self.config.threshold)
+        return float(self.state.get("threshold", DEFAULT_THRESHOLD))
+
+    # -- keeping in sync with the store -----------------------------------------------------
+
+    def on_commit(self, added, removed, vecs) -> None:
+        """Apply one committed store change: atoms `removed` (rowids) are gone, `added` (rowids) with key
+        vectors `vecs` (len(added), dim) float32 are new. Call after the SQLite commit.
+
+        The dense index is updated and saved now (temp file + rename); the BM25 index is marked
+        stale and rebuilt once, at the next query or `flush()`. If the save fails the exception
+        propagates, this router keeps serving from memory (which matches the store), and the
+        stale file on disk is rebuilt from the store by the next `open`."""
+        added = np.asarray(list(added), dtype=np.int64)
+        removed = np.asarray(list(removed), dtype=np.int64)
+        self.dense.remove(removed)
+        if len(added):
+            self.dense.add(added, np.asarray(vecs, dtype=np.float32).reshape(len(added), -1))
+        for r in removed:
+            self._texts.pop(int(r), None)
+        if self.dense.wants_rebuild(self.config.exact_max):
+            ids, v = self.store.embeddings()
+            self.dense = KeyIndex.build(ids, v if len(ids) else np.zeros((0, self.embedder.dim), np.float32),
+                                        self.embedder.dim, self.config.exact_max)
+            self.dense.nprobe = self.config.nprobe
+        if len(added) or len(removed):
+            self.lexical = None
+        if self.write:
+            self.dense.save(self.folder)
+
+    def flush(self, calibrate: bool = True) -> None:
+        """After a batch of commits: rebuild and save the BM25 index, and recalibrate if the KB changed enough."""
+        self._ensure_lexical()
+        if calibrate and self.needs_calibration():
+            self.calibrate()
+
+    def needs_calibration(self) -> bool:
+        n = self.dense.ntotal
+        done = int(self.state.get("calibrated_atoms", 0))
+        if n < MIN_CALIBRATION_ATOMS:
+            return False
+        return done == 0 or abs(n - done) > RECALIBRATE_GROWTH * done
+
+    def calibrate(self, seed: int = 0, max_atoms: int = 400) -> dict:
+        """Fit the learned router and the refusal threshold on this KB's synthesised questions; save router.json."""
+        from router.calibrate import calibrate
+
+        state = calibrate(self, seed=seed, max_atoms=max_atoms)
+        if state is None:
+            return {}
+        self.state = state
+        self.model = LearnedRouter.from_dict(state["weights"])
+        if self.write:
+            self._save_state()
+        return state
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def candidates(self, qvecs: np.ndarray, qtexts: list[str], force: list[list[int]] | None = None,
+                   dense_override: list[dict[int, float]] | None = None, exclude: list[set[int]] | None = None,
+                   extra_tokens: list[list[str]] | None = None,
+                   name_texts: list[str] | None = None) -> list[Candidates]:
+        """Hybrid candidates per question: dense top-C ∪ BM25 top-C, with every raw signal.
+
+        qvecs (n, dim) float32 unit question vectors; qtexts the question texts. force[i]: atoms added
+        whatever their ranks; dense_override[i]: {atom: cosine} used instead of the index's (calibration
+        scores an atom against its leave-one-out key); exclude[i]: atoms left out; extra_tokens[i]: lexical
+        tokens added to the query; name_texts[i]: the text whose names and numbers the atom must have (default
+        the question; the second multi-hop round passes the original question, not the one with bridge words)."""
+        lex = self._ensure_lexical()
+        C = self.config.candidates
+        n = len(qtexts)
+        qtoks = tokenize(qtexts)
+        if extra_tokens:
+            qtoks = [t + e for t, e in zip(qtoks, extra_tokens)]
+        ds, di = self.dense.search(qvecs, C + (max(len(e) for e in exclude) if exclude else 0))
+        ls, li = lex.search(qtoks, C)
+        out = []
+        for q in range(n):
+            ex = exclude[q] if exclude else set()
+            dl = [(float(s), int(i)) for s, i in zip(ds[q], di[q]) if i >= 0 and int(i) not in ex]
+            if dense_override and dense_override[q]:
+                ov = dense_override[q]
+                dl = [(ov.get(i, s), i) for s, i in dl]
+                have = {i for _, i in dl}
+                dl += [(s, i) for i, s in ov.items() if i not in have]
+                dl.sort(key=lambda t: -t[0])
+            dl = dl[:C]
+            ll = [int(i) for s, i in zip(ls[q], li[q]) if i >= 0 and int(i) not in ex]
+            ids = list(dict.fromkeys([i for _, i in dl] + ll + [i for i in (force[q] if force else []) if i not in ex]))
+            if not ids:
+                out.append(_empty())
+                continue
+            ids_a = np.array(ids, dtype=np.int64)
+            drank = {i: r + 1 for r, (_, i) in enumerate(dl)}
+            lrank = {i: r + 1 for r, i in enumerate(ll)}
+            dscore = {i: s for s, i in dl}
+            miss = [i for i in ids if i not in dscore]
+            if miss:
+                vv = self.dense.vectors(miss) @ qvecs[q]
+                for i, s in zip(miss, vv):
+                    dscore[i] = float((dense_override[q] if dense_override else {}).get(i, s))
+            out.append(self._signals(ids_a, np.array([dscore[i] for i in ids], np.float32),
+                                     np.array([drank.get(i, 0) for i in ids]),
+                                     np.array([lrank.get(i, 0) for i in ids]), qtoks[q],
+                                     name_texts[q] if name_texts else qtexts[q]))
+        return out
+
+    def _signals(self, ids, dense, drank, lrank, qtok: list[str], qtext: str) -> Candidates:
+        lex = self.lexical
+        toks = list(dict.fromkeys(qtok))
+        names = special_tokens(qtext)
+        ts = lex.term_scores(toks, ids)  # (T, m)
+        idf = lex.idf(toks)
+        present = ts > 0
+        cover = (idf @ present) / idf.sum() if len(toks) and idf.sum() > 0 else np.zeros(len(ids), np.float32)
+        if names:
+            nts = lex.term_scores(names, ids) > 0
+            name_miss = 1.0 - nts.mean(axis=0)
+            name_oov = float(1.0 - lex.known(names).mean())
+        else:
+            name_miss = np.zeros(len(ids), np.float32)
+            name_oov = 0.0
+        other = [t for t in toks if t not in names]
+        if other:
+            oidf = lex.idf(other)
+            word_oov = float((oidf * ~lex.known(other)).sum() / max(oidf.sum(), 1e-9))
+        else:
+            word_oov = 0.0
+        return Candidates(ids=ids, dense=dense, bm25=ts.sum(axis=0).astype(np.float32),
+                          cover=np.asarray(cover, np.float32), name_miss=np.asarray(name_miss, np.float32),
+                          dense_rank=drank, lex_rank=lrank, name_oov=name_oov, word_oov=word_oov)
+
+    def score(self, c: Candidates) -> np.ndarray:
+        """Learned probability per candidate (m,) float32."""
+        if not len(c.ids):
+            return np.zeros(0, np.float32)
+        return self.model.prob(features(c, self.config.rrf_k))
+
+    def route(self, questions: list[str], top_k: int | None = None) -> list[Route]:
+        """One Route per question: atoms best first with weights, or a refusal."""
+        if not questions:
+            return []
+        k = top_k or self.config.top_k
+        thr = self.threshold
+        qv = self.embedder(questions)
+        cands = self.candidates(qv, questions)
+        routes = []
+        for q, c in enumerate(cands):
+            p = self.score(c)
+            if not len(p):
+                routes.append(Route([], [], [], True, float("-inf"), self.config.allow_base, thr))
+                continue
+            order = np.lexsort((-rrf(c.dense_rank, c.lex_rank, self.config.rrf_k), -p))
+            best = float(p[order[0]])
+            if best < thr:
+                j = order[0]
+                routes.append(Route([], [], [], True, best, self.config.allow_base, thr,
+                                    [self._detail(c, p, j, 0.0)]))
+                continue
+            keep = [j for j in order[:k] if p[j] >= best - self.config.margin]
+            details = [self._detail(c, p, j, float(p[j]) / best) for j in keep]
+            routes.append(Route([int(c.ids[j]) for j in keep], [float(p[j]) for j in keep],
+                                [d.weight for d in details], False, best, False, thr, details))
+        if self.config.multihop and self.config.max_hop_atoms:
+            from router.multihop import second_round
+
+            second_round(self, questions, routes)
+        return routes
+
+    @staticmethod
+    def _detail(c: Candidates, p: np.ndarray, j: int, weight: float, hop: int = 1) -> AtomScore:
+        return AtomScore(id=int(c.ids[j]), dense=round(float(c.dense[j]), 4), lexical=round(float(c.bm25[j]), 4),
+                         cover=round(float(c.cover[j]), 4), learned=round(float(p[j]), 4),
+                         weight=round(weight, 4), hop=hop)
+
+    def texts(self, rowids) -> dict[int, str]:
+        """Atom texts by rowid (cached)."""
+        want = [int(r) for r in rowids if int(r) not in self._texts]
+        if want:
+            if len(self._texts) > 100_000:
+                self._texts.clear()
+            for rid, text in atom_rows(self.store, "text", want):
+                self._texts[rid] = text
+        return {int(r): self._texts[int(r)] for r in rowids if int(r) in self._texts}
+
+    def info(self) -> dict:
+        return {"atoms": self.dense.ntotal, "index": self.dense.kind, "threshold": round(self.threshold, 4),
+                "calibrated": bool(self.state.get("calibrated_atoms")), "weights": self.model.as_dict(),
+                "calibration": self.state.get("metrics", {})}
+
+
+def _empty() -> Candidates:
+    z = np.zeros(0, np.float32)
+    return Candidates(np.zeros(0, np.int64), z, z, z, z, np.zeros(0, int), np.zeros(0, int), 0.0, 0.0)
+
+
+__all__ = ["Router", "RouterConfig", "Route", "AtomScore", "DEFAULT_WEIGHTS", "atom_rows"]
