@@ -1,93 +1,406 @@
-"""Split a Document into atoms: one statement each, with the exact source span.
+"""Split a Document into typed, self-contained atoms, one fact each, with exact source spans.
 
-First version: sentence-level atoms from spaCy's parser, over the document's text blocks
-(paragraphs, list items; markdown headings and code are context, not atoms). Every atom
-keeps `start`/`end` offsets such that `document.text[start:end]` is its source sentence.
+The document is cut into blocks (paragraphs, list items, table rows; markdown headings and
+code are context, not atoms). Each prose block is cleaned of markup (links, emphasis,
+citation marks like "[note 1]") through an offset map, parsed by spaCy, and every sentence
+is split into one piece per fact (split.py), its pronouns and descriptions resolved against
+the document's discourse (resolve.py), rendered as a sentence and typed (atom_types.py).
+Every atom keeps `start`/`end` offsets into `document.text` covering the clause it came
+from; its text is the resolved statement ("It flows north." -> "The Rhine flows north.").
+
 This module must never change the document text it is given.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from doc2atom.atom_types import classify, make_key
+from doc2atom.resolve import Discourse
 from doc2atom.schemas import AtomDraft, Document
+from doc2atom.split import finish, render, split_sentence, subject_of
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _HEADING = re.compile(r"^\s*#{1,6}\s")
+_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+# markup dropped from atom text (kept in the document): links keep their label
+_MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation needed|[a-z])\]|\*\*|__|`|\s+")
 MIN_CHARS = 12
+# a full stop after these does not end a sentence
+_ABBREV = {"ca", "c", "e.g", "i.e", "eg", "ie", "cf", "vs", "approx", "st", "mt", "mr", "mrs", "ms", "dr", "prof",
+           "nos", "fig", "figs", "jr", "sr", "inc", "ltd", "co", "gen", "col", "lt", "capt", "sgt", "rev", "fl",
+           "u.s", "u.k", "al", "ed", "eds", "vol", "pp", "ch", "sec", "dept", "jan", "feb", "apr", "jun", "jul",
+           "aug", "sep", "sept", "oct", "nov", "dec", "av", "ave", "blvd"}
+_SENT_END = re.compile(r"[.!?][\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9ÀÁÂÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÖØÙÚÛÜÝĀ-ž])")
 
 
-def blocks(text: str) -> Iterator[tuple[int, int, str | None]]:
-    """(start, end, heading) of each prose block: paragraphs and list items; headings set context."""
+@dataclass
+class Block:
+    kind: str  # "prose", "item", "table"
+    start: int
+    end: int
+    heading: str | None
+    intro: str | None = None  # for items: the line that introduces the list ("Exports include:")
+    rows: list[list[tuple[int, int]]] = field(default_factory=list)  # for tables: cell spans per row
+
+
+def _cells(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    line = text[start:end]
+    cells, pos = [], 0
+    parts = line.split("|")
+    if line.strip().startswith("|"):
+        pos = line.index("|") + 1
+        parts = parts[1:]
+    if line.strip().endswith("|"):
+        parts = parts[:-1]
+    for p in parts:
+        lead = len(p) - len(p.lstrip())
+        s, e = start + pos + lead, start + pos + len(p.rstrip())
+        cells.append((s, max(s, e)))
+        pos += len(p) + 1
+    return cells
+
+
+def segment(text: str) -> list[Block]:
+    """Blocks of a markdown-ish text: paragraphs, list items (with their intro), tables; headings set context."""
+    out: list[Block] = []
     heading: str | None = None
-    pos = 0
-    in_code = False
-    para_start = None
-    para_end = None
-    for line in text.splitlines(keepends=True):
+    pos, in_code = 0, False
+    para: list[int] | None = None  # [start, end]
+    table: Block | None = None
+    lines = text.splitlines(keepends=True)
+
+    def close_para():
+        nonlocal para
+        if para is not None:
+            out.append(Block("prose", para[0], para[1], heading))
+            para = None
+
+    def close_table():
+        nonlocal table
+        if table is not None:
+            out.append(table)
+            table = None
+
+    for line in lines:
         start, end = pos, pos + len(line.rstrip("\r\n"))
         pos += len(line)
         stripped = line.strip()
         if stripped.startswith("```"):
+            close_para(), close_table()
             in_code = not in_code
-            if para_start is not None:
-                yield para_start, para_end, heading
-                para_start = None
             continue
         if in_code:
             continue
+        if stripped.startswith("|") and stripped.count("|") >= 2:
+            close_para()
+            if table is None:
+                table = Block("table", start, end, heading)
+            table.end = end
+            if not _TABLE_SEP.match(stripped):
+                table.rows.append(_cells(text, start, end))
+            continue
+        close_table()
         if not stripped:
-            if para_start is not None:
-                yield para_start, para_end, heading
-                para_start = None
+            close_para()
             continue
         if _HEADING.match(line):
-            if para_start is not None:
-                yield para_start, para_end, heading
-                para_start = None
+            close_para()
             heading = stripped.lstrip("#").strip()
             continue
         m = _BULLET.match(line)
         if m:
-            if para_start is not None:
-                yield para_start, para_end, heading
-            para_start, para_end = start + m.end(), end
+            close_para()
+            intro = None
+            prev = out[-1] if out else None
+            if prev is not None and prev.kind == "item":
+                intro = prev.intro
+            elif prev is not None and prev.kind == "prose" and text[prev.start:prev.end].rstrip().endswith(":"):
+                intro = _last_line(text[prev.start:prev.end])
+            out.append(Block("item", start + m.end(), end, heading, intro))
             continue
-        if para_start is None:
-            para_start = start + (len(line) - len(line.lstrip()))
-        para_end = end
-    if para_start is not None:
-        yield para_start, para_end, heading
+        if para is None:
+            para = [start + (len(line) - len(line.lstrip())), end]
+        para[1] = end
+    close_para(), close_table()
+    return out
+
+
+def _last_line(s: str) -> str:
+    s = " ".join(s.split())
+    parts = re.split(r"(?<=[.!?])\s+", s)
+    return parts[-1].rstrip(":").strip()
+
+
+def blocks(text: str) -> Iterator[tuple[int, int, str | None]]:
+    """(start, end, heading) of each prose block and list item (tables excluded)."""
+    for b in segment(text):
+        if b.kind != "table":
+            yield b.start, b.end, b.heading
+
+
+def clean_map(raw: str) -> tuple[str, list[int]]:
+    """Raw block text without markup and with whitespace collapsed, and each clean char's raw offset."""
+    chars: list[str] = []
+    offs: list[int] = []
+    pos = 0
+    for m in _MARKUP.finditer(raw):
+        for k in range(pos, m.start()):
+            chars.append(raw[k])
+            offs.append(k)
+        g = m.group(0)
+        if g[0].isspace():
+            if chars and chars[-1] != " ":
+                chars.append(" ")
+                offs.append(m.start())
+        elif m.group(1) is not None:
+            for k in range(m.start(1), m.end(1)):
+                chars.append(raw[k])
+                offs.append(k)
+        pos = m.end()
+    for k in range(pos, len(raw)):
+        chars.append(raw[k])
+        offs.append(k)
+    return "".join(chars), offs
+
+
+def sentence_starts(clean: str, raw: str, offs: list[int]) -> set[int]:
+    """Where sentences begin in a cleaned block: after . ! ? (not after an abbreviation or an
+    initial) before a capital or digit, and at a line break after a short line without a stop
+    (a title line glued to its text). spaCy's own guesses split 'a UNESCO World Heritage Site'."""
+    starts = {0}
+    for m in _SENT_END.finditer(clean):
+        word = re.search(r"([\w.]+)\.[\"'”’)\]]*\s+$", clean[max(0, m.start() - 12):m.end()])
+        w = word.group(1).lower() if word else ""
+        initial = word is not None and len(word.group(1)) == 1 and word.group(1).isupper()  # "J. Smith"
+        if clean[m.start()] == "." and (w in _ABBREV or initial):
+            continue
+        starts.add(m.end())
+    line_start = 0
+    for k, ch in enumerate(clean):
+        if ch == " " and "\n" in raw[offs[k]:offs[k + 1] if k + 1 < len(offs) else len(raw)]:
+            prev = clean[line_start:k].rstrip()
+            if prev and prev[-1] not in ".!?:;," and len(prev) < 50 and k + 1 < len(clean) and clean[k + 1].isupper():
+                starts.add(k + 1)
+            line_start = k + 1
+    return starts
+
+
+def _presegmented(nlp, clean: str, starts: set[int]):
+    """A tokenized Doc whose sentence boundaries are fixed (the parser respects them)."""
+    d = nlp.make_doc(clean)
+    for t in d:
+        t.is_sent_start = t.i == 0 or t.idx in starts
+    return d
 
 
 def _clean(s: str) -> str:
-    return " ".join(s.replace("**", "").replace("__", "").split())
+    return clean_map(s)[0].strip()
+
+
+class _DocState:
+    """Per-document state while its blocks stream past."""
+
+    def __init__(self, doc: Document, title_doc):
+        self.doc = doc
+        self.disc = Discourse(doc.title, doc.text, title_doc)
+        self.atoms: list[AtomDraft] = []
+        self.heading: str | None = None
+
+
+def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: str) -> list[AtomDraft]:
+    """The atoms of one parsed sentence."""
+    doc = sent.doc
+    out: list[AtomDraft] = []
+    prev: AtomDraft | None = st.atoms[-1] if st.atoms and st.atoms[-1].start >= block.start else None
+    for p in split_sentence(sent):
+        lead = list(p.lead)
+        verb = doc[p.verb] if p.verb is not None else None
+        if p.kind == "sentence" and not p.lead and subject_of(sent.root) is None:
+            lead = st.disc.elided_subject(verb)
+        seen: set[int] = set()
+        names = frozenset(x for x in lead if isinstance(x, str))
+
+        def rep(i: int) -> str | None:
+            r = analysis.replacement(i, seen, names)
+            first = not seen and not any(isinstance(x, str) for x in lead[:1])
+            seen.add(i)
+            t = doc[i]
+            if r is None and not first and i == sent.start and t.pos_ != "PROPN" and t.text[:1].isupper() \
+                    and not t.text.isupper():
+                return t.text[0].lower() + t.text[1:]
+            return r
+
+        segments = lead + list(p.own)
+        body = finish(render(segments, doc, rep))
+        first_tok = next((x for x in segments if isinstance(x, int)), None)
+        lo, hi = _span(p, doc, offs, block.start)
+        if first_tok in analysis.event and first_tok == p.own[0] and not lead:
+            base = out[-1] if out else prev
+            if base is not None:  # "This caused ..." -> "<what it points back to>, and this caused ..."
+                body = base.text.rstrip(".!? ") + ", and " + body[0].lower() + body[1:]
+                lo = min(lo, base.start)
+        if len(body) < MIN_CHARS or not any(c.isalpha() for c in body):
+            continue
+        subj_ids = p.subj if p.subj else []
+        seen_s: set[int] = set()
+
+        def rep_s(i: int) -> str | None:
+            r = analysis.replacement(i, seen_s)
+            seen_s.add(i)
+            return r
+
+        subject = render(subj_ids, doc, rep_s) if subj_ids else (lead[0] if lead and isinstance(lead[0], str) else "")
+        topic = st.disc.topic()
+
+        def named(i: int) -> bool:
+            e = analysis.mention.get(i)
+            return e is not None and e.proper
+
+        typed = classify(doc, p.own, p.verb, p.kind, subject or (topic.name if topic else ""), named)
+        atom = AtomDraft(type=typed.type, text=body, key=make_key(typed.head, body, context), start=lo, end=hi)
+        out.append(atom)
+    return out
+
+
+def _span(p, doc, offs: list[int], base: int) -> tuple[int, int]:
+    """Source span of a piece: its own clause; an apposition or relative clause with its anchor
+    ("the Venn Bridge, a cast-iron arch"); a piece that ends its sentence takes the full stop."""
+    ids = sorted(i for i in p.own if not doc[i].is_space) or sorted(p.own)
+    lead = sorted(x for x in p.lead if isinstance(x, int))
+    if p.kind in ("apposition", "relative") and lead and max(lead) < ids[0] and ids[0] - max(lead) <= 3:
+        ids = lead + ids
+    while len(ids) > 1 and doc[ids[-1]].text in (".", ",", ";", ":"):
+        ids.pop()
+    first, last = doc[ids[0]], doc[ids[-1]]
+    end = last.i + 1
+    while end < last.sent.end and doc[end].text in ('"', "'", ")", "”", "’"):
+        end += 1
+    if end == last.sent.end - 1 and doc[end].text in (".", "!", "?"):
+        last = doc[end]
+    return base + offs[first.idx], base + offs[last.idx + len(last.text) - 1] + 1
+
+
+def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_next: bool) -> None:
+    context = block.heading or st.doc.title
+    sents = list(parsed.sents)
+    for n, sent in enumerate(sents):
+        analysis = st.disc.analyse(sent)
+        text = sent.text.strip()
+        is_intro = intro_next and n == len(sents) - 1 and text.endswith(":")
+        # a verbless parse of a long sentence is a tagging error ("the branches ... discharge"), not a title
+        has_verb = any(t.pos_ in ("VERB", "AUX") for t in sent) or (
+            len([t for t in sent if t.is_alpha]) >= 3 and text[-1:] in ".!?")
+        if block.kind == "item" and (not has_verb or len(text) < MIN_CHARS):
+            _item_atom(st, block, sent, offs)
+        elif not is_intro and has_verb and len(text) >= MIN_CHARS and any(c.isalpha() for c in text):
+            st.atoms.extend(_piece_atoms(st, block, offs, sent, analysis, context))
+        st.disc.observe(analysis)
+
+
+def _item_atom(st: _DocState, block: Block, sent, offs: list[int]) -> None:
+    item = " ".join(sent.text.split()).rstrip(" .;,")
+    if len(item) < 2:
+        return
+    first = sent[0]
+    if block.intro:
+        intro = block.intro.rstrip(":").strip()
+        text = finish(f"{intro} {item[0].lower() + item[1:] if first.pos_ != 'PROPN' and not item[:2].isupper() else item}")
+        head = f"{intro}: {item}"
+    else:
+        ctx = block.heading or st.doc.title
+        text = finish(f"{ctx}: {item}")
+        head = f"{ctx}: {item}"
+    lo = block.start + offs[sent[0].idx]
+    last = sent[-1]
+    while last.is_punct and last.i > sent.start:
+        last = sent.doc[last.i - 1]
+    hi = block.start + offs[last.idx + len(last.text) - 1] + 1
+    st.atoms.append(AtomDraft(type="list_member", text=text, key=make_key(head, text, None), start=lo, end=hi))
+
+
+def _table_atoms(st: _DocState, block: Block) -> None:
+    """One attribute per cell: 'The <column> of <row name> is <cell>.', spanning the cell."""
+    text = st.doc.text
+    if not block.rows:
+        return
+    header = [_clean(text[s:e]) for s, e in block.rows[0]]
+    rows = block.rows[1:] if len(block.rows) > 1 else []
+    context = block.heading or st.doc.title
+    for row in rows:
+        cells = [_clean(text[s:e]) for s, e in row]
+        if not cells or not cells[0]:
+            continue
+        name = cells[0]
+        if len(row) == 1:
+            st.atoms.append(AtomDraft(type="list_member", text=finish(f"{context}: {name}"),
+                                      key=make_key(f"{context}: {name}", name, None), start=row[0][0], end=row[0][1]))
+            continue
+        for j in range(1, min(len(row), len(header))):
+            h, v = header[j], cells[j]
+            if not h or not v:
+                continue
+            s = _cell_sentence(name, h, v)
+            typ = "event" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?", v) else (
+                "quantity" if re.search(r"\d", v) else "attribute")
+            st.atoms.append(AtomDraft(type=typ, text=s, key=make_key(f"{name}: {h.lower()}", s, context),
+                                      start=row[j][0], end=row[j][1]))
+
+
+def _cell_sentence(name: str, header: str, value: str) -> str:
+    h = header.strip()
+    low = h[0].lower() + h[1:] if not h[:2].isupper() else h
+    words = h.split()
+    if words and words[0].lower().endswith(("ed", "en", "wn", "lt")) and len(words) <= 3:  # "Founded", "Designed by"
+        prep = "" if words[-1].lower() in ("by", "in", "at", "on", "from", "for") else (
+            " in" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD))?", value) else "")
+        return finish(f"{name} was {low}{prep} {value}")
+    if words and words[-1].lower() in ("by", "in", "at", "on", "from", "of"):
+        return finish(f"{name}, {low} {value}")
+    return finish(f"The {low} of {name} is {value}")
 
 
 def atomize(doc: Document, nlp) -> list[AtomDraft]:
-    """Sentence atoms of one document."""
+    """Typed, self-contained atoms of one document."""
     return next(iter(atomize_many([doc], nlp)))
 
 
 def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterator[list[AtomDraft]]:
     """Atomize several documents, sharing spaCy batches; yields one list of atoms per document."""
-    for doc in docs:
-        spans = list(blocks(doc.text))
-        texts = [doc.text[s:e] for s, e, _ in spans]
-        atoms: list[AtomDraft] = []
-        for (bstart, _bend, heading), parsed in zip(spans, nlp.pipe(texts, batch_size=batch_size)):
-            for sent in parsed.sents:
-                raw = sent.text
-                lead = len(raw) - len(raw.lstrip())
-                s = bstart + sent.start_char + lead
-                e = bstart + sent.end_char - (len(raw) - len(raw.rstrip()))
-                text = _clean(doc.text[s:e])
-                if len(text) < MIN_CHARS or not any(c.isalpha() for c in text):
+    docs = list(docs)
+    plans: list[list[Block]] = [segment(d.text) for d in docs]
+
+    def stream():
+        for n, (d, bl) in enumerate(zip(docs, plans)):
+            yield (d.title or " ", (n, "title", None, None))
+            heading = None
+            for k, b in enumerate(bl):
+                if b.heading != heading:
+                    heading = b.heading
+                    yield (heading or " ", (n, "heading", b, None))
+                if b.kind == "table":
+                    yield (" ", (n, "table", b, None))
                     continue
-                if not any(t.pos_ in ("VERB", "AUX") for t in sent):
-                    continue  # a title or fragment states no fact
-                context = heading or doc.title
-                key = text if (not context or context.lower() in text.lower()) else f"{context}: {text}"
-                atoms.append(AtomDraft(type="statement", text=text, key=key, start=s, end=e))
-        yield atoms
+                raw = d.text[b.start:b.end]
+                clean, offs = clean_map(raw)
+                nxt = bl[k + 1] if k + 1 < len(bl) else None
+                doc = _presegmented(nlp, clean, sentence_starts(clean, raw, offs))
+                yield (doc, (n, "block", b, (offs, nxt is not None and nxt.kind == "item")))
+
+    cur: _DocState | None = None
+    for parsed, (n, what, b, extra) in nlp.pipe(stream(), batch_size=batch_size, as_tuples=True):
+        if what == "title":  # every document streams its title first
+            if cur is not None:
+                yield cur.atoms
+            cur = _DocState(docs[n], parsed)
+        elif what == "heading":
+            cur.disc.set_section(b.heading, docs[n].text, parsed if b.heading else None)
+        elif what == "table":
+            _table_atoms(cur, b)
+        else:
+            offs, intro_next = extra
+            _prose_atoms(cur, b, parsed, offs, intro_next)
+    if cur is not None:
+        yield cur.atoms

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ATOM_TYPES = ("statement",)
+# the atom taxonomy; doc2atom/atom_types.py documents each type and how its key is formed
+ATOM_TYPES = ("definition", "attribute", "relation", "event", "quantity", "list_member", "statement")
 
 
 class _Strict(BaseModel):

@@ -1,9 +1,14 @@
-from doc2atom.atomizer import atomize, blocks
-from doc2atom.readers import document_from_text
+from pathlib import Path
+
+from doc2atom.atomizer import atomize, atomize_many, blocks, clean_map, sentence_starts
+from doc2atom.readers import document_from_text, expand_paths, read_file
+from doc2atom.schemas import ATOM_TYPES
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
-def _atoms(text, nlp):
-    d = document_from_text("t.md", text)
+def _atoms(text, nlp, title=""):
+    d = document_from_text("t.md", text, title=title)
     return d, atomize(d, nlp)
 
 
@@ -20,8 +25,9 @@ def test_headings_and_code_are_context_not_atoms(nlp):
     text = "# The Bridge Is Green\n\n```\nx = 1 is code here\n```\n\nThe Korrin Bridge is green.\n"
     _, atoms = _atoms(text, nlp)
     assert [a.text for a in atoms] == ["The Korrin Bridge is green."]
-    # the heading gives context to the key
-    assert atoms[0].key.startswith("The Bridge Is Green: ")
+    # the heading gives context to the key, the key ends with the atom text
+    assert atoms[0].key.startswith("The Bridge Is Green; ")
+    assert atoms[0].key.endswith("The Korrin Bridge is green.")
 
 
 def test_list_items_are_atoms_without_bullets(nlp):
@@ -41,3 +47,60 @@ def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))
     assert [text[s:e] for s, e, _ in spans] == ["a b c\nd e", "item one"]
+
+
+def test_every_atom_has_a_known_type_and_a_span_inside_the_text(nlp):
+    text = ("# Velmora\n\nVelmora is a small harbour town. It was founded in 1843 by Ilse Varn, who later became "
+            "its first mayor. About 4,200 people live there.\n")
+    d, atoms = _atoms(text, nlp)
+    assert atoms
+    for a in atoms:
+        assert a.type in ATOM_TYPES
+        assert 0 <= a.start < a.end <= len(d.text)
+        assert d.text[a.start:a.end] == d.text[a.start:a.end].strip()
+
+
+def test_sample_corpus_gives_one_atom_per_fact_sentence(nlp):
+    """An integration test relies on it: 23 atoms, each the exact source sentence."""
+    docs = [doc for f in expand_paths([str(SAMPLE)]) for doc in read_file(f)]
+    per_doc = list(atomize_many(docs, nlp))
+    assert len(per_doc) == len(docs) == 5
+    assert sum(len(a) for a in per_doc) == 23
+    for doc, atoms in zip(docs, per_doc):
+        for a in atoms:
+            assert doc.text[a.start:a.end] == a.text
+
+
+def test_atomize_many_keeps_document_order_and_batches(nlp):
+    docs = [document_from_text(f"d{i}", f"The Korrin Bridge is {100 + i} metres long.") for i in range(5)]
+    out = list(atomize_many(docs, nlp, batch_size=2))
+    assert [[a.text for a in atoms] for atoms in out] == [[f"The Korrin Bridge is {100 + i} metres long."]
+                                                           for i in range(5)]
+
+
+def test_markup_is_dropped_from_text_but_spans_stay_exact(nlp):
+    text = "The **Korrin Bridge** crosses the [Ossel](https://example.org/ossel) river.[note 1]\n"
+    d, atoms = _atoms(text, nlp)
+    assert [a.text for a in atoms] == ["The Korrin Bridge crosses the Ossel river."]
+    assert d.text[atoms[0].start:atoms[0].end] == "The **Korrin Bridge** crosses the [Ossel](https://example.org/ossel) river."
+
+
+def test_clean_map_offsets():
+    raw = "a **b**  [c](u) d[1]"
+    clean, offs = clean_map(raw)
+    assert clean == "a b c d"
+    assert all(raw[o] == ch for ch, o in zip(clean, offs) if ch != " ")
+
+
+def test_sentence_boundaries_skip_abbreviations_and_initials():
+    clean = "It peaked ca. 22,000 BP. J. Smith measured it. The flow is 12 m. It rose."
+    starts = sentence_starts(clean, clean, list(range(len(clean))))
+    sents = [clean[a:b].strip() for a, b in zip(sorted(starts), sorted(starts)[1:] + [len(clean)])]
+    assert sents == ["It peaked ca. 22,000 BP.", "J. Smith measured it.", "The flow is 12 m.", "It rose."]
+
+
+def test_a_long_sentence_the_tagger_gives_no_verb_is_kept(nlp):
+    # regression: "discharge" tagged as a noun made the whole sentence vanish (Rhine paragraph 34)
+    text = "At present, the branches Waal and Nederrijn-Lek discharge to the North Sea, near Rotterdam."
+    _, atoms = _atoms(text, nlp, title="Rhine")
+    assert any("North Sea" in a.text for a in atoms)

@@ -1,0 +1,613 @@
+"""Make atoms self-contained: resolve pronouns, definite descriptions and elided subjects.
+
+A small salience model of the discourse, after Lappin and Leass (1994): every noun phrase of
+a document becomes (or is linked to) an entity that remembers how recently and in which
+role (subject, object, other) it was mentioned, which nouns name its class ("river" from "a
+European river" or "the river Rhine"), and whether it is plural, a person or a place. A
+pronoun goes to the most salient compatible entity of the last two sentences, of its own
+sentence, or the document's topic (its title, or a section heading that names something);
+"the river" goes to the named entity whose class is "river"; "the latter" to the last name.
+
+Resolution decides what a token means; whether an atom's text shows the resolved name is
+asked per piece through `Analysis.replacement`: a pronoun that the piece itself already
+gives an antecedent for ("The Rhine encounters its tributaries") stays as written.
+Expletive "it" ("It is expected that ...") is left alone; a demonstrative subject ("This
+caused ...") points at a statement, not an entity, and is marked for the atomizer to join
+with that statement.
+This module must never change token text other than through `replacement`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# pronoun -> (plural, person (None = either), possessive)
+PRONOUNS: dict[str, tuple[bool, bool | None, bool]] = {
+    "it": (False, False, False), "itself": (False, False, False), "its": (False, False, True),
+    "they": (True, None, False), "them": (True, None, False), "themselves": (True, None, False),
+    "their": (True, None, True),
+    "he": (False, True, False), "him": (False, True, False), "himself": (False, True, False),
+    "his": (False, True, True), "she": (False, True, False), "herself": (False, True, False),
+    "her": (False, True, False),
+}
+DEMONSTRATIVES = {"this", "that", "these", "those"}
+NUMERIC = {"DATE", "TIME", "CARDINAL", "QUANTITY", "PERCENT", "MONEY", "ORDINAL"}
+NAMED = {"PERSON", "GPE", "LOC", "ORG", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"}
+PERSON_NOUNS = {
+    "man", "woman", "person", "engineer", "chemist", "musician", "king", "queen", "emperor", "empress", "president",
+    "leader", "writer", "author", "poet", "artist", "scientist", "inventor", "founder", "glassmaker", "captain",
+    "player", "minister", "general", "hero", "chancellor", "architect", "painter", "composer", "singer", "actor",
+    "actress", "politician", "explorer", "monk", "priest", "bishop", "pope", "duke", "archduke", "prince",
+    "princess", "father", "mother", "son", "daughter", "wife", "husband", "teacher", "student", "doctor", "lawyer",
+    "soldier", "physicist", "mathematician", "philosopher", "historian", "designer", "director", "governor", "mayor",
+    "ruler", "sculptor", "novelist", "farmer", "merchant", "sailor", "pilot", "chef", "baker", "coach", "manager",
+}
+# words inside a proper name that say what kind of thing it is ("Lake Constance" is a lake)
+GENERIC = {
+    "lake", "river", "sea", "ocean", "bridge", "gorge", "valley", "delta", "canal", "mountain", "mountains", "island",
+    "bay", "city", "town", "village", "county", "state", "province", "university", "company", "museum", "church",
+    "castle", "fort", "fortress", "bank", "street", "square", "park", "port", "hill", "forest", "desert", "plain",
+    "basin", "falls", "strait", "channel", "glacier", "peninsula", "cape", "dam", "tower", "palace", "cathedral",
+    "school", "college", "hospital", "station", "airport", "club", "team", "party", "empire", "kingdom", "republic",
+    "treaty", "war", "battle", "festival", "fair", "lighthouse", "region", "area", "district", "line", "fault",
+    "graben", "embayment", "culture", "confederation", "crisis", "operation", "acid", "light", "cup", "dome",
+    "arena", "museum", "prize", "award", "institute", "society", "council", "army", "legion", "canton", "land",
+}
+# what a definite description may call a named entity of each type ("the company" for an ORG)
+LABEL_CLASSES = {
+    "GPE": {"city", "town", "country", "state", "nation", "village", "capital", "municipality"},
+    "ORG": {"company", "organization", "organisation", "firm", "club", "team", "band", "group", "corporation",
+            "institution", "university", "party", "society"},
+    "FAC": {"bridge", "building", "airport", "tower", "station", "museum", "dam", "canal", "stadium", "arena"},
+}
+PARTITIVE = {"most", "part", "all", "some", "much", "many", "one", "half", "majority", "rest", "each", "none", "both"}
+# nouns that name no thing a pronoun later points back to
+NOT_ENTITIES = PARTITIVE | {"number", "amount", "lot", "kind", "type", "sort", "way", "time", "case", "fact", "use",
+                            "result", "end", "beginning", "side", "degree", "variety", "range", "series", "couple",
+                            "pair", "total", "deal", "addition", "example", "instance", "thing", "something"}
+_TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
+
+
+@dataclass(eq=False)
+class Entity:
+    """Something the discourse talks about."""
+
+    name: str  # how an atom names it mid-sentence: "the Rhine", "Maud Ellery"
+    key: str  # identity for linking mentions: "rhine"
+    classes: set[str] = field(default_factory=set)  # nouns that describe it: {"river"}
+    plural: bool = False
+    votes: int = 0  # evidence that it is a person (PERSON tags, person nouns) minus evidence against
+    place: bool = False
+    proper: bool = False
+    topic: float = 0.0  # salience it always has (document title, section heading)
+    last: int = -100  # sentence number of the last mention
+    role: float = 0.0  # weight of the role of the last mention
+    count: int = 0
+    clean: bool = False  # name is just "the" + proper nouns
+
+    @property
+    def person(self) -> bool:
+        return self.votes > 0
+
+
+@dataclass
+class Ref:
+    entity: Entity
+    tokens: list[int]  # the tokens the name replaces
+    possessive: bool = False
+    kind: str = "pronoun"  # "pronoun", "description", "latter", "cataphor" (named later in the sentence)
+    local: set[int] = field(default_factory=set)  # earlier tokens of this sentence it could also point at
+
+
+@dataclass
+class Analysis:
+    """What one sentence's tokens refer to."""
+
+    refs: dict[int, Ref] = field(default_factory=dict)  # every replaced token -> its Ref
+    mention: dict[int, Entity] = field(default_factory=dict)  # token -> entity it mentions
+    mentions: list[tuple[list[int], Entity, float]] = field(default_factory=list)  # (tokens, entity, role)
+    expletive: set[int] = field(default_factory=set)
+    event: set[int] = field(default_factory=set)  # demonstrative subjects that point at a statement
+    classes: list[tuple[Entity, str]] = field(default_factory=list)  # learned "X is a N" facts
+
+    def replacement(self, i: int, before: set[int], names: frozenset[str] = frozenset()) -> str | None:
+        """Text to show for token i in a piece whose earlier tokens are `before` (and whose added
+        words name `names`); None keeps the token as written."""
+        ref = self.refs.get(i)
+        if ref is None or ref.kind == "cataphor" or ref.entity.name in names:
+            return None
+        if any(self.mention.get(j) is ref.entity for j in before if j not in ref.tokens):
+            return None  # the piece has already named it: "The Rhine encounters its tributaries"
+        if ref.kind == "pronoun" and before & ref.local:
+            return None  # the piece gives the pronoun an antecedent of its own: leave it as written
+        if i != ref.tokens[0]:
+            return ""
+        name = ref.entity.name
+        if ref.possessive:
+            return name + ("'" if name.endswith("s") and not name.endswith("ss") else "'s")
+        return name
+
+
+def _norm(words) -> str:
+    return " ".join(w.lower() for w in words)
+
+
+def is_expletive(t) -> bool:
+    """'It is expected that ...', 'It is here that ...', 'it is clearer to call ...'."""
+    if t.lower_ != "it":
+        return False
+    if t.dep_ == "expl":
+        return True
+    if t.dep_ not in ("nsubj", "nsubjpass"):
+        return False
+    v = t.head
+    if not any(c.dep_ in ("ccomp", "xcomp", "csubj") and c.i > v.i for c in v.children):
+        return False
+    return v.lemma_ in ("be", "seem", "appear", "happen", "remain") or (v.tag_ == "VBN" and any(
+        c.dep_ == "auxpass" for c in v.children))
+
+
+def _classes(words) -> set[str]:
+    """Class nouns of a phrase: its common nouns, and generic words inside names ('Lake' in 'Lake Constance')."""
+    out = set()
+    for x in words:
+        low = x.lower_
+        if x.pos_ == "NOUN" and low not in NOT_ENTITIES:
+            out.add(x.lemma_.lower())
+        elif x.pos_ == "PROPN" and low in GENERIC:
+            out.add(low)
+    return out
+
+
+def _source_text(span, skip_det: bool) -> str:
+    """A phrase as written (source spacing), without a leading determiner when asked."""
+    toks = [t for t in span]
+    if skip_det and toks and toks[0].dep_ == "det":
+        toks = toks[1:]
+    return "".join(t.text_with_ws for t in toks).strip()
+
+
+class Discourse:
+    """Entities of one document, updated sentence by sentence (call `analyse` then `observe`)."""
+
+    def __init__(self, title: str, text: str, title_doc=None):
+        self.entities: list[Entity] = []
+        self.by_key: dict[str, Entity] = {}
+        self.sent = 0
+        self.prev_mentions: list[tuple[int, Entity, bool]] = []  # (position, entity, proper) of the last sentence
+        self.title = self._topic_entity(title, text, title_doc, _TOPIC) if title.strip() else None
+        self.section: Entity | None = None
+
+    # -- topic ----------------------------------------------------------------------------
+
+    def _topic_entity(self, title: str, text: str, tdoc, weight: float) -> Entity:
+        title = " ".join(title.split())
+        bare = re.sub(r"^(the|a|an)\s+", "", title, flags=re.I)
+        hits = [m.start() for m in re.finditer(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", text, flags=re.I)]
+        with_the = sum(1 for h in hits if text[max(0, h - 4):h].lower() == "the ")
+        if re.match(r"^the\s", title, flags=re.I) or (with_the and with_the * 2 >= len(hits)):
+            name = "the " + bare
+        else:
+            name = bare
+        plural = place = False
+        person: bool | None = None
+        key = bare.lower()
+        classes: set[str] = set()
+        if tdoc is not None and len(tdoc):
+            root = tdoc[-1]
+            plural = root.tag_ in ("NNS", "NNPS") and not bare.lower().endswith(("ss", "us", "is"))
+            # a title alone is often mis-tagged PERSON ("Rhine"): believe it only if the text says he or she
+            tagged = any(t.ent_type_ == "PERSON" for t in tdoc)
+            person = tagged and bool(re.search(r"\b(he|she|his|him|her)\b", text, flags=re.I)) or (
+                None if tagged else False)
+            place = any(t.ent_type_ in ("GPE", "LOC") for t in tdoc)
+            # every word of the title (a title alone is often mis-tagged: "Ellery" as a noun)
+            words = [t.text for t in tdoc if not t.is_punct and not (t.i == 0 and t.lower_ in ("the", "a", "an"))]
+            if words:
+                key = _norm(words)
+            classes = _classes(tdoc)
+        e = Entity(name=name, key=key, classes=classes, plural=plural, votes={True: 2, None: 0, False: -1}[person], place=place,
+                   proper=bare[:1].isupper(), topic=weight, clean=True)
+        self._add(e)
+        return e
+
+    def set_section(self, heading: str | None, text: str, hdoc=None) -> None:
+        """A heading that names something (and is mentioned in the text) becomes the section's topic."""
+        if self.section is not None and self.section is not self.title:
+            self.section.topic = 0.0
+        self.section = None
+        self.sent += 2  # a heading starts a new stretch of discourse: what came before is no longer recent
+        self.prev_mentions = []
+        if not heading or (self.title and heading.strip().lower() in (self.title.key, self.title.name.lower())):
+            return
+        if hdoc is None or not len(hdoc):
+            return
+        words = [t for t in hdoc if not t.is_punct]
+        # a one-word heading the tagger cannot place ("Dask" as a verb) is a name; "Exports" is a noun
+        name_like = (all(t.pos_ in ("PROPN", "DET") for t in words) and len(words) <= 5) or (
+            len(words) == 1 and words[0].text[:1].isupper() and words[0].pos_ not in ("NOUN", "ADJ", "ADV", "ADP"))
+        if not name_like and not any(t.pos_ == "PROPN" for t in hdoc):
+            return
+        bare = re.sub(r"^(the|a|an)\s+", "", heading.strip(), flags=re.I)
+        if not name_like and bare.lower() not in text.lower().replace(heading.lower(), "", 1):
+            return  # "Life in the Town" is no entity; "## Dask" or a heading named in the text is
+        key = _norm(t.text for t in hdoc if t.pos_ == "PROPN")
+        e = self.by_key.get(key) or self._topic_entity(heading, text, hdoc, _SECTION)
+        e.topic = max(e.topic, _SECTION)
+        self.section = e
+
+    def topic(self) -> Entity | None:
+        return self.section or self.title
+
+    def _add(self, e: Entity) -> None:
+        self.entities.append(e)
+        self.by_key.setdefault(e.key, e)
+
+    # -- one sentence ---------------------------------------------------------------------
+
+    def analyse(self, sent) -> Analysis:
+        a = Analysis()
+        chunks = {c.root.i: c for c in sent.noun_chunks}
+        starts = {c.start: c for c in chunks.values()}
+        local: list[tuple[int, Entity, float, bool]] = []  # (position, entity, role, proper) in this sentence
+        for t in sent:
+            if t.i in starts and t.i not in a.mention:
+                self._mention(starts[t.i], local, a)
+            low = t.lower_
+            nxt = t.doc[t.i + 1] if t.i + 1 < sent.end else None
+            if low in ("latter", "former") and t.i > sent.start and t.doc[t.i - 1].lower_ == "the" and not (
+                    nxt is not None and nxt.pos_ in ("NOUN", "PROPN", "ADJ")):  # not "the former bay"
+                ent = self._latter(local, low == "former")
+                if ent is not None:
+                    toks = [t.i - 1, t.i]
+                    for x in toks:
+                        a.refs[x] = Ref(ent, toks, False, "latter")
+                        a.mention[x] = ent
+                continue
+            if t.tag_ in ("WDT", "WP") and t.dep_ in ("nsubj", "nsubjpass") and t.head.dep_ == "relcl":
+                ant = a.mention.get(t.head.head.i)  # "which" stands for its antecedent
+                if ant is not None:
+                    a.mention[t.i] = ant
+                continue
+            if t.pos_ == "PRON" and low in DEMONSTRATIVES and t.dep_ in ("nsubj", "nsubjpass") and t.tag_ == "DT":
+                a.event.add(t.i)
+            elif low in PRONOUNS and t.pos_ == "PRON":
+                if is_expletive(t):
+                    a.expletive.add(t.i)
+                    continue
+                ref = self._resolve_pronoun(t, local, sent, a, chunks)
+                if ref is not None:
+                    a.refs[t.i] = ref
+                    if ref.kind != "cataphor":
+                        a.mention[t.i] = ref.entity
+                        role = _role(t)
+                        a.mentions.append(([t.i], ref.entity, role))
+                        local.append((t.i, ref.entity, role, ref.entity.proper))
+        self._learn_classes(sent, a)
+        return a
+
+    def _mention(self, c, local, a: Analysis) -> None:
+        ent = self._link(c, local, a)
+        if ent is None:
+            return
+        role = _role(c.root)
+        toks = [x.i for x in c if x.lower_ not in PRONOUNS and x.tag_ != "PRP$"]
+        for x in toks:
+            a.mention[x] = ent
+        a.mentions.append((toks, ent, role))
+        local.append((c.start, ent, role, ent.proper and not _bracketed(c.root)))
+        r = c.root
+        conj = [x for x in r.children if x.dep_ == "conj" and x.pos_ in ("NOUN", "PROPN")]
+        if conj and r.dep_ in ("nsubj", "nsubjpass"):  # "Britain and France ... they"
+            last = max(conj, key=lambda x: x.i)
+            span = r.doc[c.start:last.i + 1]
+            key = "+" + _norm(x.text for x in span if not x.is_punct)
+            g = self.by_key.get(key)
+            if g is None:
+                g = Entity(name=_source_text(span, skip_det=False), key=key, plural=True, proper=ent.proper)
+                if g.name[:4] == "The ":
+                    g.name = "the " + g.name[4:]
+                self._add(g)
+            a.mentions.append(([c.start], g, role))
+            local.append((c.start, g, role, g.proper))
+
+    def _link(self, c, local, a: Analysis) -> Entity | None:
+        """The entity a noun chunk mentions (a new one if it names something new), or None."""
+        r = c.root
+        if r.pos_ == "PRON" or r.ent_type_ in NUMERIC or r.like_num or r.lower_ in ("which", "who", "that"):
+            return None
+        if any(x.tag_ == "PRP$" or (x.lower_ in PRONOUNS and x.pos_ == "PRON") for x in c):
+            return None
+        words = [x for x in c if not (x.dep_ in ("det", "predet") and x.pos_ == "DET")]
+        if not words:
+            return None
+        det = c[0].lower_ if c[0].dep_ == "det" else ""
+        if r.dep_ == "attr" and r.head.lemma_ == "be" and r.pos_ == "NOUN":
+            s = next((x for x in r.head.children if x.dep_ in ("nsubj", "nsubjpass")), None)
+            return a.mention.get(s.i) if s is not None else None  # "X is a river": the river is X
+        propn = [x for x in words if x.pos_ == "PROPN"]
+        proper = r.pos_ == "PROPN" or (bool(propn) and r.ent_type_ in NAMED)
+        if proper:
+            key = _norm(x.text for x in (propn or words))
+            ent = self.by_key.get(key)
+            clean = all(x.pos_ == "PROPN" or (x.lower_ == "the" and x.i == c.start) for x in c)
+            text = _source_text(c, skip_det=False)
+            if text[:4] == "The ":
+                text = "the " + text[4:]
+            if ent is None:
+                ent = Entity(name=text, key=key, proper=True, clean=clean,
+                             plural=r.tag_ == "NNPS" and not r.text.endswith(("ss", "us")),
+                             place=r.ent_type_ in ("GPE", "LOC"))
+                self._add(ent)
+            elif clean and not ent.clean and ent.topic == 0:
+                ent.name, ent.clean = text, True
+            ent.classes |= _classes(words) | LABEL_CLASSES.get(r.ent_type_, set())
+            if _classes(words) & PERSON_NOUNS:
+                ent.votes += 2  # "the engineer Maud Ellery"
+            if r.ent_type_ == "PERSON":
+                ent.votes += 1
+            elif r.ent_type_ in NAMED or _classes(words) & GENERIC:
+                ent.votes -= 1
+            return ent
+        if r.pos_ != "NOUN" or r.lower_ in NOT_ENTITIES:
+            return None
+        lemma = r.lemma_.lower()
+        if det in ("the", "this", "these", "that", "those") and len(c) == 2 and r.tag_ in ("NN", "NNS"):
+            # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
+            ent = self._described(lemma, r.tag_ == "NNS", common=det in DEMONSTRATIVES)
+            if ent is not None:
+                if (ent.proper or det in DEMONSTRATIVES) and ent.name.lower() != c.text.lower():
+                    toks = [x.i for x in c]
+                    a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+                return ent
+        key = (det + " " if det in DEMONSTRATIVES else "") + _norm(x.lemma_ for x in words)
+        ent = self.by_key.get(key)
+        if ent is None:
+            name = _source_text(c, skip_det=True)
+            of = next((x for x in r.children if x.dep_ == "prep" and x.lower_ == "of"), None)
+            if of is not None and of.right_edge.i - of.i <= 4 and not any(
+                    x.lower_ in PRONOUNS or x.tag_ == "PRP$" for x in of.subtree):
+                name += " " + _source_text(r.doc[of.i:of.right_edge.i + 1], skip_det=False)
+            if det in DEMONSTRATIVES:
+                name = det + " " + name
+            elif r.tag_ in ("NN", "NNS"):
+                name = "the " + name
+            ent = Entity(name=name, key=key, classes={lemma},
+                         plural=r.tag_ == "NNS", votes=2 if lemma in PERSON_NOUNS else -1)
+            self._add(ent)
+        return ent
+
+    def _described(self, lemma: str, plural: bool, common: bool = False) -> Entity | None:
+        """'the river' -> the most salient named entity whose class is 'river' (with `common`, a
+        recent unnamed one will do: 'these streams' -> 'the smaller streams')."""
+        best, score = None, 0.0
+        for e in self.entities:
+            if lemma not in e.classes or e.plural != plural or not (e.proper or (
+                    common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
+                continue
+            s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
+            if s > score:
+                best, score = e, s
+        return best
+
+    def _latter(self, local, former: bool) -> Entity | None:
+        names = [(p, e) for p, e, _, proper in local if proper] or [(p, e) for p, e, proper in self.prev_mentions
+                                                                     if proper]
+        if not names:
+            return None
+        names.sort(key=lambda x: x[0])
+        if former:
+            distinct = list(dict.fromkeys(e for _, e in names))
+            return distinct[-2] if len(distinct) > 1 else None
+        return names[-1][1]
+
+    def _resolve_pronoun(self, p, local, sent, a: Analysis, chunks) -> Ref | None:
+        plural, person, poss = PRONOUNS[p.lower_]
+        poss = poss or p.tag_ == "PRP$"
+
+        def ok(e: Entity) -> bool:
+            return e.plural == plural
+
+        def fit(e: Entity) -> float:
+            """Named-entity tags are noisy ('the Rhine' as PERSON): person agreement is a preference."""
+            if person is None or e.person == person:
+                return 0.0
+            return -2.5 if person else -1.5
+
+        s_cat = _cataphor(p)
+        if s_cat is not None and s_cat.i in chunks:
+            c = chunks[s_cat.i]
+            if (c.root.tag_ in ("NNS", "NNPS")) == plural and c.root.pos_ in ("NOUN", "PROPN"):
+                e = self._peek(c) or Entity(name=c.text, key="")
+                return Ref(e, [p.i], poss, "cataphor")
+        blocked = _same_clause_subjects(p, a)
+        scores: dict[int, float] = {}
+        ents: dict[int, Entity] = {}
+        for e in self.entities:
+            if not ok(e) or id(e) in blocked:
+                continue
+            s = e.topic
+            if e.last == self.sent - 1:
+                s += 2.0 + e.role
+            elif e.last == self.sent - 2:
+                s += 0.7 + e.role * 0.3
+            elif e.topic == 0:
+                continue
+            s += min(e.count, 4) * 0.25
+            scores[id(e)], ents[id(e)] = s, e
+        here: set[int] = set()
+        for pos, e, role, _ in local:
+            if pos < p.i and ok(e) and id(e) not in blocked:
+                scores[id(e)] = max(scores.get(id(e), 0.0), 5.0 + role + e.topic)
+                ents[id(e)] = e
+                here.add(pos)
+        own_subject = _clause_subject(p, a, self.topic()) if poss else None
+        attr = _copula_noun(p)
+        later = _later_mentions(p, chunks.values(), self.by_key)
+        for k, e in ents.items():
+            scores[k] += fit(e) - (e.topic if person is True and not e.person else 0.0)
+            if own_subject is e:
+                scores[k] += 3.0  # "The Rhine is joined by its tributary": its = the Rhine
+            if attr:
+                if attr in e.classes:
+                    scores[k] += 3.0
+                elif e.classes and not e.proper:
+                    scores[k] -= 2.0
+            if k in later:
+                scores[k] -= 3.0  # "Its water ... than the Rhine": not the Rhine
+        if not scores:
+            return None
+        k = max(scores, key=lambda x: scores[x])
+        if scores[k] < 1.0 or (person is True and fit(ents[k]) < 0):
+            return None  # "She designed it" with no person in sight: better unresolved than wrong
+        local_tokens = set()
+        for toks, e, _ in a.mentions:
+            if toks and min(toks) < p.i and ok(e) and fit(e) == 0 and id(e) not in blocked:
+                local_tokens |= set(toks)
+        return Ref(ents[k], [p.i], poss, "pronoun", local_tokens)
+
+    def _peek(self, c) -> Entity | None:
+        """The known entity a proper-name chunk mentions, without creating one."""
+        propn = [x.text for x in c if x.pos_ == "PROPN"]
+        return self.by_key.get(_norm(propn)) if propn else None
+
+    def _learn_classes(self, sent, a: Analysis) -> None:
+        for t in sent:
+            if t.dep_ == "attr" and t.pos_ == "NOUN" and t.head.lemma_ == "be" and t.lower_ not in NOT_ENTITIES:
+                s = next((c for c in t.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+                if s is not None and a.mention.get(s.i) is not None:
+                    a.classes.append((a.mention[s.i], t.lemma_.lower()))
+            if t.dep_ == "appos" and t.pos_ == "NOUN" and a.mention.get(t.head.i) is not None and _near(t.head, t):
+                a.classes.append((a.mention[t.head.i], t.lemma_.lower()))
+
+    def observe(self, a: Analysis) -> None:
+        """Record the sentence's mentions; the next sentence sees them as recent."""
+        seen: dict[int, float] = {}
+        order = []
+        for toks, e, role in a.mentions:
+            seen[id(e)] = max(seen.get(id(e), 0.0), role)
+            e.count += 1
+            order.append((min(toks), e, e.proper and len(toks) > 1 or e.proper))
+        for e in self.entities:
+            if id(e) in seen:
+                e.last, e.role = self.sent, seen[id(e)]
+        for e, cls in a.classes:
+            e.classes.add(cls)
+            if cls in PERSON_NOUNS:
+                e.votes += 2
+        self.prev_mentions = order
+        self.sent += 1
+
+    def elided_subject(self, verb) -> list[str]:
+        """Headline-style sentences without a subject ('Founded in 1843 by ...'): the topic is meant."""
+        e = self.topic()
+        if e is None or verb is None or verb.tag_ not in ("VBN", "VBD", "VBZ") or any(
+                c.dep_ in ("nsubj", "nsubjpass", "csubj", "expl") for c in verb.children):
+            return []
+        if any(t.pos_ in ("NOUN", "PROPN", "PRON") and t.i < verb.i for t in verb.sent):
+            return []
+        if verb.tag_ == "VBN" and not any(c.dep_ in ("aux", "auxpass") for c in verb.children):
+            be = ("are" if e.plural else "is") if verb.lemma_ in ("know", "locate", "situate", "call") else (
+                "were" if e.plural else "was")
+            return [e.name, be]
+        return [e.name]
+
+
+def _bracketed(t) -> bool:
+    depth = 0
+    for x in t.doc[t.sent.start:t.i]:
+        depth += x.text in ("(", "[") and 1 or (-1 if x.text in (")", "]") and depth else 0)
+    return depth > 0
+
+
+def _near(head, t) -> bool:
+    return t.i - head.i <= 8
+
+
+def _role(t) -> float:
+    """Salience of a grammatical role: subject of the main clause > other subjects > objects > the rest."""
+    if t.dep_ in ("nsubj", "nsubjpass"):
+        return 3.0 if t.head.dep_ in ("ROOT", "conj") else 2.0
+    if t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.dep_ in ("nsubj", "nsubjpass"):
+        return 3.0 if t.head.head.lower_ in PARTITIVE else 1.5
+    if t.dep_ in ("dobj", "attr", "appos"):
+        return 1.5
+    return 0.5
+
+
+def _clause_verb(p):
+    v = p.head
+    while v.pos_ not in ("VERB", "AUX") and v.head.i != v.i:
+        v = v.head
+    return v
+
+
+def _clause_subject(p, a: Analysis, topic: Entity | None) -> Entity | None:
+    """The entity that is the subject of the pronoun's clause (through coordination and 'which');
+    the topic when a headline-style sentence has none ('Known for its glass.')."""
+    v = _clause_verb(p)
+    for _ in range(6):
+        s = next((c for c in v.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+        if s is not None:
+            return a.mention.get(s.i)
+        if v.dep_ == "conj" and v.head.i != v.i:
+            v = v.head
+            continue
+        return topic if v.dep_ == "ROOT" and not any(t.pos_ in ("NOUN", "PROPN", "PRON") and t.i < v.i
+                                                      for t in v.sent) else None
+    return None
+
+
+def _same_clause_subjects(p, a: Analysis) -> set[int]:
+    """Principle B: in 'a dam prevents it from flowing', 'it' is not the dam."""
+    if p.dep_ in ("nsubj", "nsubjpass") or p.tag_ == "PRP$":
+        return set()
+    v = p.head
+    if p.dep_ == "pobj" and v.dep_ == "prep":
+        v = v.head
+    out = set()
+    for c in v.children:
+        if c.dep_ in ("nsubj", "nsubjpass") and a.mention.get(c.i) is not None:
+            out.add(id(a.mention[c.i]))
+    return out
+
+
+def _cataphor(p):
+    """'As it approaches the border, the Rhine ...': the pronoun sits before the subject it means."""
+    root = p.sent.root
+    s = next((c for c in root.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+    if s is None or p.i >= s.left_edge.i or p.dep_ not in ("nsubj", "nsubjpass", "poss") or s.pos_ == "PRON":
+        return None
+    if p.dep_ in ("nsubj", "nsubjpass") and p.head.i == root.i:
+        return None
+    x = p
+    while x.head.i != root.i and x.head.i != x.i:  # only from a clause or phrase put before the subject
+        x = x.head
+    if x.dep_ not in ("advcl", "prep", "npadvmod", "advmod") or x.i > s.i:
+        return None
+    return s
+
+
+def _copula_noun(p) -> str | None:
+    """'It is the second-longest river': the class a subject pronoun is said to belong to."""
+    if p.dep_ != "nsubj" or p.head.lemma_ != "be":
+        return None
+    for c in p.head.children:
+        if c.dep_ == "attr" and c.pos_ == "NOUN":
+            return c.lemma_.lower()
+    return None
+
+
+def _later_mentions(p, chunks, by_key) -> set[int]:
+    """Entities named later in the pronoun's own sentence (so not what a subject pronoun means)."""
+    if p.dep_ not in ("nsubj", "nsubjpass") and p.tag_ != "PRP$":
+        return set()
+    out = set()
+    for c in chunks:
+        if c.start > p.i:
+            propn = [x.text for x in c if x.pos_ == "PROPN"]
+            e = by_key.get(_norm(propn)) if propn else None
+            if e is not None:
+                out.add(id(e))
+    return out

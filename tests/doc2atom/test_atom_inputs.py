@@ -1,0 +1,63 @@
+"""Real inputs: markdown lists and tables become atoms, headings give context, odd documents do not crash."""
+
+from doc2atom.atomizer import atomize, atomize_many, segment
+from doc2atom.readers import document_from_text, read_file
+
+TABLE_DOC = """# Brennholt
+
+## Bridges
+
+| Bridge | Length | Opened | Designed by |
+| --- | --- | --- | --- |
+| Venn Bridge | 212 metres | 1887 | Ida Kross |
+| Salt Bridge | 90 metres | 1902 | Aldo Venn |
+"""
+
+
+def test_table_cells_become_attribute_atoms_spanning_the_cell(nlp):
+    d = document_from_text("t.md", TABLE_DOC)
+    atoms = atomize(d, nlp)
+    assert [(a.type, a.text, d.text[a.start:a.end]) for a in atoms] == [
+        ("quantity", "The length of Venn Bridge is 212 metres.", "212 metres"),
+        ("event", "Venn Bridge was opened in 1887.", "1887"),
+        ("attribute", "Venn Bridge was designed by Ida Kross.", "Ida Kross"),
+        ("quantity", "The length of Salt Bridge is 90 metres.", "90 metres"),
+        ("event", "Salt Bridge was opened in 1902.", "1902"),
+        ("attribute", "Salt Bridge was designed by Aldo Venn.", "Aldo Venn"),
+    ]
+    assert atoms[0].key == "Bridges; Venn Bridge: length; The length of Venn Bridge is 212 metres."
+
+
+def test_segment_finds_the_table_rows_and_list_intro():
+    text = "Exports:\n\n- glass\n- eels\n\n| A | B |\n|---|---|\n| x | y |\n"
+    kinds = [(b.kind, b.intro) for b in segment(text)]
+    assert kinds == [("prose", None), ("item", "Exports"), ("item", "Exports"), ("table", None)]
+    table = segment(text)[-1]
+    assert [[text[s:e] for s, e in row] for row in table.rows] == [["A", "B"], ["x", "y"]]
+
+
+def test_list_item_fragments_under_a_heading(nlp):
+    d = document_from_text("t.md", "# Velmora\n\n## Exports\n\n- cobalt glass\n")
+    atoms = atomize(d, nlp)
+    assert [(a.type, a.text) for a in atoms] == [("list_member", "Exports: cobalt glass.")]
+
+
+def test_html_paragraphs_are_atomized(nlp, tmp_path):
+    p = tmp_path / "dask.html"
+    p.write_text("<html><head><title>Dask</title><script>var x=1;</script></head><body><nav>Home</nav>"
+                 "<h1>Dask</h1><p>Dask is a timber port on Quessa. It was founded in 1790.</p></body></html>")
+    d = next(read_file(p))
+    assert [a.text for a in atomize(d, nlp)] == ["Dask is a timber port on Quessa.", "Dask was founded in 1790."]
+
+
+def test_documents_without_facts_yield_empty_lists(nlp):
+    docs = [document_from_text("a", "# Only a heading\n"), document_from_text("b", "```\ncode only\n```\n"),
+            document_from_text("c", "Velmora lies on Quessa.")]
+    assert [[a.text for a in atoms] for atoms in atomize_many(docs, nlp)] == [[], [], ["Velmora lies on Quessa."]]
+
+
+def test_jsonl_documents_use_their_title(nlp, tmp_path):
+    p = tmp_path / "towns.jsonl"
+    p.write_text('{"id": "dask", "title": "Dask", "text": "It trades mostly in timber."}\n')
+    d = next(read_file(p))
+    assert [a.text for a in atomize(d, nlp)] == ["Dask trades mostly in timber."]
