@@ -139,7 +139,8 @@ def create_app(kb, token: str | None = None, max_body_bytes: int = 2_000_000, ma
     token: bearer token for writes (None: writes disabled); max_body_bytes: larger bodies get 413;
     max_batch: most asks answered in one generate call (1 = one at a time); queue_size: queued
     requests before 429; max_wait_ms: how long a non-full batch waits for more; warmup: load
-    the models before serving the first request.
+    the models before serving the first request. From start-up on, the server's worker thread owns
+    `kb` (it re-opens kb.store in that thread): use the API, not `kb`, while the app runs.
     """
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes must be an integer >= 1024, got {max_body_bytes!r}")

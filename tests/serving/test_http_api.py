@@ -157,6 +157,7 @@ def test_inspector_page_and_assets_are_served(client):
     assert r.status_code == 200 and "doc2atom inspector" in r.text and "/static/app.js" in r.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+    assert "/v1/chat/completions" in client.get("/openapi.json").json()["paths"]
 
 
 # -- bad input: every class is a typed 4xx --------------------------------------------------------
