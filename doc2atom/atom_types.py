@@ -125,7 +125,9 @@ def classify(doc, own: list[int], verb: int | None, kind: str, subject: str,
     copular = v.lemma_ == "be" and (attr is not None or acomp is not None)
     subj_tok = next((c for c in v.children if c.dep_ in ("nsubj", "nsubjpass")), None)
     relational_subject = subj_tok is not None and any(c.dep_ == "prep" and c.lower_ == "of" for c in subj_tok.children)
-    if copular and attr is not None and attr.pos_ == "NOUN" and not relational_subject and (
+    counted = attr is not None and (attr.ent_type_ in _MEASURE or any(
+        c.dep_ == "nummod" or c.like_num for c in attr.children))  # "is about 12 million crowns"
+    if copular and attr is not None and attr.pos_ == "NOUN" and not relational_subject and not counted and (
             _det(attr) in ("a", "an") or (not _det(attr) and attr.tag_ == "NNS")):
         return Typed("definition", f"{subject}: definition")
     if v.lemma_ in _DEFINING and (any(c.dep_ in ("oprd", "attr") for c in kids) or any(

@@ -22,50 +22,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# pronoun -> (plural, person (None = either), possessive)
-PRONOUNS: dict[str, tuple[bool, bool | None, bool]] = {
-    "it": (False, False, False), "itself": (False, False, False), "its": (False, False, True),
-    "they": (True, None, False), "them": (True, None, False), "themselves": (True, None, False),
-    "their": (True, None, True),
-    "he": (False, True, False), "him": (False, True, False), "himself": (False, True, False),
-    "his": (False, True, True), "she": (False, True, False), "herself": (False, True, False),
-    "her": (False, True, False),
-}
-DEMONSTRATIVES = {"this", "that", "these", "those"}
-NUMERIC = {"DATE", "TIME", "CARDINAL", "QUANTITY", "PERCENT", "MONEY", "ORDINAL"}
-NAMED = {"PERSON", "GPE", "LOC", "ORG", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"}
-PERSON_NOUNS = {
-    "man", "woman", "person", "engineer", "chemist", "musician", "king", "queen", "emperor", "empress", "president",
-    "leader", "writer", "author", "poet", "artist", "scientist", "inventor", "founder", "glassmaker", "captain",
-    "player", "minister", "general", "hero", "chancellor", "architect", "painter", "composer", "singer", "actor",
-    "actress", "politician", "explorer", "monk", "priest", "bishop", "pope", "duke", "archduke", "prince",
-    "princess", "father", "mother", "son", "daughter", "wife", "husband", "teacher", "student", "doctor", "lawyer",
-    "soldier", "physicist", "mathematician", "philosopher", "historian", "designer", "director", "governor", "mayor",
-    "ruler", "sculptor", "novelist", "farmer", "merchant", "sailor", "pilot", "chef", "baker", "coach", "manager",
-}
-# words inside a proper name that say what kind of thing it is ("Lake Constance" is a lake)
-GENERIC = {
-    "lake", "river", "sea", "ocean", "bridge", "gorge", "valley", "delta", "canal", "mountain", "mountains", "island",
-    "bay", "city", "town", "village", "county", "state", "province", "university", "company", "museum", "church",
-    "castle", "fort", "fortress", "bank", "street", "square", "park", "port", "hill", "forest", "desert", "plain",
-    "basin", "falls", "strait", "channel", "glacier", "peninsula", "cape", "dam", "tower", "palace", "cathedral",
-    "school", "college", "hospital", "station", "airport", "club", "team", "party", "empire", "kingdom", "republic",
-    "treaty", "war", "battle", "festival", "fair", "lighthouse", "region", "area", "district", "line", "fault",
-    "graben", "embayment", "culture", "confederation", "crisis", "operation", "acid", "light", "cup", "dome",
-    "arena", "museum", "prize", "award", "institute", "society", "council", "army", "legion", "canton", "land",
-}
-# what a definite description may call a named entity of each type ("the company" for an ORG)
-LABEL_CLASSES = {
-    "GPE": {"city", "town", "country", "state", "nation", "village", "capital", "municipality"},
-    "ORG": {"company", "organization", "organisation", "firm", "club", "team", "band", "group", "corporation",
-            "institution", "university", "party", "society"},
-    "FAC": {"bridge", "building", "airport", "tower", "station", "museum", "dam", "canal", "stadium", "arena"},
-}
-PARTITIVE = {"most", "part", "all", "some", "much", "many", "one", "half", "majority", "rest", "each", "none", "both"}
-# nouns that name no thing a pronoun later points back to
-NOT_ENTITIES = PARTITIVE | {"number", "amount", "lot", "kind", "type", "sort", "way", "time", "case", "fact", "use",
-                            "result", "end", "beginning", "side", "degree", "variety", "range", "series", "couple",
-                            "pair", "total", "deal", "addition", "example", "instance", "thing", "something"}
+from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, copula_noun, is_expletive, later_mentions,
+                            life_dates, near, norm, role_weight, same_clause_subjects, source_text)
+from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
+                              PERSON_NOUNS, PRONOUNS)
+
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
 
@@ -84,6 +45,7 @@ class Entity:
     last: int = -100  # sentence number of the last mention
     role: float = 0.0  # weight of the role of the last mention
     count: int = 0
+    patient: bool = False  # last mentioned as an object or passive subject
     clean: bool = False  # name is just "the" + proper nouns
 
     @property
@@ -110,6 +72,7 @@ class Analysis:
     expletive: set[int] = field(default_factory=set)
     event: set[int] = field(default_factory=set)  # demonstrative subjects that point at a statement
     classes: list[tuple[Entity, str]] = field(default_factory=list)  # learned "X is a N" facts
+    patients: set[int] = field(default_factory=set)  # ids of entities mentioned as objects or passive subjects
 
     def replacement(self, i: int, before: set[int], names: frozenset[str] = frozenset()) -> str | None:
         """Text to show for token i in a piece whose earlier tokens are `before` (and whose added
@@ -129,45 +92,6 @@ class Analysis:
         return name
 
 
-def _norm(words) -> str:
-    return " ".join(w.lower() for w in words)
-
-
-def is_expletive(t) -> bool:
-    """'It is expected that ...', 'It is here that ...', 'it is clearer to call ...'."""
-    if t.lower_ != "it":
-        return False
-    if t.dep_ == "expl":
-        return True
-    if t.dep_ not in ("nsubj", "nsubjpass"):
-        return False
-    v = t.head
-    if not any(c.dep_ in ("ccomp", "xcomp", "csubj") and c.i > v.i for c in v.children):
-        return False
-    return v.lemma_ in ("be", "seem", "appear", "happen", "remain") or (v.tag_ == "VBN" and any(
-        c.dep_ == "auxpass" for c in v.children))
-
-
-def _classes(words) -> set[str]:
-    """Class nouns of a phrase: its common nouns, and generic words inside names ('Lake' in 'Lake Constance')."""
-    out = set()
-    for x in words:
-        low = x.lower_
-        if x.pos_ == "NOUN" and low not in NOT_ENTITIES:
-            out.add(x.lemma_.lower())
-        elif x.pos_ == "PROPN" and low in GENERIC:
-            out.add(low)
-    return out
-
-
-def _source_text(span, skip_det: bool) -> str:
-    """A phrase as written (source spacing), without a leading determiner when asked."""
-    toks = [t for t in span]
-    if skip_det and toks and toks[0].dep_ == "det":
-        toks = toks[1:]
-    return "".join(t.text_with_ws for t in toks).strip()
-
-
 class Discourse:
     """Entities of one document, updated sentence by sentence (call `analyse` then `observe`)."""
 
@@ -176,6 +100,7 @@ class Discourse:
         self.by_key: dict[str, Entity] = {}
         self.sent = 0
         self.prev_mentions: list[tuple[int, Entity, bool]] = []  # (position, entity, proper) of the last sentence
+        self.prev_people: list[Entity] = []  # distinct people the last sentence named, in order
         self.title = self._topic_entity(title, text, title_doc, _TOPIC) if title.strip() else None
         self.section: Entity | None = None
 
@@ -205,8 +130,8 @@ class Discourse:
             # every word of the title (a title alone is often mis-tagged: "Ellery" as a noun)
             words = [t.text for t in tdoc if not t.is_punct and not (t.i == 0 and t.lower_ in ("the", "a", "an"))]
             if words:
-                key = _norm(words)
-            classes = _classes(tdoc)
+                key = norm(words)
+            classes = classes_of(tdoc)
         e = Entity(name=name, key=key, classes=classes, plural=plural, votes={True: 2, None: 0, False: -1}[person], place=place,
                    proper=bare[:1].isupper(), topic=weight, clean=True)
         self._add(e)
@@ -218,7 +143,7 @@ class Discourse:
             self.section.topic = 0.0
         self.section = None
         self.sent += 2  # a heading starts a new stretch of discourse: what came before is no longer recent
-        self.prev_mentions = []
+        self.prev_mentions, self.prev_people = [], []
         if not heading or (self.title and heading.strip().lower() in (self.title.key, self.title.name.lower())):
             return
         if hdoc is None or not len(hdoc):
@@ -232,7 +157,7 @@ class Discourse:
         bare = re.sub(r"^(the|a|an)\s+", "", heading.strip(), flags=re.I)
         if not name_like and bare.lower() not in text.lower().replace(heading.lower(), "", 1):
             return  # "Life in the Town" is no entity; "## Dask" or a heading named in the text is
-        key = _norm(t.text for t in hdoc if t.pos_ == "PROPN")
+        key = norm(t.text for t in hdoc if t.pos_ == "PROPN")
         e = self.by_key.get(key) or self._topic_entity(heading, text, hdoc, _SECTION)
         e.topic = max(e.topic, _SECTION)
         self.section = e
@@ -252,9 +177,18 @@ class Discourse:
         starts = {c.start: c for c in chunks.values()}
         local: list[tuple[int, Entity, float, bool]] = []  # (position, entity, role, proper) in this sentence
         for t in sent:
-            if t.i in starts and t.i not in a.mention:
+            if t.i in starts and t.i not in a.mention and t.tag_ != "PRP$":
                 self._mention(starts[t.i], local, a)
             low = t.lower_
+            if t.dep_ == "poss" and t.tag_ in ("NN", "NNS") and [c.lower_ for c in t.children if c.dep_ != "case"] == [
+                    "the"]:
+                ent = self._described(t.lemma_.lower(), t.tag_ == "NNS")  # "the company's product"
+                if ent is not None and ent.name.lower() != "the " + low:
+                    toks = [t.i - 1, t.i] + [c.i for c in t.children if c.dep_ == "case"]
+                    for x in toks:  # "the company's" -> "the Korrin Works'"
+                        a.refs[x], a.mention[x] = Ref(ent, toks, len(toks) > 2, "description"), ent
+                    a.mentions.append((toks, ent, 1.0))
+                continue
             nxt = t.doc[t.i + 1] if t.i + 1 < sent.end else None
             if low in ("latter", "former") and t.i > sent.start and t.doc[t.i - 1].lower_ == "the" and not (
                     nxt is not None and nxt.pos_ in ("NOUN", "PROPN", "ADJ")):  # not "the former bay"
@@ -266,7 +200,10 @@ class Discourse:
                         a.mention[x] = ent
                 continue
             if t.tag_ in ("WDT", "WP") and t.dep_ in ("nsubj", "nsubjpass") and t.head.dep_ == "relcl":
-                ant = a.mention.get(t.head.head.i)  # "which" stands for its antecedent
+                head = t.head.head
+                near = max((x for x in head.children if x.dep_ == "conj" and x.i < t.i), key=lambda x: x.i,
+                           default=head)  # "Waal and Pannerdens Kanaal, which ...": the nearest noun
+                ant = a.mention.get(near.i) or a.mention.get(head.i)  # "which" stands for its antecedent
                 if ant is not None:
                     a.mention[t.i] = ant
                 continue
@@ -281,9 +218,11 @@ class Discourse:
                     a.refs[t.i] = ref
                     if ref.kind != "cataphor":
                         a.mention[t.i] = ref.entity
-                        role = _role(t)
+                        role = role_weight(t)
                         a.mentions.append(([t.i], ref.entity, role))
                         local.append((t.i, ref.entity, role, ref.entity.proper))
+                if t.i in starts and t.tag_ == "PRP$":  # "Their guild": known once "Their" is
+                    self._mention(starts[t.i], local, a)
         self._learn_classes(sent, a)
         return a
 
@@ -291,21 +230,23 @@ class Discourse:
         ent = self._link(c, local, a)
         if ent is None:
             return
-        role = _role(c.root)
+        role = role_weight(c.root)
+        if c.root.dep_ in ("dobj", "nsubjpass"):
+            a.patients.add(id(ent))
         toks = [x.i for x in c if x.lower_ not in PRONOUNS and x.tag_ != "PRP$"]
         for x in toks:
             a.mention[x] = ent
         a.mentions.append((toks, ent, role))
-        local.append((c.start, ent, role, ent.proper and not _bracketed(c.root)))
+        local.append((c.start, ent, role, ent.proper and not bracketed(c.root)))
         r = c.root
         conj = [x for x in r.children if x.dep_ == "conj" and x.pos_ in ("NOUN", "PROPN")]
         if conj and r.dep_ in ("nsubj", "nsubjpass"):  # "Britain and France ... they"
             last = max(conj, key=lambda x: x.i)
             span = r.doc[c.start:last.i + 1]
-            key = "+" + _norm(x.text for x in span if not x.is_punct)
+            key = "+" + norm(x.text for x in span if not x.is_punct)
             g = self.by_key.get(key)
             if g is None:
-                g = Entity(name=_source_text(span, skip_det=False), key=key, plural=True, proper=ent.proper)
+                g = Entity(name=source_text(span, skip_det=False), key=key, plural=True, proper=ent.proper)
                 if g.name[:4] == "The ":
                     g.name = "the " + g.name[4:]
                 self._add(g)
@@ -317,6 +258,17 @@ class Discourse:
         r = c.root
         if r.pos_ == "PRON" or r.ent_type_ in NUMERIC or r.like_num or r.lower_ in ("which", "who", "that"):
             return None
+        owner = a.refs.get(c[0].i) if c[0].tag_ == "PRP$" else None
+        if owner is not None and owner.kind != "cataphor" and r.pos_ == "NOUN" and len(c) > 1 and not any(
+                x.lower_ in PRONOUNS for x in c[1:]):
+            rest = source_text(c[1:], skip_det=False)  # "their guild" -> "the workers' guild"
+            key = owner.entity.key + "'s " + norm(x.lemma_ for x in c[1:])
+            ent = self.by_key.get(key)
+            if ent is None:
+                ent = Entity(name=owner.entity.name + ("'" if owner.entity.name.endswith("s") else "'s") + " " + rest,
+                             key=key, classes={r.lemma_.lower()}, plural=r.tag_ == "NNS", votes=-1)
+                self._add(ent)
+            return ent
         if any(x.tag_ == "PRP$" or (x.lower_ in PRONOUNS and x.pos_ == "PRON") for x in c):
             return None
         words = [x for x in c if not (x.dep_ in ("det", "predet") and x.pos_ == "DET")]
@@ -329,10 +281,15 @@ class Discourse:
         propn = [x for x in words if x.pos_ == "PROPN"]
         proper = r.pos_ == "PROPN" or (bool(propn) and r.ent_type_ in NAMED)
         if proper:
-            key = _norm(x.text for x in (propn or words))
+            key = norm(x.text for x in (propn or words))
             ent = self.by_key.get(key)
+            if ent is None and self._by_surname(key) is not None:  # "Varn" -> "Ilse Varn"
+                ent = self._by_surname(key)
+                toks = [x.i for x in c]
+                a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+                return ent
             clean = all(x.pos_ == "PROPN" or (x.lower_ == "the" and x.i == c.start) for x in c)
-            text = _source_text(c, skip_det=False)
+            text = source_text(c, skip_det=False)
             if text[:4] == "The ":
                 text = "the " + text[4:]
             if ent is None:
@@ -342,16 +299,19 @@ class Discourse:
                 self._add(ent)
             elif clean and not ent.clean and ent.topic == 0:
                 ent.name, ent.clean = text, True
-            ent.classes |= _classes(words) | LABEL_CLASSES.get(r.ent_type_, set())
-            if _classes(words) & PERSON_NOUNS:
+            ent.classes |= classes_of(words) | LABEL_CLASSES.get(r.ent_type_, set())
+            if classes_of(words) & PERSON_NOUNS:
                 ent.votes += 2  # "the engineer Maud Ellery"
+            if life_dates(c):
+                ent.votes += 2  # "Ilse Varn (1811–1879)"
             if r.ent_type_ == "PERSON":
                 ent.votes += 1
-            elif r.ent_type_ in NAMED or _classes(words) & GENERIC:
+            elif r.ent_type_ in NAMED or classes_of(words) & GENERIC:
                 ent.votes -= 1
             return ent
-        if r.pos_ != "NOUN" or r.lower_ in NOT_ENTITIES:
-            return None
+        if r.pos_ != "NOUN" or (r.lower_ in NOT_ENTITIES and not (
+                det in DEMONSTRATIVES and r.dep_ in ("nsubj", "nsubjpass", "dobj"))):
+            return None  # "part", "number" ... name nothing, but "this number" points at something
         lemma = r.lemma_.lower()
         if det in ("the", "this", "these", "that", "those") and len(c) == 2 and r.tag_ in ("NN", "NNS"):
             # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
@@ -361,14 +321,14 @@ class Discourse:
                     toks = [x.i for x in c]
                     a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
                 return ent
-        key = (det + " " if det in DEMONSTRATIVES else "") + _norm(x.lemma_ for x in words)
+        key = (det + " " if det in DEMONSTRATIVES else "") + norm(x.lemma_ for x in words)
         ent = self.by_key.get(key)
         if ent is None:
-            name = _source_text(c, skip_det=True)
+            name = source_text(c, skip_det=True)
             of = next((x for x in r.children if x.dep_ == "prep" and x.lower_ == "of"), None)
             if of is not None and of.right_edge.i - of.i <= 4 and not any(
                     x.lower_ in PRONOUNS or x.tag_ == "PRP$" for x in of.subtree):
-                name += " " + _source_text(r.doc[of.i:of.right_edge.i + 1], skip_det=False)
+                name += " " + source_text(r.doc[of.i:of.right_edge.i + 1], skip_det=False)
             if det in DEMONSTRATIVES:
                 name = det + " " + name
             elif r.tag_ in ("NN", "NNS"):
@@ -383,7 +343,7 @@ class Discourse:
         recent unnamed one will do: 'these streams' -> 'the smaller streams')."""
         best, score = None, 0.0
         for e in self.entities:
-            if lemma not in e.classes or e.plural != plural or not (e.proper or (
+            if lemma not in e.classes or (e.plural != plural and not (e.proper and not plural)) or not (e.proper or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
             s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
@@ -415,13 +375,13 @@ class Discourse:
                 return 0.0
             return -2.5 if person else -1.5
 
-        s_cat = _cataphor(p)
+        s_cat = cataphor(p)
         if s_cat is not None and s_cat.i in chunks:
             c = chunks[s_cat.i]
             if (c.root.tag_ in ("NNS", "NNPS")) == plural and c.root.pos_ in ("NOUN", "PROPN"):
                 e = self._peek(c) or Entity(name=c.text, key="")
                 return Ref(e, [p.i], poss, "cataphor")
-        blocked = _same_clause_subjects(p, a)
+        blocked = same_clause_subjects(p, a.mention)
         scores: dict[int, float] = {}
         ents: dict[int, Entity] = {}
         for e in self.entities:
@@ -442,11 +402,20 @@ class Discourse:
                 scores[id(e)] = max(scores.get(id(e), 0.0), 5.0 + role + e.topic)
                 ents[id(e)] = e
                 here.add(pos)
-        own_subject = _clause_subject(p, a, self.topic()) if poss else None
-        attr = _copula_noun(p)
-        later = _later_mentions(p, chunks.values(), self.by_key)
+        own_subject = clause_subject(p, a.mention, self.topic()) if poss else None
+        attr = copula_noun(p)
+        later = later_mentions(p, chunks.values(), self.by_key)
+        people = [e for e in self.prev_people if e.person]
+        if plural and len(people) >= 2:  # "Varn married Tomas Rook. They had three children."
+            g = self._group(people[:2])
+            scores[id(g)] = max(scores.get(id(g), 0.0), 4.5)
+            ents[id(g)] = g
         for k, e in ents.items():
             scores[k] += fit(e) - (e.topic if person is True and not e.person else 0.0)
+            if p.dep_ == "nsubjpass" and e.patient and e.last == self.sent - 1:
+                scores[k] += 2.0  # parallel roles: "a flood destroyed the wall. It was rebuilt" -> the wall
+            if poss and not e.proper and e.classes & MEASURE_NOUNS:
+                scores[k] -= 3.0  # "its main competitor" is not the revenue's
             if own_subject is e:
                 scores[k] += 3.0  # "The Rhine is joined by its tributary": its = the Rhine
             if attr:
@@ -459,18 +428,34 @@ class Discourse:
         if not scores:
             return None
         k = max(scores, key=lambda x: scores[x])
-        if scores[k] < 1.0 or (person is True and fit(ents[k]) < 0):
+        if scores[k] < 2.0 or (person is True and fit(ents[k]) < 0):
             return None  # "She designed it" with no person in sight: better unresolved than wrong
-        local_tokens = set()
+        local_tokens = set()  # earlier mentions in this sentence that were nearly as good a reading
         for toks, e, _ in a.mentions:
-            if toks and min(toks) < p.i and ok(e) and fit(e) == 0 and id(e) not in blocked:
+            if toks and min(toks) < p.i and fit(e) == 0 and scores.get(id(e), -99.0) >= scores[k] - 1.5:
                 local_tokens |= set(toks)
         return Ref(ents[k], [p.i], poss, "pronoun", local_tokens)
+
+    def _group(self, members: list[Entity]) -> Entity:
+        key = "+" + "+".join(e.key for e in members)
+        g = self.by_key.get(key)
+        if g is None:
+            g = Entity(name=" and ".join(e.name for e in members), key=key, plural=True, proper=True, votes=1)
+            self._add(g)
+        return g
+
+    def _by_surname(self, key: str) -> Entity | None:
+        """'Varn' after 'Ilse Varn': a one-word name that ends a longer known name."""
+        if " " in key:
+            return None
+        hits = [e for e in self.entities if e.proper and e.person and not e.key.startswith("+")
+                and 1 < len(e.key.split()) <= 3 and e.key.split()[-1] == key]  # only people go by surname
+        return max(hits, key=lambda e: (e.topic, e.last)) if hits else None
 
     def _peek(self, c) -> Entity | None:
         """The known entity a proper-name chunk mentions, without creating one."""
         propn = [x.text for x in c if x.pos_ == "PROPN"]
-        return self.by_key.get(_norm(propn)) if propn else None
+        return self.by_key.get(norm(propn)) if propn else None
 
     def _learn_classes(self, sent, a: Analysis) -> None:
         for t in sent:
@@ -478,7 +463,7 @@ class Discourse:
                 s = next((c for c in t.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
                 if s is not None and a.mention.get(s.i) is not None:
                     a.classes.append((a.mention[s.i], t.lemma_.lower()))
-            if t.dep_ == "appos" and t.pos_ == "NOUN" and a.mention.get(t.head.i) is not None and _near(t.head, t):
+            if t.dep_ == "appos" and t.pos_ == "NOUN" and a.mention.get(t.head.i) is not None and near(t.head, t):
                 a.classes.append((a.mention[t.head.i], t.lemma_.lower()))
 
     def observe(self, a: Analysis) -> None:
@@ -491,12 +476,14 @@ class Discourse:
             order.append((min(toks), e, e.proper and len(toks) > 1 or e.proper))
         for e in self.entities:
             if id(e) in seen:
-                e.last, e.role = self.sent, seen[id(e)]
+                e.last, e.role, e.patient = self.sent, seen[id(e)], id(e) in a.patients
         for e, cls in a.classes:
             e.classes.add(cls)
             if cls in PERSON_NOUNS:
-                e.votes += 2
+                e.votes += 3  # "X was a glassmaker" outweighs a tagger's guesses
         self.prev_mentions = order
+        self.prev_people = list(dict.fromkeys(e for _, e, proper in sorted(order, key=lambda x: x[0])
+                                              if proper and e.person and not e.plural))
         self.sent += 1
 
     def elided_subject(self, verb) -> list[str]:
@@ -505,109 +492,11 @@ class Discourse:
         if e is None or verb is None or verb.tag_ not in ("VBN", "VBD", "VBZ") or any(
                 c.dep_ in ("nsubj", "nsubjpass", "csubj", "expl") for c in verb.children):
             return []
-        if any(t.pos_ in ("NOUN", "PROPN", "PRON") and t.i < verb.i for t in verb.sent):
-            return []
+        if any(t.i < verb.i and (t.pos_ not in ("ADV", "PUNCT", "CCONJ", "PART") or t.ent_type_ or t.text.istitle())
+               for t in verb.sent):
+            return []  # only a sentence that opens with its verb lacks a subject ("Founded in 1843 ...")
         if verb.tag_ == "VBN" and not any(c.dep_ in ("aux", "auxpass") for c in verb.children):
             be = ("are" if e.plural else "is") if verb.lemma_ in ("know", "locate", "situate", "call") else (
                 "were" if e.plural else "was")
             return [e.name, be]
         return [e.name]
-
-
-def _bracketed(t) -> bool:
-    depth = 0
-    for x in t.doc[t.sent.start:t.i]:
-        depth += x.text in ("(", "[") and 1 or (-1 if x.text in (")", "]") and depth else 0)
-    return depth > 0
-
-
-def _near(head, t) -> bool:
-    return t.i - head.i <= 8
-
-
-def _role(t) -> float:
-    """Salience of a grammatical role: subject of the main clause > other subjects > objects > the rest."""
-    if t.dep_ in ("nsubj", "nsubjpass"):
-        return 3.0 if t.head.dep_ in ("ROOT", "conj") else 2.0
-    if t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.dep_ in ("nsubj", "nsubjpass"):
-        return 3.0 if t.head.head.lower_ in PARTITIVE else 1.5
-    if t.dep_ in ("dobj", "attr", "appos"):
-        return 1.5
-    return 0.5
-
-
-def _clause_verb(p):
-    v = p.head
-    while v.pos_ not in ("VERB", "AUX") and v.head.i != v.i:
-        v = v.head
-    return v
-
-
-def _clause_subject(p, a: Analysis, topic: Entity | None) -> Entity | None:
-    """The entity that is the subject of the pronoun's clause (through coordination and 'which');
-    the topic when a headline-style sentence has none ('Known for its glass.')."""
-    v = _clause_verb(p)
-    for _ in range(6):
-        s = next((c for c in v.children if c.dep_ in ("nsubj", "nsubjpass")), None)
-        if s is not None:
-            return a.mention.get(s.i)
-        if v.dep_ == "conj" and v.head.i != v.i:
-            v = v.head
-            continue
-        return topic if v.dep_ == "ROOT" and not any(t.pos_ in ("NOUN", "PROPN", "PRON") and t.i < v.i
-                                                      for t in v.sent) else None
-    return None
-
-
-def _same_clause_subjects(p, a: Analysis) -> set[int]:
-    """Principle B: in 'a dam prevents it from flowing', 'it' is not the dam."""
-    if p.dep_ in ("nsubj", "nsubjpass") or p.tag_ == "PRP$":
-        return set()
-    v = p.head
-    if p.dep_ == "pobj" and v.dep_ == "prep":
-        v = v.head
-    out = set()
-    for c in v.children:
-        if c.dep_ in ("nsubj", "nsubjpass") and a.mention.get(c.i) is not None:
-            out.add(id(a.mention[c.i]))
-    return out
-
-
-def _cataphor(p):
-    """'As it approaches the border, the Rhine ...': the pronoun sits before the subject it means."""
-    root = p.sent.root
-    s = next((c for c in root.children if c.dep_ in ("nsubj", "nsubjpass")), None)
-    if s is None or p.i >= s.left_edge.i or p.dep_ not in ("nsubj", "nsubjpass", "poss") or s.pos_ == "PRON":
-        return None
-    if p.dep_ in ("nsubj", "nsubjpass") and p.head.i == root.i:
-        return None
-    x = p
-    while x.head.i != root.i and x.head.i != x.i:  # only from a clause or phrase put before the subject
-        x = x.head
-    if x.dep_ not in ("advcl", "prep", "npadvmod", "advmod") or x.i > s.i:
-        return None
-    return s
-
-
-def _copula_noun(p) -> str | None:
-    """'It is the second-longest river': the class a subject pronoun is said to belong to."""
-    if p.dep_ != "nsubj" or p.head.lemma_ != "be":
-        return None
-    for c in p.head.children:
-        if c.dep_ == "attr" and c.pos_ == "NOUN":
-            return c.lemma_.lower()
-    return None
-
-
-def _later_mentions(p, chunks, by_key) -> set[int]:
-    """Entities named later in the pronoun's own sentence (so not what a subject pronoun means)."""
-    if p.dep_ not in ("nsubj", "nsubjpass") and p.tag_ != "PRP$":
-        return set()
-    out = set()
-    for c in chunks:
-        if c.start > p.i:
-            propn = [x.text for x in c if x.pos_ == "PROPN"]
-            e = by_key.get(_norm(propn)) if propn else None
-            if e is not None:
-                out.add(id(e))
-    return out

@@ -73,23 +73,22 @@ def subject_of(v):
 def core(t, conj: bool = True) -> list[int]:
     """The noun phrase headed by t without appositions, relative clauses and parentheses
     (and without coordinated nouns when conj is False)."""
-    drop: set[int] = set()
-    for c in t.children:
-        if (c.dep_ == "appos" and _comma_before(c)) or c.dep_ in ("relcl", "acl", "advcl", "parataxis") or (
-                c.dep_ == "punct" and c.i > t.i) or (
-                c.dep_ == "advmod" and c.i < t.i) or (not conj and c.dep_ in ("conj", "cc", "preconj")):
-            drop |= _subtree(c)
-    toks = [x for x in t.subtree if x.i not in drop]
-    out, depth = [], 0
-    for x in toks:  # drop bracketed material inside the phrase
+    inside: set[int] = set()  # bracketed material: "The Rhine (Romansh: Rein, ...)"
+    depth = 0
+    for x in t.subtree:
         if x.text in ("(", "["):
             depth += 1
-            continue
+        if depth:
+            inside.add(x.i)
         if x.text in (")", "]"):
             depth = max(0, depth - 1)
-            continue
-        if depth == 0:
-            out.append(x)
+    drop: set[int] = set(inside)
+    for c in t.children:
+        if (c.dep_ == "appos" and _comma_before(c)) or c.dep_ in ("relcl", "acl", "advcl", "parataxis") or (
+                c.dep_ == "punct" and c.i > t.i) or (c.dep_ == "advmod" and c.i < t.i) or (
+                not conj and c.dep_ in ("conj", "cc", "preconj")):
+            drop |= _subtree(c)
+    out = [x for x in t.subtree if x.i not in drop]
     while out and (out[-1].is_punct or out[-1].dep_ in ("cc", "case")):
         out.pop()
     while out and out[0].is_punct:

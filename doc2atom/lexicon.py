@@ -1,0 +1,56 @@
+"""Word lists the resolver relies on: pronouns, person nouns, class words inside names.
+
+Kept apart from resolve.py so that the rules read without the vocabulary in the way.
+This module must never import spaCy.
+"""
+
+from __future__ import annotations
+
+# pronoun -> (plural, person (None = either), possessive)
+PRONOUNS: dict[str, tuple[bool, bool | None, bool]] = {
+    "it": (False, False, False), "itself": (False, False, False), "its": (False, False, True),
+    "they": (True, None, False), "them": (True, None, False), "themselves": (True, None, False),
+    "their": (True, None, True),
+    "he": (False, True, False), "him": (False, True, False), "himself": (False, True, False),
+    "his": (False, True, True), "she": (False, True, False), "herself": (False, True, False),
+    "her": (False, True, False),
+}
+DEMONSTRATIVES = {"this", "that", "these", "those"}
+NUMERIC = {"DATE", "TIME", "CARDINAL", "QUANTITY", "PERCENT", "MONEY", "ORDINAL"}
+NAMED = {"PERSON", "GPE", "LOC", "ORG", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"}
+PERSON_NOUNS = {
+    "man", "woman", "person", "engineer", "chemist", "musician", "king", "queen", "emperor", "empress", "president",
+    "leader", "writer", "author", "poet", "artist", "scientist", "inventor", "founder", "glassmaker", "captain",
+    "player", "minister", "general", "hero", "chancellor", "architect", "painter", "composer", "singer", "actor",
+    "actress", "politician", "explorer", "monk", "priest", "bishop", "pope", "duke", "archduke", "prince",
+    "princess", "father", "mother", "son", "daughter", "wife", "husband", "teacher", "student", "doctor", "lawyer",
+    "soldier", "physicist", "mathematician", "philosopher", "historian", "designer", "director", "governor", "mayor",
+    "ruler", "sculptor", "novelist", "farmer", "merchant", "sailor", "pilot", "chef", "baker", "coach", "manager",
+}
+# words inside a proper name that say what kind of thing it is ("Lake Constance" is a lake)
+GENERIC = {
+    "lake", "river", "sea", "ocean", "bridge", "gorge", "valley", "delta", "canal", "mountain", "mountains", "island",
+    "bay", "city", "town", "village", "county", "state", "province", "university", "company", "museum", "church",
+    "castle", "fort", "fortress", "bank", "street", "square", "park", "port", "hill", "forest", "desert", "plain",
+    "basin", "falls", "strait", "channel", "glacier", "peninsula", "cape", "dam", "tower", "palace", "cathedral",
+    "school", "college", "hospital", "station", "airport", "club", "team", "party", "empire", "kingdom", "republic",
+    "treaty", "war", "battle", "festival", "fair", "lighthouse", "region", "area", "district", "line", "fault",
+    "graben", "embayment", "culture", "confederation", "crisis", "operation", "acid", "light", "cup", "dome",
+    "arena", "museum", "prize", "award", "institute", "society", "council", "army", "legion", "canton", "land",
+}
+# what a definite description may call a named entity of each type ("the company" for an ORG)
+LABEL_CLASSES = {
+    "GPE": {"city", "town", "country", "state", "nation", "village", "capital", "municipality"},
+    "ORG": {"company", "organization", "organisation", "firm", "club", "team", "band", "group", "corporation",
+            "institution", "university", "party", "society"},
+    "FAC": {"bridge", "building", "airport", "tower", "station", "museum", "dam", "canal", "stadium", "arena"},
+}
+PARTITIVE = {"most", "part", "all", "some", "much", "many", "one", "half", "majority", "rest", "each", "none", "both"}
+# nouns that name no thing a pronoun later points back to
+NOT_ENTITIES = PARTITIVE | {"number", "amount", "lot", "kind", "type", "sort", "way", "time", "case", "fact", "use",
+                            "result", "end", "beginning", "side", "degree", "variety", "range", "series", "couple",
+                            "pair", "total", "deal", "addition", "example", "instance", "thing", "something"}
+# abstract measures own nothing: "its main competitor" is not the revenue's
+MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width", "height", "depth", "area",
+                 "population", "size", "value", "share", "output", "income", "profit", "discharge", "volume",
+                 "speed", "temperature", "weight", "distance", "number", "amount", "total", "percentage"}
