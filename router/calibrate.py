@@ -51,6 +51,24 @@ def near_misses(questions: list[str], rng, known) -> list[str]:
     return out
 
 
+def paraphrase_like(question: str, rng, drop: float = 0.5) -> str | None:
+    """The question with about `drop` of its ordinary content words removed (names, numbers and question
+    words kept), or None when nothing was removed: a cheap stand-in for a user's paraphrase, which shares
+    the meaning but fewer words with the atom than a synthesised question does."""
+    from router.lexical import stopwords
+
+    words = question.rstrip("?").split()
+    keep, removed = [], 0
+    for i, w in enumerate(words):
+        bare = w.strip(",;:.").lower()
+        ordinary = bare.isalpha() and bare not in stopwords() and not (i > 0 and w[:1].isupper())
+        if ordinary and rng.random() < drop:
+            removed += 1
+            continue
+        keep.append(w)
+    return " ".join(keep) + "?" if removed and len(keep) >= 2 else None
+
+
 def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
     """(n, d) unit leave-one-out keys: key + mean of the other questions (the key alone when n == 1)."""
     n = len(qv)
@@ -60,8 +78,10 @@ def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
-    """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms."""
+def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS, l2: float = 0.005) -> dict | None:
+    """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms.
+
+    prior, l2: the weights the fit is pulled towards, and how hard (see LearnedRouter.fit)."""
     from router.router import MIN_CALIBRATION_ATOMS, atom_rows
 
     rng = np.random.default_rng(seed)
@@ -80,16 +100,29 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
     qtexts = [q for _, _, qs in atoms for q in qs]
     qv = emb(qtexts)
     # positives: one row group per synthesised question, its atom scored with the leave-one-out key
-    pos_q, pos_target, pos_fold, override = [], [], [], []
+    pos_q, pos_target, pos_fold, override, loo_vec = [], [], [], [], []
     at = 0
     for a, (rid, _, qs) in enumerate(atoms):
         loo = _loo(keys[a], qv[at:at + len(qs)])
         for j in range(len(qs)):
+            loo_vec.append(loo[j])
             pos_q.append(at + j)
             pos_target.append(rid)
             pos_fold.append(a % FOLDS)
             override.append({rid: float(loo[j] @ qv[at + j])})
         at += len(qs)
+    # paraphrase-like variants of each question, scored against the same leave-one-out key
+    aug = [(k, paraphrase_like(qtexts[pos_q[k]], rng)) for k in range(len(pos_q))]
+    aug = [(k, t) for k, t in aug if t]
+    av = emb([t for _, t in aug]) if aug else np.zeros((0, qv.shape[1]), np.float32)
+    for n, (k, t) in enumerate(aug):
+        rid = pos_target[k]
+        pos_q.append(len(qtexts) + n)
+        pos_target.append(rid)
+        pos_fold.append(pos_fold[k])
+        override.append({rid: float(av[n] @ loo_vec[k])})
+    qtexts = qtexts + [t for _, t in aug]
+    qv = np.concatenate([qv, av])
     known = router.lexical.known if router.lexical is not None else router._ensure_lexical().known
     near = near_misses([atoms[a][2][0] for a in range(len(atoms))], rng, known)
     neg_texts = list(OUT_OF_SCOPE) + near
@@ -100,7 +133,8 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
     cands = router.candidates(vecs, texts, dense_override=overrides)
     targets = pos_target + [-1] * len(neg_texts)
     folds = pos_fold + [i % FOLDS for i in range(len(neg_texts))]
-    kinds = ["pos"] * len(pos_target) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
+    n_orig = len(pos_target) - len(aug)  # augmented variants train the model but never place the threshold
+    kinds = ["pos"] * n_orig + ["aug"] * len(aug) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
     F, y, g, qf = [], [], [], []
     for qi, c in enumerate(cands):
         if not len(c.ids):
@@ -117,16 +151,16 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
     held_p = np.zeros(len(y), np.float32)
     for f in range(FOLDS):
         tr = fold_of_row != f
-        m = LearnedRouter.fit(F[tr], y[tr], g[tr], prior=DEFAULT_WEIGHTS)
+        m = LearnedRouter.fit(F[tr], y[tr], g[tr], prior=prior, l2=l2)
         held_p[~tr] = m.prob(F[~tr])
-    final = LearnedRouter.fit(F, y, g, prior=DEFAULT_WEIGHTS)
+    final = LearnedRouter.fit(F, y, g, prior=prior, l2=l2)
     top_p, top_ok = {}, {}
     for qi in qf:
         rows = np.flatnonzero(g == qi)
         j = rows[np.argmax(held_p[rows])]
         top_p[qi], top_ok[qi] = float(held_p[j]), bool(y[j] > 0)
     # every in-scope question counts for the routed share, a retrieval miss scoring its best (wrong) candidate 0
-    pos_scores = np.array([top_p.get(qi, 0.0) for qi in range(len(pos_target))])
+    pos_scores = np.array([top_p.get(qi, 0.0) for qi in range(n_orig)])
     thr = float(np.quantile(pos_scores, 1.0 - cfg.target_routed, method="lower")) if len(pos_scores) else 0.5
     kinds_a = np.array(kinds)
     scores_all = np.array([top_p.get(qi, 0.0) for qi in range(len(texts))])
@@ -136,9 +170,10 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400) -> dict | None:
         return round(float(((s < thr) if refused else (s >= thr)).mean()), 4) if len(s) else None
 
     metrics = {
-        "atoms": len(atoms), "questions": len(pos_target), "oos": len(OUT_OF_SCOPE), "near_misses": len(near),
-        "heldout_routed": share("pos", False), "heldout_recall@1": round(float(np.mean(
-            [top_ok.get(qi, False) for qi in range(len(pos_target))])), 4),
+        "atoms": len(atoms), "questions": n_orig, "paraphrase_like": len(aug), "oos": len(OUT_OF_SCOPE),
+        "near_misses": len(near), "heldout_routed": share("pos", False),
+        "heldout_recall@1": round(float(np.mean([top_ok.get(qi, False) for qi in range(n_orig)])), 4),
+        "heldout_paraphrase_like_routed": share("aug", False),
         "oos_refused": share("oos", True), "near_refused": share("near", True),
     }
     return {"format": "doc2atom-router/1", "weights": final.as_dict(), "threshold": round(thr, 6),

@@ -145,11 +145,13 @@ class Router:
             return False
         return done == 0 or abs(n - done) > RECALIBRATE_GROWTH * done
 
-    def calibrate(self, seed: int = 0, max_atoms: int = 400) -> dict:
-        """Fit the learned router and the refusal threshold on this KB's synthesised questions; save router.json."""
+    def calibrate(self, seed: int = 0, max_atoms: int = 400, **fit) -> dict:
+        """Fit the learned router and the refusal threshold on this KB's synthesised questions; save router.json.
+
+        fit: `prior` and `l2` for LearnedRouter.fit (defaults: DEFAULT_WEIGHTS, 1.0)."""
         from router.calibrate import calibrate
 
-        state = calibrate(self, seed=seed, max_atoms=max_atoms)
+        state = calibrate(self, seed=seed, max_atoms=max_atoms, **fit)
         if state is None:
             return {}
         self.state = state

@@ -130,3 +130,18 @@ def test_crash_before_index_write_is_rebuilt_on_open(sample_kb, embedder):
     assert np.array_equal(r.dense.ids(), store2.rowids()) and np.array_equal(r.lexical.rowids, store2.rowids())
     assert r.route(["What does zarnic acid smell of?"])[0].refused or \
         "zarnic" not in " ".join(_texts(store2, r.route(["What does zarnic acid smell of?"])[0].ids)).lower()
+
+
+def test_router_serves_a_kb_the_pipeline_built(tmp_path, tiny_base, sample_copy, embedder):
+    from conftest import fast_compile
+    from serving.pipeline import KnowledgeBase
+
+    kb = KnowledgeBase(tmp_path / "kb", base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
+    kb.ingest([str(sample_copy)])
+    r = Router.open(kb.path, kb.store, embedder)
+    assert np.array_equal(r.dense.ids(), kb.store.rowids()) and np.array_equal(r.lexical.rowids, kb.store.rowids())
+    assert r.needs_calibration()
+    state = r.calibrate()  # on the questions compilation stored in each atom's stats
+    assert state["metrics"]["questions"] >= 2 * state["metrics"]["atoms"] > 0
+    route = r.route(["Who designed the Korrin Bridge?", "What is the capital of Japan?"])
+    assert "Maud Ellery" in _texts(kb.store, route[0].ids[:1])[0] and route[1].refused
