@@ -69,6 +69,16 @@ def paraphrase_like(question: str, rng, drop: float = 0.5) -> str | None:
     return " ".join(keep) + "?" if removed and len(keep) >= 2 else None
 
 
+_OOS_CACHE: dict = {}
+
+
+def _oos_vectors(emb) -> np.ndarray:
+    """OUT_OF_SCOPE embedded once per embedder (every calibration of a process reuses them)."""
+    if _OOS_CACHE.get("embedder") is not emb:
+        _OOS_CACHE.update(embedder=emb, vectors=emb(list(OUT_OF_SCOPE)))
+    return _OOS_CACHE["vectors"]
+
+
 def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
     """(n, d) unit leave-one-out keys: key + mean of the other questions (the key alone when n == 1)."""
     n = len(qv)
@@ -126,7 +136,7 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     known = router.lexical.known if router.lexical is not None else router._ensure_lexical().known
     near = near_misses([atoms[a][2][0] for a in range(len(atoms))], rng, known)
     neg_texts = list(OUT_OF_SCOPE) + near
-    nv = emb(neg_texts)
+    nv = np.concatenate([_oos_vectors(emb), emb(near) if near else np.zeros((0, qv.shape[1]), np.float32)])
     texts = qtexts + neg_texts
     vecs = np.concatenate([qv, nv])
     overrides = override + [{} for _ in neg_texts]
