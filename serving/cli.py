@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.evaluate import cli as eval_cli
 
     eval_cli.add_parser(sub)
+    from serving.http import cli as http_cli
+
+    http_cli.add_parser(sub)
 
     p = sub.add_parser("demo", help="ingest the sample corpus shipped in data/, ask its questions, show the atoms")
     _kb_arg(p)
@@ -245,7 +248,13 @@ def cmd_eval(args) -> int:
     return eval_cli.run(args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "atomize": cmd_atomize, "ask": cmd_ask, "atoms": cmd_atoms,
+def cmd_serve(args) -> int:
+    from serving.http import cli as http_cli
+
+    return http_cli.run(args)
+
+
+COMMANDS = {"serve": cmd_serve, "ingest": cmd_ingest, "atomize": cmd_atomize, "ask": cmd_ask, "atoms": cmd_atoms,
             "forget": cmd_forget, "demo": cmd_demo, "eval": cmd_eval}
 
 
