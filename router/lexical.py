@@ -178,9 +178,12 @@ class LexicalIndex:
             np.save(tmp / "rowids.npy", self.rowids)
             (tmp / "meta.json").write_text(json.dumps({"n": self.n, "format": "doc2atom-lexical/1"}))
             dest = folder / LEXICAL_DIR
-            if dest.exists():
-                os.replace(dest, old)
-            os.replace(tmp, dest)
+            try:
+                if dest.exists():
+                    os.replace(dest, old)
+                os.replace(tmp, dest)
+            except OSError:
+                pass  # another process swapped in its own copy meanwhile; `load` checks ids, so either is safe
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
