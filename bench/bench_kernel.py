@@ -5,11 +5,16 @@ How to run (on a CUDA machine with triton, transformers and peft; one run, ~5 mi
     PYTHONUNBUFFERED=1 python3 bench/bench_kernel.py --out bench/results/kernel_h200.json
 
 Options: --layers N (decoder layers of the Llama-8B-shaped model, default 32), --new-tokens,
---prompt, --batches 32,128, --skip-peft, --time-budget SECONDS (optional parts are skipped
-past it). The JSON is rewritten after every section, so a run cut short keeps what it measured.
+--prompt, --batches 32,128, --skip-peft, --skip-shapes, --layer-T 1,32,256, --profile-eager,
+--time-budget SECONDS (optional parts are skipped past it). The JSON is rewritten after every
+section, so a run cut short keeps what it measured.
 
 What it measures:
   1. ceilings: device-to-device copy bandwidth (bytes read + written).
+  1b. shapes: per-call GPU time of the delta on each decode module shape (q/o, k/v, gate/up,
+     down; T=1, K=8, r=2; batch 32 and 128; distinct and zipf atoms), graph-replayed over
+     rotating pool copies so the atoms come from HBM, per plan (auto, fused GEMV with several
+     d_out splits, two-launch GEMV, B in the old layout), beside the base GEMM's time.
   2. layer level, d_in = d_out = 4096, 32 requests x T tokens, K atoms of rank r per request,
      every request its own atoms (worst case for bytes): base GEMM, composed linear
      (GEMM + kernel accumulating into its output), the delta alone, and the torch reference
@@ -24,11 +29,12 @@ What it measures:
      PEFT with one rank-K*r adapter per request (what add_weighted_adapter "cat" yields) in a
      mixed batch. Then the same step captured in a CUDA graph where possible.
 
-Caveats (first H200 results, bench/results/kernel_h200.json): at T=1 (32 tokens) the
-do_bench layer timings of base and composed are bounded by the host's launch time (~20 us
-per F.linear, ~33 us per kernel call on that machine), not by the GPU; graph-replayed
-timings of the same calls are the GPU's (q shape: GEMM 13 us, delta 16 us). PEFT is run at
-batch 32 only by default (--peft-batches): it builds one adapter per request at ~1 s each.
+Caveats (H200 results, bench/results/kernel_h200.json; history in compiler/compose/KERNEL_NOTES.md):
+at T=1 (32 tokens) the do_bench layer timings of base and composed are bounded by the host's
+launch time (~20 us per F.linear, ~10-15 us per kernel call on that machine), not by the GPU;
+the 'shapes' section has graph-replayed GPU times. Eager decode ratios move by ~15% between
+runs (host-bound, and torch's SDPA with an explicit mask synchronizes once per layer). PEFT is
+run at batch 32 only by default (--peft-batches): it builds one adapter per request at ~1 s each.
 """
 
 from __future__ import annotations
@@ -92,7 +98,12 @@ def bench_ms(fn) -> float:
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def layer_level(res: dict, copy_bw: float) -> None:
+def pool_b(n: int, d_out: int, r: int, scale: float = 1.0) -> torch.Tensor:
+    """B (n, d_out, r) in AtomPool's layout: the transposed view of a contiguous (n, r, d_out)."""
+    return (torch.randn(n, r, d_out, dtype=DT, device="cuda") * scale).transpose(1, 2)
+
+
+def layer_level(res: dict, copy_bw: float, layer_T=(1, 32, 256)) -> None:
     import torch.nn.functional as F
 
     from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
@@ -100,14 +111,14 @@ def layer_level(res: dict, copy_bw: float) -> None:
     bsz, d_in, d_out = 32, 4096, 4096
     W = torch.randn(d_out, d_in, dtype=DT, device="cuda") / 64
     rows = []
-    for T in (1, 32, 256):
+    for T in layer_T:
         x = torch.randn(bsz, T, d_in, dtype=DT, device="cuda")
         t_base = bench_ms(lambda: F.linear(x, W))
         for K in (1, 8, 32):
             for r in (1, 2, 4):
                 N = bsz * K  # every request its own atoms
                 A = torch.randn(N, r, d_in, dtype=DT, device="cuda") / 64
-                B = torch.randn(N, d_out, r, dtype=DT, device="cuda") / 8
+                B = pool_b(N, d_out, r, 1 / 8)
                 idx = torch.randperm(N, device="cuda").reshape(bsz, K)
                 w = torch.rand(bsz, K, device="cuda") + 0.5
                 meta = ComposeMeta(idx, w, n_slots=N)
@@ -138,8 +149,12 @@ def layer_level(res: dict, copy_bw: float) -> None:
                     f"wide {t_wide*1e3:6.1f}us ({t_wide/bound_ms:4.2f}x) ref {t_ref*1e3:7.1f}us")
                 del A, B, buf
     res["layer"] = dict(bsz=bsz, d_in=d_in, d_out=d_out, dtype="bfloat16", atoms="distinct per request",
+                        b_layout="AtomPool's: transposed view of a contiguous (N, r, d_out)",
                         note="T = tokens per request; composed = base GEMM + kernel accumulating into its output "
-                             "(auto plan: fused for <= 256 tokens, else wide); delta_* = the kernel alone",
+                             "(auto plan, eager: T <= 4 GEMV fused; else tile fused up to 256 tokens, tile wide "
+                             "above); delta_* = the kernel alone. do_bench times one eager call after an L2 "
+                             "flush: at T=1 the host's launch time is inside the number (see 'shapes' for "
+                             "graph-replayed per-call GPU times)",
                         rows=rows)
 
     # host-side cost per call (what eager decode pays), decode shape
@@ -147,7 +162,7 @@ def layer_level(res: dict, copy_bw: float) -> None:
     N = bsz * K
     x = torch.randn(bsz, T, d_in, dtype=DT, device="cuda")
     A = torch.randn(N, r, d_in, dtype=DT, device="cuda")
-    B = torch.randn(N, d_out, r, dtype=DT, device="cuda")
+    B = pool_b(N, d_out, r)
     meta = ComposeMeta(torch.randperm(N, device="cuda").reshape(bsz, K), None, n_slots=N)
 
     def host_us(fn, n=2000):
@@ -170,6 +185,99 @@ def layer_level(res: dict, copy_bw: float) -> None:
         "torch_reference": host_us(lambda: compose_delta_torch(x, A, B, meta.idx, meta.w)),
     }
     log("host us per call:", res["layer"]["host_us_per_call"])
+
+
+def graph_us_per_call(calls: list, reps: int = 5) -> float:
+    """Median over replays of (one graph holding every call in `calls`) / len(calls), in us."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for c in calls[:2]:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        g.replay()
+        ev[1].record()
+        torch.cuda.synchronize()
+        ts.append(ev[0].elapsed_time(ev[1]) * 1e3 / len(calls))
+    del g
+    return sorted(ts)[len(ts) // 2]
+
+
+def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits: bool = False) -> None:
+    """Per-call GPU time of the delta on the decode module shapes (T=1), graph-replayed.
+
+    Each graph holds M calls on M different pool copies (M x pool >= ~200 MB, so the atoms
+    come from HBM as they do in a decode step, where 15 GB of weights pass between two calls
+    of one module); x and out stay (they are in L2 in a real step too). Variants: the plan
+    'auto' picks under capture, the fused GEMV with its own and with forced d_out splits P,
+    the two-launch GEMV, and the fused GEMV reading B in the old (N, d_out, r) layout.
+    """
+    import torch.nn.functional as F
+
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    shapes = {"q_o": (4096, 4096), "k_v": (4096, 1024), "gate_up": (4096, 14336), "down": (14336, 4096)}
+    out_rows = []
+    for bsz in (32, 128):
+        for pattern in ("distinct", "zipf"):
+            for name, (d_in, d_out) in shapes.items():
+                n_atoms = bsz * K if pattern == "distinct" else 64
+                pool_bytes = n_atoms * r * (d_in + d_out) * 2
+                M = max(8, min(48, math.ceil(200e6 / pool_bytes)))
+                g = torch.Generator(device="cuda").manual_seed(bsz + d_out)
+                pools = [(torch.randn(n_atoms, r, d_in, dtype=DT, device="cuda") / 64,
+                          pool_b(n_atoms, d_out, r, 1 / 8)) for _ in range(M)]
+                if pattern == "distinct":
+                    idx = torch.randperm(n_atoms, device="cuda").reshape(bsz, K)
+                else:
+                    p = 1.0 / torch.arange(1, n_atoms + 1, dtype=torch.float64) ** 1.1
+                    idx = torch.stack([torch.multinomial(p, K, replacement=False) for _ in range(bsz)]).cuda()
+                n_dist = int(torch.unique(idx).numel())
+                meta = ComposeMeta(idx, torch.rand(bsz, K, device="cuda") + 0.5, n_slots=n_atoms)
+                x = torch.randn(bsz, 1, d_in, dtype=DT, device="cuda", generator=g)
+                y = torch.randn(bsz, 1, d_out, dtype=DT, device="cuda", generator=g)
+                bound_us = (n_dist * r * (d_in + d_out) * 2 + x.numel() * 2 + 2 * y.numel() * 2) / copy_bw * 1e6
+                Ws = [torch.randn(d_out, d_in, dtype=DT, device="cuda") / 64
+                      for _ in range(max(2, math.ceil(200e6 / (d_in * d_out * 2))))]
+                row = dict(bsz=bsz, pattern=pattern, shape=name, d_in=d_in, d_out=d_out, distinct_atoms=n_dist,
+                           copies=M, delta_hbm_bound_us=bound_us,
+                           base_gemm_us=graph_us_per_call([lambda W=W: F.linear(x, W) for W in Ws]))
+
+                def calls(path, split=None, old_layout=False):
+                    ps = [(a, b.contiguous()) for a, b in pools] if old_layout else pools
+                    return [lambda a=a, b=b: compose_delta_triton(x, a, b, meta=meta, out=y, accumulate=True,
+                                                                  path=path, split=split) for a, b in ps]
+
+                variants = [("auto", None, False), ("fused", None, False), ("wide", None, False),
+                            ("fused", None, True)]
+                if bsz == 32 and pattern == "distinct" and sweep_splits:
+                    variants += [("fused", p, False) for p in (2, 4, 8, 16)]
+                for path, split, old in variants:
+                    key = f"{path}" + (f"_P{split}" if split else "") + ("_oldB" if old else "")
+                    try:
+                        if path == "auto":  # compile both plans outside the capture
+                            for pth in ("fused", "wide"):
+                                calls(pth)[0]()
+                        row[key + "_us"] = graph_us_per_call(calls(path, split, old))
+                    except Exception as e:
+                        row[key + "_us"] = f"{type(e).__name__}: {e}"[:200]
+                del pools
+                out_rows.append(row)
+                log("shape " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in row.items() if k not in ("d_in", "d_out")))
+                torch.cuda.empty_cache()
+    res["shapes"] = dict(K=K, r=r, T=1, note=shape_sweep.__doc__.split("\n\n")[1].replace("\n", " "),
+                         rows=out_rows)
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,7 +312,7 @@ def make_cache(model, bsz, length):
         return StaticCache(config=model.config, max_batch_size=bsz, max_cache_len=length, device=DEV, dtype=DT)
 
 
-def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, **kw) -> dict:
+def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, warm_up=None, **kw) -> dict:
     """Greedy decode of n_new tokens after a prompt; returns tok/s and ms/step of the timed steps."""
     L = prompt + n_new + 4
     g = torch.Generator(device=DEV).manual_seed(0)
@@ -230,6 +338,8 @@ def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, **kw) -> 
         with torch.cuda.stream(side):
             for _ in range(2):
                 step()
+            for warm in warm_up or ():  # compile what the capture may pick (no compiling while capturing)
+                warm(step)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -274,6 +384,7 @@ class Wiring:
         from compiler.compose.triton_ops import compose_delta_triton
 
         wiring = self
+        self.path = path
 
         def forward(mod, x):
             y = mod.base(x)
@@ -284,11 +395,51 @@ class Wiring:
             x3 = x.reshape(x.shape[0], -1, x.shape[-1])
             if kind == "triton":
                 compose_delta_triton(x3, A, B, meta=wiring.meta, out=y.view(x3.shape[0], x3.shape[1], -1),
-                                     accumulate=True, path=path)
+                                     accumulate=True, path=wiring.path)
                 return y
             return y + compose_delta_torch(x3, A, B, wiring.meta.idx, wiring.meta.w).reshape(y.shape)
 
         self.cls.forward = forward
+
+    def warm_both(self, step):
+        """Run a step with each plan forced, so that a capture with path='auto' compiles nothing."""
+        path = self.path
+        for p in ("fused", "wide"):
+            self.path = p
+            step()
+        self.path = path
+
+
+def profile_steps(model, bsz, prompt, n=3, top=18) -> list:
+    """cProfile of n eager decode steps (host time per function, what eager decode is bound by)."""
+    import cProfile
+    import pstats
+
+    L = prompt + n + 8
+    cache = make_cache(model, bsz, L)
+    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV)
+    attn = torch.ones(bsz, L, dtype=torch.long, device=DEV)
+    model(input_ids=ids, attention_mask=attn, past_key_values=cache, cache_position=torch.arange(prompt, device=DEV),
+          use_cache=True, logits_to_keep=1)
+    tok = ids[:, -1:].contiguous()
+    pos = torch.tensor([prompt], device=DEV)
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        model(input_ids=tok, attention_mask=attn, past_key_values=cache, cache_position=pos, use_cache=True,
+              logits_to_keep=1)
+        pos.add_(1)
+    sync()
+    prof.disable()
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    out = [{"fn": f"{Path(k[0]).name}:{k[1]}:{k[2]}", "calls_per_step": v[1] / n, "tottime_ms_per_step": v[2] / n * 1e3,
+            "cumtime_ms_per_step": v[3] / n * 1e3} for k, v in rows]
+    for o in out:
+        log(f"  prof {o['tottime_ms_per_step']:7.2f} ms/step {o['calls_per_step']:6.0f} calls  {o['fn']}")
+    del cache
+    return out
 
 
 def unwrap(model, names):
@@ -318,7 +469,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
     t0 = time.perf_counter()
     model = build_model(args.layers, args.tiny)
     sync()
-    names = target_names(model, PROJ, None)
+    names = target_names(model, PROJ, list(range(args.layers)))  # every layer, as in the issue's baseline
     shapes = module_shapes(model, names)
     lin_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
                     if n.endswith("proj.weight") or n.startswith("lm_head"))
@@ -379,10 +530,17 @@ def decode_section(res: dict, args, t_start: float) -> None:
         record(f"b{bsz}_triton_dispatcher_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
         wiring.direct("triton")  # auto: fused for decode-sized eager calls
         record(f"b{bsz}_triton_meta_eager", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        if args.profile_eager and bsz == batches[0]:
+            dec[f"eager_profile_b{bsz}"] = profile_steps(model, bsz, args.prompt)
+        wiring.direct("triton", "fused")
+        record(f"b{bsz}_triton_meta_eager_fused", lambda: decode(model, bsz, args.prompt, args.new_tokens))
         wiring.direct("triton", "wide")
         record(f"b{bsz}_triton_meta_eager_wide", lambda: decode(model, bsz, args.prompt, args.new_tokens))
-        # under capture auto picks wide; forced here so that the warm-up compiles the same kernels
-        record(f"b{bsz}_triton_meta_graphed", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        record(f"b{bsz}_triton_meta_graphed_wide",
+               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        wiring.direct("triton")  # under capture auto picks per module shape (fused GEMV when it fills the GPU)
+        record(f"b{bsz}_triton_meta_graphed", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True,
+                                                            warm_up=[wiring.warm_both]))
         wiring.direct("triton", "fused")
         record(f"b{bsz}_triton_meta_graphed_fused",
                lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
@@ -396,9 +554,8 @@ def decode_section(res: dict, args, t_start: float) -> None:
         wiring.meta = ComposeMeta(idx_z, w_z, n_slots=pool.capacity)
         wiring.direct("triton")
         record(f"b{bsz}_triton_meta_eager_zipf", lambda: decode(model, bsz, args.prompt, args.new_tokens))
-        wiring.direct("triton", "wide")
         record(f"b{bsz}_triton_meta_graphed_zipf",
-               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True, warm_up=[wiring.warm_both]))
         state.clear()
         wiring.dispatcher("auto")
 
@@ -410,7 +567,9 @@ def decode_section(res: dict, args, t_start: float) -> None:
         dec[f"ratios_b{bsz}"] = {
             "triton_meta_eager": ratio(f"b{bsz}_triton_meta_eager", f"b{bsz}_base_eager"),
             "triton_meta_eager_wide": ratio(f"b{bsz}_triton_meta_eager_wide", f"b{bsz}_base_eager"),
+            "triton_meta_eager_fused": ratio(f"b{bsz}_triton_meta_eager_fused", f"b{bsz}_base_eager"),
             "triton_meta_graphed_fused": ratio(f"b{bsz}_triton_meta_graphed_fused", f"b{bsz}_base_graphed"),
+            "triton_meta_graphed_wide": ratio(f"b{bsz}_triton_meta_graphed_wide", f"b{bsz}_base_graphed"),
             "triton_dispatcher_eager": ratio(f"b{bsz}_triton_dispatcher_eager", f"b{bsz}_base_eager"),
             "torch_dispatcher_eager": ratio(f"b{bsz}_torch_dispatcher_eager", f"b{bsz}_base_eager"),
             "torch_meta_eager": ratio(f"b{bsz}_torch_meta_eager", f"b{bsz}_base_eager"),
@@ -421,6 +580,15 @@ def decode_section(res: dict, args, t_start: float) -> None:
         }
     res["decode_ratio_composed_over_base"] = dec.get("ratios_b32", {}).get("triton_meta_eager")
     res["decode_ratio_composed_over_base_graphed"] = dec.get("ratios_b32", {}).get("triton_meta_graphed")
+    res["decode_ratio_composed_over_base_zipf"] = dec.get("ratios_b32", {}).get("triton_meta_eager_zipf")
+    res["decode_ratio_composed_over_base_graphed_zipf"] = dec.get("ratios_b32", {}).get("triton_meta_graphed_zipf")
+    # what reading each distinct atom once costs, on top of the base step as measured (graphed)
+    copy_bw = res.get("copy_bandwidth_GBps")
+    for bsz in batches:
+        base = dec["results"].get(f"b{bsz}_base_graphed", {}).get("ms_per_step")
+        if base and copy_bw:
+            for kind, b in dec[f"bound_b{bsz}"].items():
+                b["graphed_ratio_cap_at_measured_base"] = base / (base + b["atom_bytes"] / (copy_bw * 1e9) * 1e3)
     save(res, args.out)
 
     unwrap(model, names)
@@ -503,6 +671,9 @@ def main() -> None:
     ap.add_argument("--atoms", type=int, default=8)
     ap.add_argument("--rank", type=int, default=2)
     ap.add_argument("--skip-layer", action="store_true")
+    ap.add_argument("--layer-T", default="1,32,256", help="tokens per request of the layer-level rows")
+    ap.add_argument("--skip-shapes", action="store_true")
+    ap.add_argument("--profile-eager", action="store_true", help="cProfile 3 eager composed decode steps")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--time-budget", type=float, default=420.0)
@@ -537,9 +708,13 @@ def main() -> None:
             res["copy_bandwidth_GBps"] = bw / 1e9
             log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
             save(res, args.out)
+        if not args.skip_shapes and DEV == "cuda":
+            with torch.no_grad():
+                shape_sweep(res, bw, args.atoms, args.rank)
+            save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():
-                layer_level(res, bw)
+                layer_level(res, bw, [int(t) for t in args.layer_T.split(",")])
             save(res, args.out)
         if not args.skip_decode:
             with torch.no_grad():

@@ -3,7 +3,10 @@
 Serving composes atoms by slot: for each target module the pool holds
 A (capacity, rank, d_in) and B (capacity, d_out, rank), where `rank` is the largest rank
 loaded so far and smaller atoms are zero-padded (zero rows of A and zero columns of B add
-nothing). An index maps atom id -> slot; `slots()` turns a batch's atom lists into the
+nothing). B is stored rank-major, as a contiguous (capacity, rank, d_out) tensor, and handed
+out as its transposed view: the shapes and values are B's, but each rank of an atom is one
+contiguous row of d_out values, which is what the GPU kernel's expand step reads (16-byte
+loads instead of rank-strided 2-byte ones). An index maps atom id -> slot; `slots()` turns a batch's atom lists into the
 (idx, w) tensors that `compiler.compose` and `compiler.lora.ComposeState` take, and `pools()`
 gives the {module: (A, B)} mapping that ComposeState.pools expects.
 
@@ -54,10 +57,10 @@ class AtomPool:
         self._rank = rank
         self._capacity = capacity
         self._A: dict[str, torch.Tensor] = {}
-        self._B: dict[str, torch.Tensor] = {}
+        self._Bt: dict[str, torch.Tensor] = {}  # (capacity, rank, d_out): B^T per slot, rows contiguous
         for name, (d_in, d_out) in self.shapes.items():
             self._A[name] = torch.zeros(capacity, rank, d_in, dtype=dtype, device=self.device)
-            self._B[name] = torch.zeros(capacity, d_out, rank, dtype=dtype, device=self.device)
+            self._Bt[name] = torch.zeros(capacity, rank, d_out, dtype=dtype, device=self.device)
         self._slot: dict[str, int] = {}
         self._free: list[int] = []  # freed slots, reused first (lowest first)
         self._next = 0  # slots >= _next were never used
@@ -88,8 +91,12 @@ class AtomPool:
         return list(self._slot)
 
     def pools(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{module: (A (capacity, rank, d_in), B (capacity, d_out, rank))}, for ComposeState.pools."""
-        return {name: (self._A[name], self._B[name]) for name in self.shapes}
+        """{module: (A (capacity, rank, d_in), B (capacity, d_out, rank))}, for ComposeState.pools.
+
+        A is contiguous; B is the transposed view of the contiguous rank-major storage (a view,
+        not a copy: later adds and evictions show through it, as they do through A).
+        """
+        return {name: (self._A[name], self._Bt[name].transpose(1, 2)) for name in self.shapes}
 
     # -- add / evict ---------------------------------------------------------------------
     def add(self, atom_id: str, weights: Weights) -> int:
@@ -117,13 +124,13 @@ class AtomPool:
         slots = [self._take_slot(a) for a in atom_ids]
         index = torch.tensor(slots, dtype=torch.long, device=self.device)
         for name in self.shapes:
-            A, B = self._A[name], self._B[name]
+            A, Bt = self._A[name], self._Bt[name]
             A.index_fill_(0, index, 0)
-            B.index_fill_(0, index, 0)
+            Bt.index_fill_(0, index, 0)
             if name in weights:
                 a, b = weights[name]
                 A[index, :r] = a.to(device=self.device, dtype=self.dtype)
-                B[index, :, :r] = b.to(device=self.device, dtype=self.dtype)
+                Bt[index, :r] = b.to(device=self.device, dtype=self.dtype).transpose(1, 2)
         for a, s in zip(atom_ids, slots):
             self._slot[a] = s
         return slots
@@ -134,7 +141,7 @@ class AtomPool:
         del self._slot[atom_id]
         for name in self.shapes:
             self._A[name][slot].zero_()
-            self._B[name][slot].zero_()
+            self._Bt[name][slot].zero_()
         self._free.append(slot)
         self._free.sort(reverse=True)  # pop() gives the lowest free slot
 
@@ -206,10 +213,10 @@ class AtomPool:
         old_cap, old_rank = self._capacity, self._rank
         for name, (d_in, d_out) in self.shapes.items():
             A = torch.zeros(capacity, rank, d_in, dtype=self.dtype, device=self.device)
-            B = torch.zeros(capacity, d_out, rank, dtype=self.dtype, device=self.device)
+            Bt = torch.zeros(capacity, rank, d_out, dtype=self.dtype, device=self.device)
             A[:old_cap, :old_rank] = self._A[name]
-            B[:old_cap, :, :old_rank] = self._B[name]
-            self._A[name], self._B[name] = A, B
+            Bt[:old_cap, :old_rank] = self._Bt[name]
+            self._A[name], self._Bt[name] = A, Bt
         self._capacity, self._rank = capacity, rank
         self.version += 1
 

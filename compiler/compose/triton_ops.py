@@ -1,43 +1,46 @@
-"""Triton kernel for batched low-rank composition: every request its own atom set, one launch.
+"""Triton kernels for batched low-rank composition: every request its own atom set.
 
 This is the fast GPU path behind `compiler.compose.compose_delta`; `reference.py` beside it
-defines the semantics and stays the oracle. One fused kernel does the shrink
-(x -> the request's stacked ranks h = w * (x A^T), kept on chip) and the expand
-(h -> B h, written or added into the output) for all requests of a batch in a single
-launch. It never writes the pool or the base weights, never synchronizes with the host when
-given a `ComposeMeta`, and allocates only its output (and, for very many stacked ranks, a
-small scratch buffer), so a decode step that calls it can be captured in a CUDA graph.
+defines the semantics and stays the oracle. The kernels never write the pool or the base
+weights, never synchronize with the host when given a `ComposeMeta`, and allocate at most a
+small fp32 scratch buffer, so a decode step that calls them can be captured in a CUDA graph.
 
 Importing this module raises ImportError when Triton is missing; the dispatcher relies on it.
 
-Two plans, one semantics (S = K atoms x R pool rank stacked rows per request):
-  fused  one launch, grid (Bsz * ceil(T / BLOCK_T), SPLIT): program (b, t-block, split)
-         gathers request b's A rows, computes h = w * x_tile A_b^T over all of d_in in
-         registers, then h B_b^T for its 1/SPLIT share of d_out. Cheapest to launch; its
-         serial loops make it latency-bound. Used for small eager calls (decode), where the
-         host's launch cost, not the GPU, sets the pace.
-  wide   two launches: shrink partials over (request, t-block, d_in slice, S chunk), then
-         expand over (request, t-block, d_out tile) summing the partials. Every program
-         does about one round of loads, so the GPU is filled and the step stays near its
-         memory bound. Used for large calls and whenever a CUDA graph is being captured
-         (launch cost is then paid once, at capture).
+Plans (S = K atoms x R pool rank stacked rows per request; a "row" is one token of one request):
+  gemv fused  (T <= 4 tokens per request, S <= 128) one launch, grid (rows, P): each program
+              computes the row's h = w * A_b x over all of d_in (plain FMA, no tensor-core
+              tile padded to 16 tokens), then B_b h for its 1/P share of d_out. The P programs of
+              a row re-read the row's A from L2; P is capped so that this stays cheap.
+  gemv wide   (T <= 4) two launches: h partials over (row, d_in slice, S chunk), then the
+              expand over (row, d_out tile) summing them; each program one memory round trip.
+  tile fused  (T > 4, small eager calls) one launch of tensor-core tiles, as gemv fused.
+  tile wide   (T > 4, large calls) shrink partials then expand, tensor-core tiles.
+"auto" takes, for T <= 4, the GEMV plan measured faster for the shape on an H200 (the same
+eager and under capture); for T > 4, tile wide above 256 tokens or under capture, else tile
+fused. Kernels are compiled on first use, which a CUDA-graph capture does not allow: run each
+shape once (both paths, for T > 4) before capturing.
+B is read through its strides: the pool keeps B as a transposed view of a contiguous
+(N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections import namedtuple
 
 import torch
 import triton
 import triton.language as tl
 from triton import knobs
 
-# Stacked ranks (K * R) up to this many stay in registers; above it, h goes through a
-# per-program scratch buffer in global memory (still one launch, no cross-program sync).
+# Stacked ranks (K * R) up to this many stay in registers in the fused plans; above it the
+# tile-fused kernel keeps h in a per-program scratch buffer (still one launch).
 _S_REGISTERS = 128
 _S_CHUNK = 64
-# Eager calls up to this many tokens take the one-launch fused plan (host launch cost rules there).
+_GEMV_MAX_T = 4  # tokens per request up to which the GEMV plans are used (decode, small drafts)
+# Eager tile calls up to this many tokens take the one-launch fused plan (host launch cost rules there).
 _FUSED_MAX_TOKENS = 256
 
 
@@ -111,27 +114,201 @@ def _pow2_at_most(n: int) -> int:
     return 1 << max(0, n.bit_length() - 1)
 
 
-@functools.lru_cache(maxsize=4096)
-def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None, esize: int):
-    """Tile sizes and grid for one call; pure function of the shapes, cached."""
+# ---- shared pieces ---------------------------------------------------------------------------
+@triton.jit
+def _slots_of(idx_row, s0, S, R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Stacked rows s0 .. s0 + BLOCK_S of one request: (slot (int64, 0 for padding), rank j, valid)."""
+    offs_s = s0 + tl.arange(0, BLOCK_S)
+    s_mask = offs_s < S
+    slot = tl.load(idx_row + offs_s // R, mask=s_mask, other=-1)
+    valid = s_mask & (slot >= 0)
+    return tl.maximum(slot, 0).to(tl.int64), offs_s % R, valid
+
+
+@triton.jit
+def _weights_of(w_row, s0, S, valid, R: tl.constexpr, BLOCK_S: tl.constexpr):
+    # masked by the row range only, so the load need not wait for the slots; padding -> 0 after
+    offs_s = s0 + tl.arange(0, BLOCK_S)
+    wk = tl.load(w_row + offs_s // R, mask=offs_s < S, other=0.0).to(tl.float32)
+    return tl.where(valid, wk, 0.0)
+
+
+# ---- GEMV plans (decode: a few tokens per request) -----------------------------------------
+@triton.jit
+def _gemv_h(x_row, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in,
+            R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """h (BLOCK_S,) fp32 = w * A_rows[:, d_lo:d_hi] @ x_row[d_lo:d_hi] (d_lo a multiple of BLOCK_D)."""
+    a_rows = a_ptr + (slot * R + j) * d_in
+    acc = tl.zeros((BLOCK_S,), dtype=tl.float32)
+    # Triton does not software-pipeline loads that feed no dot: each iteration waits for its
+    # tile, so the tile is large (~32 KB) and reduced at once, to keep many bytes in flight.
+    for d0 in range(d_lo, d_hi, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < d_in  # slices end on BLOCK_D multiples except the last: keeps loads 16-byte wide
+        xv = tl.load(x_row + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        at = tl.load(a_rows[:, None] + offs_d[None, :], mask=valid[:, None] & d_mask[None, :], other=0.0)
+        acc += tl.sum(at.to(tl.float32) * xv[None, :], axis=1)
+    return acc * wk
+
+
+@triton.jit
+def _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR):
+    """(BLOCK_N,) fp32 = sum_s h[s] * B[slot_s, offs_n, j_s]; rows of B^T are contiguous when sbO == 1."""
+    b_rows = b_ptr + slot * sbN + j * sbR
+    bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+    return tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
+def _gemv_fused_kernel(
+    x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr,
+    T, d_in, d_out, K, sbN, sbO, sbR, n_per,
+    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    # grid (Bsz * T, P): row = b * T + t; program p writes d_out columns [p * n_per, (p + 1) * n_per)
+    row = tl.program_id(0)
+    p = tl.program_id(1)
+    b = row // T
+    row64 = row.to(tl.int64)
     S = K * R
-    block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
-    single = S <= _S_REGISTERS
-    block_s = _pow2_at_least(S, 16) if single else _S_CHUNK
-    # about 32 KB of operands per pipeline stage (x tile + gathered A rows)
-    block_d = min(512, max(64, _pow2_at_most((32768 // esize) // (block_t + block_s))))
-    block_n = min(128, max(64, _pow2_at_most(8192 // (block_t + block_s))))
-    n_tb = triton.cdiv(T, block_t)
-    n_prog = bsz * n_tb
+    slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
+    wk = _weights_of(w_ptr + b * K, 0, S, valid, R, BLOCK_S)
+    h = _gemv_h(x_ptr + row64 * d_in, a_ptr, slot, j, valid, wk, 0, d_in, d_in, R, BLOCK_S, BLOCK_D)
+    out_row = out_ptr + row64 * d_out
+    n_lo = p * n_per
+    n_hi = tl.minimum(n_lo + n_per, d_out)
+    b_rows = b_ptr + slot * sbN + j * sbR
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < d_out
+        bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+        if ACCUMULATE:  # issued before the first use of B: one latency for both
+            y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
+        acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
+        if ACCUMULATE:
+            acc += y.to(tl.float32)
+        tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit(do_not_specialize=["T", "K"])
+def _gemv_shrink_kernel(
+    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per,
+    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # grid (rows, SPLIT_D, n_sc): partial h of one d_in slice and one chunk of stacked rows
+    row = tl.program_id(0)
+    sd = tl.program_id(1)
+    sc = tl.program_id(2)
+    n_sd = tl.num_programs(1)
+    n_sc = tl.num_programs(2)
+    b = row // T
+    S = K * R
+    slot, j, valid = _slots_of(idx_ptr + b * K, sc * BLOCK_S, S, R, BLOCK_S)
+    wk = _weights_of(w_ptr + b * K, sc * BLOCK_S, S, valid, R, BLOCK_S)
+    d_lo = sd * d_per
+    d_hi = tl.minimum(d_lo + d_per, d_in)
+    h = _gemv_h(x_ptr + row.to(tl.int64) * d_in, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in, R, BLOCK_S, BLOCK_D)
+    # hp layout (row, sc, sd, s)
+    base = hp_ptr + ((row.to(tl.int64) * n_sc + sc) * n_sd + sd) * BLOCK_S
+    tl.store(base + tl.arange(0, BLOCK_S), h)
+
+
+@triton.jit(do_not_specialize=["T", "K", "split_d"])
+def _gemv_expand_kernel(
+    hp_ptr, b_ptr, idx_ptr, out_ptr, T, d_out, K, split_d, sbN, sbO, sbR, n_per,
+    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    # grid (rows, groups): d_out columns [g * n_per, (g + 1) * n_per) of one row.
+    # A warp issues loads in program order and stalls at the first use of a result, so the
+    # independent loads are written next to each other: (slots | partials), then (B | out).
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    b = row // T
+    row64 = row.to(tl.int64)
+    S = K * R
+    n_sc = tl.cdiv(S, BLOCK_S)
+    out_row = out_ptr + row64 * d_out
+    n_lo = g * n_per
+    n_hi = tl.minimum(n_lo + n_per, d_out)
+    if ONE_CHUNK:
+        slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
+        base = hp_ptr + row64 * split_d * BLOCK_S
+        h = tl.load(base + tl.arange(0, BLOCK_S))
+        for sd in range(1, split_d):
+            h += tl.load(base + sd * BLOCK_S + tl.arange(0, BLOCK_S))
+        b_rows = b_ptr + slot * sbN + j * sbR
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < d_out
+            bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+            if ACCUMULATE:
+                y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
+            acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
+            if ACCUMULATE:
+                acc += y.to(tl.float32)
+            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < d_out
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for sc in range(0, n_sc):
+                slot, j, valid = _slots_of(idx_ptr + b * K, sc * BLOCK_S, S, R, BLOCK_S)
+                base = hp_ptr + (row64 * n_sc + sc) * split_d * BLOCK_S
+                h = tl.load(base + tl.arange(0, BLOCK_S))
+                for sd in range(1, split_d):
+                    h += tl.load(base + sd * BLOCK_S + tl.arange(0, BLOCK_S))
+                acc += _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR)
+            if ACCUMULATE:
+                acc += tl.load(out_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+GemvPlan = namedtuple("GemvPlan", "block_s n_sc block_d block_n warps p n_per_f "
+                                   "block_dw split_d d_per warps_s block_nw groups n_per_w warps_e fused")
+
+
+def _warps(elements: int) -> int:
+    return 8 if elements >= 8192 else 4
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None) -> GemvPlan:
+    """Tiles and grids of both GEMV plans and which one "auto" takes; pure function of the shapes, cached."""
+    S = K * R
+    block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))
+    n_sc = triton.cdiv(S, block_s)
+    # fused: 16K-element tiles, 32 KB (bf16) in flight per program and iteration
+    block_d = min(max(16384 // block_s, 64), 1024, _pow2_at_least(d_in, 64))
+    block_n = min(max(16384 // block_s, 64), 1024, _pow2_at_least(d_out, 64))
     n_nb = triton.cdiv(d_out, block_n)
-    if split is None:
-        # one program per SM when the batch alone cannot fill the GPU (decode)
-        split = max(1, n_sm // max(1, n_prog))
-    split = max(1, min(split, n_nb))
-    num_warps = 4 if block_t * block_s <= 2048 else 8
-    return block_t, block_s, block_d, block_n, single, split, num_warps
+    # P d_out shares per row; every share re-reads the row's A (L2 hits): keep that L2
+    # traffic within ~2x the bytes the row must read anyway
+    p = split if split is not None else min(triton.cdiv(2 * n_sm, rows), (2 * (d_in + d_out)) // d_in)
+    p = max(1, min(p, n_nb))
+    n_per_f = triton.cdiv(n_nb, p) * block_n
+    p = triton.cdiv(d_out, n_per_f)
+    # wide: one tile per program, tiles sized so that each pass has about one program per SM
+    # (each program is then one memory round trip; measured on the H200 to beat the fused plan
+    # whenever the fused one has few rows or a long d_in loop)
+    block_dw = min(block_d, max(256 if block_s <= 32 else 64, _pow2_at_most(max(1, rows * d_in * n_sc // n_sm))))
+    n_db = triton.cdiv(d_in, block_dw)
+    split_d = n_db
+    d_per = block_dw
+    block_nw = min(block_n, max(64, _pow2_at_most(max(1, rows * d_out // n_sm))))
+    groups = triton.cdiv(d_out, block_nw)
+    n_per_w = block_nw
+    # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
+    # to fill the GPU, a short d_in loop, and no more output than input per row
+    fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
+    return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
+                    block_dw, split_d, d_per, _warps(block_s * block_dw), block_nw, groups, n_per_w,
+                    _warps(block_s * block_nw), fused)
 
 
+# ---- tile plans (tensor cores; prefill-sized calls) ----------------------------------------
 @triton.jit
 def _shrink_chunk(
     x_rows, t_mask, a_ptr, idx_row, w_row, s0, S, d_in, d_lo, d_hi,
@@ -139,18 +316,13 @@ def _shrink_chunk(
     PREC: tl.constexpr,
 ):
     """h (BLOCK_T, BLOCK_S) fp32 = w * x_tile[:, d_lo:d_hi] @ A_rows[:, d_lo:d_hi]^T, rows s0 .. s0 + BLOCK_S."""
-    offs_s = s0 + tl.arange(0, BLOCK_S)
-    s_mask = offs_s < S
-    k = offs_s // R
-    j = offs_s % R
-    slot = tl.load(idx_row + k, mask=s_mask, other=-1)
-    valid = s_mask & (slot >= 0)
-    wk = tl.load(w_row + k, mask=valid, other=0.0).to(tl.float32)
-    a_rows = a_ptr + (tl.maximum(slot, 0).to(tl.int64) * R + j) * d_in
+    slot, j, valid = _slots_of(idx_row, s0, S, R, BLOCK_S)
+    wk = _weights_of(w_row, s0, S, valid, R, BLOCK_S)
+    a_rows = a_ptr + (slot * R + j) * d_in
     acc = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
     for d0 in range(d_lo, d_hi, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = offs_d < d_hi
+        d_mask = offs_d < d_in
         xt = tl.load(x_rows[:, None] + offs_d[None, :], mask=t_mask[:, None] & d_mask[None, :], other=0.0)
         at = tl.load(a_rows[:, None] + offs_d[None, :], mask=valid[:, None] & d_mask[None, :], other=0.0)
         acc = tl.dot(xt, tl.trans(at), acc, input_precision=PREC)
@@ -158,29 +330,21 @@ def _shrink_chunk(
 
 
 @triton.jit
-def _expand_tile(
-    b_ptr, idx_row, s0, S, offs_n, n_mask, d_out,
-    R: tl.constexpr, BLOCK_S: tl.constexpr,
-):
+def _expand_tile(b_ptr, idx_row, s0, S, offs_n, n_mask, sbN, sbO, sbR, R: tl.constexpr, BLOCK_S: tl.constexpr):
     """B^T tile (BLOCK_S, BLOCK_N): row s = B[slot_s, offs_n, j_s], zero for padding slots."""
-    offs_s = s0 + tl.arange(0, BLOCK_S)
-    s_mask = offs_s < S
-    k = offs_s // R
-    j = offs_s % R
-    slot = tl.load(idx_row + k, mask=s_mask, other=-1)
-    valid = s_mask & (slot >= 0)
-    # B is (N, d_out, R): element (slot, n, j) at (slot * d_out + n) * R + j
-    b_rows = b_ptr + tl.maximum(slot, 0).to(tl.int64) * d_out * R + j
-    return tl.load(b_rows[:, None] + offs_n[None, :] * R, mask=valid[:, None] & n_mask[None, :], other=0.0)
+    slot, j, valid = _slots_of(idx_row, s0, S, R, BLOCK_S)
+    b_rows = b_ptr + slot * sbN + j * sbR
+    return tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
 
 
-@triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
+@triton.jit(do_not_specialize=["T", "K"])
 def _compose_kernel(
     x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, h_ptr,
-    T, d_in, d_out, K,
+    T, d_in, d_out, K, sbN, sbO, sbR,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ACCUMULATE: tl.constexpr, PREC: tl.constexpr,
 ):
+    # grid (Bsz * ceil(T / BLOCK_T), SPLIT): shrink over all of d_in, then a 1/SPLIT share of d_out
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     n_split = tl.num_programs(1)
@@ -188,7 +352,6 @@ def _compose_kernel(
     b = pid // n_tb
     tb = pid % n_tb
     S = K * R
-
     offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     t_mask = offs_t < T
     rows = (b * T + offs_t).to(tl.int64)
@@ -196,12 +359,10 @@ def _compose_kernel(
     out_rows = out_ptr + rows * d_out
     idx_row = idx_ptr + b * K
     w_row = w_ptr + b * K
-
     n_nb = tl.cdiv(d_out, BLOCK_N)
     per = tl.cdiv(n_nb, n_split)
     nb_lo = pid_n * per
     nb_hi = tl.minimum(nb_lo + per, n_nb)
-
     if SINGLE:
         h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, 0, S, d_in, 0, d_in,
                           R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
@@ -209,7 +370,7 @@ def _compose_kernel(
         for nb in range(nb_lo, nb_hi):
             offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
             n_mask = offs_n < d_out
-            bt = _expand_tile(b_ptr, idx_row, 0, S, offs_n, n_mask, d_out, R, BLOCK_S)
+            bt = _expand_tile(b_ptr, idx_row, 0, S, offs_n, n_mask, sbN, sbO, sbR, R, BLOCK_S)
             acc = tl.dot(hq, bt, input_precision=PREC)
             o_ptrs = out_rows[:, None] + offs_n[None, :]
             o_mask = t_mask[:, None] & n_mask[None, :]
@@ -232,7 +393,7 @@ def _compose_kernel(
             acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
             for c in range(0, n_chunks):
                 hq = tl.load(h_base + c * (BLOCK_T * BLOCK_S) + tile).to(x_ptr.dtype.element_ty)
-                bt = _expand_tile(b_ptr, idx_row, c * BLOCK_S, S, offs_n, n_mask, d_out, R, BLOCK_S)
+                bt = _expand_tile(b_ptr, idx_row, c * BLOCK_S, S, offs_n, n_mask, sbN, sbO, sbR, R, BLOCK_S)
                 acc = tl.dot(hq, bt, acc, input_precision=PREC)
             o_ptrs = out_rows[:, None] + offs_n[None, :]
             o_mask = t_mask[:, None] & n_mask[None, :]
@@ -243,15 +404,14 @@ def _compose_kernel(
 
 @triton.jit(do_not_specialize=["T", "K"])
 def _shrink_partial_kernel(
-    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr,
-    T, d_in, K, d_per,
-    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    SPLIT_D: tl.constexpr, PREC: tl.constexpr,
+    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (Bsz * n_tb, SPLIT_D, n_sc): partial h of one d_in slice and one chunk of stacked rows
     pid = tl.program_id(0)
     sd = tl.program_id(1)
     sc = tl.program_id(2)
+    n_sd = tl.num_programs(1)
     n_sc = tl.num_programs(2)
     n_tb = tl.cdiv(T, BLOCK_T)
     b = pid // n_tb
@@ -263,22 +423,30 @@ def _shrink_partial_kernel(
     d_hi = tl.minimum(d_lo + d_per, d_in)
     h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_ptr + b * K, w_ptr + b * K, sc * BLOCK_S, K * R, d_in, d_lo, d_hi,
                       R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
-    # hp layout (pid, sc, sd, t, s): the expand reads the SPLIT_D partials of a chunk as one tile
-    base = hp_ptr + ((pid * n_sc + sc) * SPLIT_D + sd).to(tl.int64) * (BLOCK_T * BLOCK_S)
+    # hp layout (pid, sc, sd, t, s)
+    base = hp_ptr + ((pid * n_sc + sc) * n_sd + sd).to(tl.int64) * (BLOCK_T * BLOCK_S)
     tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
     tl.store(base + tile, h, mask=t_mask[:, None])
 
 
-@triton.jit(do_not_specialize=["T", "K"])
+@triton.jit
+def _sum_partials(hp_ptr, pid, sc, n_sc, split_d, tile, t_mask, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr):
+    base = hp_ptr + ((pid * n_sc + sc) * split_d).to(tl.int64) * (BLOCK_T * BLOCK_S)
+    h = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
+    for sd in range(0, split_d):
+        h += tl.load(base + sd * (BLOCK_T * BLOCK_S) + tile, mask=t_mask[:, None], other=0.0)
+    return h
+
+
+@triton.jit(do_not_specialize=["T", "K", "split_d"])
 def _expand_partial_kernel(
-    hp_ptr, b_ptr, idx_ptr, out_ptr,
-    T, d_out, K,
+    hp_ptr, b_ptr, idx_ptr, out_ptr, T, d_out, K, split_d, sbN, sbO, sbR, n_per,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_D: tl.constexpr, ACCUMULATE: tl.constexpr, PREC: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, ACCUMULATE: tl.constexpr, PREC: tl.constexpr,
 ):
-    # grid (Bsz * n_tb, ceil(d_out / BLOCK_N)): one output tile, summing the shrink partials
+    # grid (Bsz * n_tb, groups): d_out columns [g * n_per, (g + 1) * n_per) of one token block
     pid = tl.program_id(0)
-    nb = tl.program_id(1)
+    g = tl.program_id(1)
     n_tb = tl.cdiv(T, BLOCK_T)
     b = pid // n_tb
     tb = pid % n_tb
@@ -286,82 +454,196 @@ def _expand_partial_kernel(
     n_sc = tl.cdiv(S, BLOCK_S)
     offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     t_mask = offs_t < T
-    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < d_out
     idx_row = idx_ptr + b * K
-    part = (tl.arange(0, SPLIT_D)[:, None, None] * (BLOCK_T * BLOCK_S)
-            + tl.arange(0, BLOCK_T)[None, :, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, None, :])
-    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
-    for sc in range(0, n_sc):
-        base = hp_ptr + ((pid * n_sc + sc) * SPLIT_D).to(tl.int64) * (BLOCK_T * BLOCK_S)
-        h = tl.sum(tl.load(base + part, mask=t_mask[None, :, None], other=0.0), axis=0)
-        bt = _expand_tile(b_ptr, idx_row, sc * BLOCK_S, S, offs_n, n_mask, d_out, R, BLOCK_S)
-        acc = tl.dot(h.to(b_ptr.dtype.element_ty), bt, acc, input_precision=PREC)
-    o_ptrs = out_ptr + (b * T + offs_t).to(tl.int64)[:, None] * d_out + offs_n[None, :]
-    o_mask = t_mask[:, None] & n_mask[None, :]
-    if ACCUMULATE:
-        acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
-    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+    tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
+    out_rows = out_ptr + (b * T + offs_t).to(tl.int64)[:, None] * d_out
+    n_lo = g * n_per
+    n_hi = tl.minimum(n_lo + n_per, d_out)
+    if ONE_CHUNK:  # h summed once, reused for every output tile of the group
+        hq = _sum_partials(hp_ptr, pid, 0, 1, split_d, tile, t_mask, BLOCK_T, BLOCK_S).to(b_ptr.dtype.element_ty)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < d_out
+        if ONE_CHUNK:
+            bt = _expand_tile(b_ptr, idx_row, 0, S, offs_n, n_mask, sbN, sbO, sbR, R, BLOCK_S)
+            acc = tl.dot(hq, bt, input_precision=PREC)
+        else:
+            acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+            for sc in range(0, n_sc):
+                h = _sum_partials(hp_ptr, pid, sc, n_sc, split_d, tile, t_mask, BLOCK_T, BLOCK_S)
+                bt = _expand_tile(b_ptr, idx_row, sc * BLOCK_S, S, offs_n, n_mask, sbN, sbO, sbR, R, BLOCK_S)
+                acc = tl.dot(h.to(b_ptr.dtype.element_ty), bt, acc, input_precision=PREC)
+        o_ptrs = out_rows + offs_n[None, :]
+        o_mask = t_mask[:, None] & n_mask[None, :]
+        if ACCUMULATE:
+            acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None, esize: int):
+    """Tile-fused plan: tile sizes and grid; pure function of the shapes, cached."""
+    S = K * R
+    block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
+    single = S <= _S_REGISTERS
+    block_s = _pow2_at_least(S, 16) if single else _S_CHUNK
+    # about 32 KB of operands per pipeline stage (x tile + gathered A rows)
+    block_d = min(512, max(64, _pow2_at_most((32768 // esize) // (block_t + block_s))))
+    block_n = min(128, max(64, _pow2_at_most(8192 // (block_t + block_s))))
+    n_prog = bsz * triton.cdiv(T, block_t)
+    n_nb = triton.cdiv(d_out, block_n)
+    if split is None:
+        split = max(1, n_sm // max(1, n_prog))  # one program per SM when the batch alone cannot fill the GPU
+    split = max(1, min(split, n_nb))
+    num_warps = 4 if block_t * block_s <= 2048 else 8
+    return block_t, block_s, block_d, block_n, single, split, num_warps
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_wide(bsz: int, T: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, esize: int):
-    """Tiles and grids of the two-pass plan; pure function of the shapes, cached."""
+    """Tile-wide plan: tiles and grids of the two passes; pure function of the shapes, cached."""
     S = K * R
     block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
-    block_s = min(64, _pow2_at_least(S, 16))
+    block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))  # x is read once per chunk: keep chunks few
     n_sc = triton.cdiv(S, block_s)
-    # ~16 KB per stage: several shrink programs share an SM
-    block_d = min(256, max(64, _pow2_at_most((16384 // esize) // (block_t + block_s))))
+    block_d = min(256, max(32, _pow2_at_most((32768 // esize) // (block_t + block_s))))
     n_prog = bsz * triton.cdiv(T, block_t)
     n_db = triton.cdiv(d_in, block_d)
-    # fill the GPU with shrink programs: ~4 per SM for decode-sized tiles, ~2 for big ones
-    want = triton.cdiv((4 if block_t == 16 else 2) * n_sm, n_prog * n_sc)
-    split_d = max(1, min(_pow2_at_most(max(1, want)), _pow2_at_most(n_db), 16))
-    # the expand holds all partials of a chunk at once: keep that tile at <= 4096 floats
-    split_d = max(1, min(split_d, _pow2_at_most(max(1, 4096 // (block_t * block_s)))))
+    # ~4 shrink programs per SM; the expand sums the d_in partials in a loop, once per group
+    want = triton.cdiv(4 * n_sm, n_prog * n_sc)
+    split_d = max(1, min(_pow2_at_most(want), _pow2_at_most(n_db), 16))
     d_per = triton.cdiv(n_db, split_d) * block_d
+    split_d = triton.cdiv(d_in, d_per)
     block_n = 128
-    warps_expand = 4 if block_t <= 32 else 8
-    return block_t, block_s, n_sc, block_d, split_d, d_per, block_n, warps_expand
+    n_nb = triton.cdiv(d_out, block_n)
+    groups = max(1, min(n_nb, triton.cdiv(4 * n_sm, n_prog)))
+    n_per = triton.cdiv(n_nb, groups) * block_n
+    groups = triton.cdiv(d_out, n_per)
+    warps_s = 8 if block_t * block_s >= 4096 else 4
+    warps_e = 8 if block_t * max(block_s, block_n) >= 8192 else 4
+    return block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s, warps_e
 
 
+# ---- launching -------------------------------------------------------------------------------
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 _FAST_LAUNCH = os.environ.get("DOC2ATOM_TRITON_FAST_LAUNCH", "1") == "1" and not _INTERPRET
-_compiled: dict = {}
+_compiled: dict = {}  # launch key -> (launch fn, fixed launcher args) or False
+_calls: dict = {}  # compose call key -> _Call (the eager decode fast path)
+# launches: ((launch fn, fixed args), grid, which of (x, A, B, idx, w, out, hp) it takes, other args)
+_Call = namedtuple("_Call", "dev n_hp launches")
+_scratch_bufs: dict = {}
 
 
-def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages: int, device_index: int) -> None:
+def _remember(key, call) -> None:
+    if len(_calls) > 4096:
+        _calls.clear()
+    _calls[key] = call
+
+
+def _scratch(n: int, dev_index: int, stream: int) -> torch.Tensor:
+    """fp32 scratch of at least n floats, one per (device, stream), reused by every eager call.
+
+    Safe because calls on one stream run in order (a call's shrink writes the partials only
+    after the previous call's expand has read them); graph captures allocate their own.
+    """
+    buf = _scratch_bufs.get((dev_index, stream))
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(max(n, 1 << 15), dtype=torch.float32, device=torch.device("cuda", dev_index))
+        _scratch_bufs[(dev_index, stream)] = buf
+    return buf
+
+
+def _hooks_active() -> bool:
+    """True when a profiler hooks Triton launches (then every launch goes through Triton)."""
+    rt = knobs.runtime
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):  # Triton 3.6: an empty HookChain = none
+            return True
+    return False
+
+
+def _replay_record(ck):
+    """(launch fn, fixed args) of a compiled kernel, to launch it without Triton's per-call dispatch."""
+    try:
+        launcher = ck.run
+        if launcher.global_scratch_size or launcher.profile_scratch_size:
+            return False
+        mid = (ck.function, launcher.launch_cooperative_grid, launcher.launch_pdl, None, None,
+               ck.packed_metadata, None, None, None)
+        return launcher.launch, mid
+    except AttributeError:
+        return False
+
+
+def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages: int, device_index: int):
     """Launch `kernel`; after the first launch of a specialization, straight through its compiled launcher.
 
-    Triton's own per-call dispatch (binding, specialization, cache key) costs tens of
-    microseconds on a slow host, paid 224 times per decode step of an 8B model. The key here
-    is at least as fine as Triton's specialization (dtype and 16-byte alignment of every
-    tensor, exact value of every integer), so a hit runs exactly the kernel Triton would pick.
+    Triton's own per-call dispatch (binding, specialization, cache key, launch metadata) costs
+    tens of microseconds on a slow host, paid 224 times per decode step of an 8B model. The
+    key here is at least as fine as Triton's specialization (dtype and 16-byte alignment of
+    every pointer, exact value of every integer), so a hit runs exactly the kernel Triton
+    would pick. Pointers are passed as integers (no driver query per pointer). Returns the
+    replay record (for the per-call cache of compose_delta_triton) or None.
     Set DOC2ATOM_TRITON_FAST_LAUNCH=0 to always go through Triton.
     """
-    if not _FAST_LAUNCH or knobs.runtime.launch_enter_hook is not None:
+    if not _FAST_LAUNCH:
         kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-        return
-    key = (kernel, num_warps, num_stages, tuple(consts.values()),
-           tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args))
-    ck = _compiled.get(key)
-    if ck is None:
+        return None
+    vals, spec = [], []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            p = a.data_ptr()
+            vals.append(p)
+            spec.append((a.dtype, p % 16 == 0))
+        else:
+            vals.append(a)
+            spec.append(a)
+    key = (kernel, num_warps, num_stages, tuple(consts.values()), tuple(spec))
+    rec = _compiled.get(key)
+    if rec is None:
         ck = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-        usable = (hasattr(ck, "function") and hasattr(ck, "packed_metadata")
-                  and list(kernel.arg_names) == list(kernel.arg_names[: len(args)]) + list(consts))
+        usable = list(kernel.arg_names) == list(kernel.arg_names[: len(args)]) + list(consts)
         if len(_compiled) > 8192:
             _compiled.clear()
-        _compiled[key] = ck if usable else False
-        return
-    if ck is False:
+        _compiled[key] = rec = _replay_record(ck) if usable else False
+        return rec or None
+    if rec is False or _hooks_active():
         kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-        return
-    stream = torch._C._cuda_getCurrentRawStream(device_index)
-    ck.run(grid[0], grid[1], grid[2], stream, ck.function, ck.packed_metadata, None, None,
-           knobs.runtime.launch_exit_hook, *args, *consts.values())
+        return None
+    fn, mid = rec
+    fn(grid[0], grid[1], grid[2], torch._C._cuda_getCurrentRawStream(device_index), *mid, *vals, *consts.values())
+    return rec
+
+
+def _fast_call(x, A, B, meta, out, accumulate: bool, path: str) -> bool:
+    """Replay the cached GEMV launches of a call shaped like an earlier checked one; False = take the full path.
+
+    Everything the full path checked is either part of the key (shapes, strides, dtypes,
+    devices, flags) or re-checked here (contiguity, 16-byte alignment, the slot range,
+    the current device), so a hit launches exactly what the full path would.
+    """
+    capturing = path == "auto" and torch.cuda.is_current_stream_capturing()
+    idx = meta.idx
+    key = (x.shape, x.dtype, A.shape, A.stride(), A.dtype, B.shape, B.stride(), B.dtype, out.shape, out.dtype,
+           idx.shape, accumulate, path, capturing,
+           x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device())
+    call = _calls.get(key)
+    if call is None or meta.max_slot >= A.shape[0] or not (x.is_contiguous() and out.is_contiguous()):
+        return False
+    ptrs = [x.data_ptr(), A.data_ptr(), B.data_ptr(), idx.data_ptr(), meta.w.data_ptr(), out.data_ptr(), 0]
+    if (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4] | ptrs[5]) & 15 or _hooks_active():
+        return False
+    if torch.cuda.current_device() != call.dev:
+        return False
+    stream = torch._C._cuda_getCurrentRawStream(call.dev)
+    if call.n_hp:
+        if torch.cuda.is_current_stream_capturing():  # a graph gets scratch of its own
+            return False
+        ptrs[6] = _scratch(call.n_hp, call.dev, stream).data_ptr()
+    for (fn, mid), grid, take, tail in call.launches:
+        fn(grid[0], grid[1], grid[2], stream, *mid, *[ptrs[i] for i in take], *tail)
+    return True
 
 
 def compose_delta_triton(
@@ -384,7 +666,8 @@ def compose_delta_triton(
         x:    (Bsz, T, d_in) fp32/fp16/bf16 activations, row b is request b. Not written.
               Made contiguous if it is not (a copy).
         A:    (N, R, d_in) shrink matrices of the pool, x's dtype, contiguous. Not written.
-        B:    (N, d_out, R) expand matrices of the pool, x's dtype, contiguous. Not written.
+        B:    (N, d_out, R) expand matrices of the pool, x's dtype: contiguous, or (fastest, what
+              AtomPool gives) the transposed view of a contiguous (N, R, d_out). Not written.
         idx:  (Bsz, K) int32/int64 atom slots per request, -1 = padding, each < N. Not written.
               Checked here with one host sync; pass `meta` instead to skip the sync.
         w:    (Bsz, K) float weights per (request, atom); None = all ones. Not written.
@@ -392,14 +675,17 @@ def compose_delta_triton(
         out:  optional (Bsz, T, d_out) contiguous buffer in x's dtype, WRITTEN IN PLACE:
               every element is overwritten with the delta, or, with accumulate=True,
               out += delta (e.g. out = the base layer's output y).
-        split, tune: overrides of the fused plan (benchmarks, tuning): the d_out split per
-              request; any of block_t, block_d, block_n, num_warps, num_stages.
-        path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto": wide for
-              more than 256 tokens or while a CUDA graph is being captured, else fused.
+        split, tune: overrides for benchmarks and tuning: the d_out split per row of the fused
+              plans; any of block_t, block_d, block_n, num_warps, num_stages of the tile-fused plan.
+        path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto" (the
+              module docstring says which; per shape for T <= 4 tokens per request).
 
     Returns `out` (allocated as (Bsz, T, d_out) in x's dtype when not given). Everything is
     checked before the launch; no check reads device memory when `meta` is given.
     """
+    if (meta is not None and out is not None and idx is None and w is None and split is None and tune is None
+            and _FAST_LAUNCH and _fast_call(x, A, B, meta, out, accumulate, path)):
+        return out
     if meta is not None:
         if idx is not None or w is not None:
             raise ValueError("pass either idx/w or meta, not both")
@@ -430,8 +716,11 @@ def compose_delta_triton(
         raise TypeError(f"x must be one of {_FLOATS}, got {x.dtype}")
     if A.dtype != x.dtype or B.dtype != x.dtype:
         raise TypeError(f"the pool must be in x's dtype {x.dtype}; got A {A.dtype}, B {B.dtype}")
-    if not (A.is_contiguous() and B.is_contiguous()):
-        raise ValueError("the pool tensors A and B must be contiguous")
+    if not A.is_contiguous():
+        raise ValueError("the pool tensor A must be contiguous (N, R, d_in)")
+    if not (B.is_contiguous() or B.transpose(1, 2).is_contiguous()):
+        raise ValueError("the pool tensor B must be contiguous (N, d_out, R) or the transposed view of a "
+                         f"contiguous (N, R, d_out); got strides {B.stride()}")
     dev = x.device
     if not _INTERPRET and dev.type != "cuda":
         raise ValueError(f"compose_delta_triton needs CUDA tensors, got x on {dev}")
@@ -451,12 +740,17 @@ def compose_delta_triton(
     elif tuple(out.shape) != (bsz, T, d_out) or out.dtype != x.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(bsz, T, d_out)}, "
                          f"got {out.dtype} {tuple(out.shape)}")
+    if out.device != dev:
+        raise ValueError(f"out is on {out.device} but x is on {dev}")
+    if path not in ("auto", "fused", "wide"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'wide', got {path!r}")
     if bsz == 0 or T == 0 or d_out == 0:
         return out
     if K == 0 or R == 0 or N == 0:
         if not accumulate:
             out.zero_()
         return out
+    x_given = x
     x = x if x.is_contiguous() else x.contiguous()
     idx = idx if idx.is_contiguous() else idx.contiguous()
     w = w if w.is_contiguous() else w.contiguous()
@@ -469,27 +763,69 @@ def compose_delta_triton(
                                             tune=tune, path=path)
             return compose_delta_triton(x, A, B, idx, w, out=out, accumulate=accumulate, split=split, tune=tune,
                                         path=path)
-    if path == "auto":
-        big = bsz * T > _FUSED_MAX_TOKENS
-        path = "wide" if big or (dev.type == "cuda" and torch.cuda.is_current_stream_capturing()) else "fused"
-    elif path not in ("fused", "wide"):
-        raise ValueError(f"path must be 'auto', 'fused' or 'wide', got {path!r}")
     n_sm = _num_sms(dev_index) if dev.type == "cuda" else 8
+    capturing = path == "auto" and dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    path_given = path
+    sbN, sbO, sbR = B.stride()
+    S = K * R
+    rows = bsz * T
+
+    if T <= _GEMV_MAX_T:
+        gp = _plan_gemv(rows, K, R, d_in, d_out, n_sm, split)
+        if path == "auto":
+            path = "fused" if gp.fused else "wide"
+        in_capture = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        cache = (_FAST_LAUNCH and meta is not None and split is None and tune is None and x is x_given
+                 and not any(p % 16 for p in (x.data_ptr(), A.data_ptr(), B.data_ptr(), idx.data_ptr(),
+                                              w.data_ptr(), out.data_ptr())))
+        key = (x.shape, x.dtype, A.shape, A.stride(), A.dtype, B.shape, B.stride(), B.dtype, out.shape, out.dtype,
+               idx.shape, accumulate, path_given, capturing,
+               x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device()) if cache else None
+        if path == "wide":
+            n_hp = rows * gp.n_sc * gp.split_d * gp.block_s
+            if in_capture or dev.type != "cuda":  # a graph gets scratch of its own
+                hp = torch.empty(n_hp, dtype=torch.float32, device=dev)
+            else:
+                hp = _scratch(n_hp, dev_index, torch._C._cuda_getCurrentRawStream(dev_index))
+            a1 = (x, A, idx, w, hp, T, d_in, K, gp.d_per)
+            c1 = dict(R=R, BLOCK_S=gp.block_s, BLOCK_D=gp.block_dw)
+            r1 = _launch(_gemv_shrink_kernel, (rows, gp.split_d, gp.n_sc), a1, c1, gp.warps_s, 2, dev_index)
+            a2 = (hp, B, idx, out, T, d_out, K, gp.split_d, sbN, sbO, sbR, gp.n_per_w)
+            c2 = dict(R=R, BLOCK_S=gp.block_s, BLOCK_N=gp.block_nw, ONE_CHUNK=gp.n_sc == 1, ACCUMULATE=accumulate)
+            r2 = _launch(_gemv_expand_kernel, (rows, gp.groups, 1), a2, c2, gp.warps_e, 2, dev_index)
+            if cache and r1 and r2 and not in_capture:
+                _remember(key, _Call(dev_index, n_hp, (
+                    (r1, (rows, gp.split_d, gp.n_sc), (0, 1, 3, 4, 6), a1[5:] + tuple(c1.values())),
+                    (r2, (rows, gp.groups, 1), (6, 2, 3, 5), a2[4:] + tuple(c2.values())))))
+            return out
+        if gp.n_sc == 1:
+            args = (x, A, B, idx, w, out, T, d_in, d_out, K, sbN, sbO, sbR, gp.n_per_f)
+            consts = dict(R=R, BLOCK_S=gp.block_s, BLOCK_D=gp.block_d, BLOCK_N=gp.block_n, ACCUMULATE=accumulate)
+            rec = _launch(_gemv_fused_kernel, (rows, gp.p, 1), args, consts, gp.warps, 2, dev_index)
+            if cache and rec:
+                _remember(key, _Call(dev_index, 0, (
+                    (rec, (rows, gp.p, 1), (0, 1, 2, 3, 4, 5), args[6:] + tuple(consts.values())),)))
+            return out
+        # more stacked ranks than registers hold: the tile-fused kernel with scratch (one launch)
+
+    if path == "auto":
+        path = "wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused"
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     if path == "wide":
-        block_t, block_s, n_sc, block_d, split_d, d_per, block_n, warps_e = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())
+        (block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s,
+         warps_e) = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())
         grid0 = bsz * triton.cdiv(T, block_t)
         hp = torch.empty(grid0 * n_sc * split_d * block_t * block_s, dtype=torch.float32, device=dev)
         _launch(_shrink_partial_kernel, (grid0, split_d, n_sc), (x, A, idx, w, hp, T, d_in, K, d_per),
-                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, SPLIT_D=split_d, PREC=prec),
-                4, 2, dev_index)
-        _launch(_expand_partial_kernel, (grid0, triton.cdiv(d_out, block_n)), (hp, B, idx, out, T, d_out, K),
-                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_N=block_n, SPLIT_D=split_d,
-                     ACCUMULATE=accumulate, PREC=prec),
-                warps_e, 2, dev_index)
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, PREC=prec), warps_s, 3, dev_index)
+        _launch(_expand_partial_kernel, (grid0, groups, 1),
+                (hp, B, idx, out, T, d_out, K, split_d, sbN, sbO, sbR, n_per),
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_N=block_n, ONE_CHUNK=n_sc == 1,
+                     ACCUMULATE=accumulate, PREC=prec), warps_e, 2, dev_index)
         return out
 
-    block_t, block_s, block_d, block_n, single, n_split, num_warps = _plan(bsz, T, K, R, d_out, n_sm, split, x.element_size())
+    block_t, block_s, block_d, block_n, single, n_split, num_warps = _plan(bsz, T, K, R, d_out, n_sm, split,
+                                                                          x.element_size())
     num_stages = 3
     if tune:
         block_t = tune.get("block_t", block_t)
@@ -503,9 +839,9 @@ def compose_delta_triton(
     if single:
         h = out  # unused by the kernel in this mode
     else:
-        n_chunks = triton.cdiv(K * R, block_s)
+        n_chunks = triton.cdiv(S, block_s)
         h = torch.empty(grid0 * n_split * n_chunks * block_t * block_s, dtype=torch.float32, device=dev)
-    _launch(_compose_kernel, (grid0, n_split), (x, A, B, idx, w, out, h, T, d_in, d_out, K),
+    _launch(_compose_kernel, (grid0, n_split, 1), (x, A, B, idx, w, out, h, T, d_in, d_out, K, sbN, sbO, sbR),
             dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_N=block_n,
                  SINGLE=single, ACCUMULATE=accumulate, PREC=prec),
             num_warps, num_stages, dev_index)

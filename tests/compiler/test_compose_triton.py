@@ -113,13 +113,19 @@ def kernel_dtypes():
     return dts
 
 
-def to_dev(dtype, x, A, B, idx, w, unused=()):
-    """Cast to the kernel dtype on the kernel device; poison unused pool slots with NaN."""
+def to_dev(dtype, x, A, B, idx, w, unused=(), b_rows=False):
+    """Cast to the kernel dtype on the kernel device; poison unused pool slots with NaN.
+
+    b_rows: hand B over as AtomPool does, the transposed view of a contiguous (N, R, d_out).
+    """
     A, B = A.clone(), B.clone()
     if unused:
         A[list(unused)] = float("nan")
         B[list(unused)] = float("nan")
-    return (x.to(KDEV, dtype), A.to(KDEV, dtype), B.to(KDEV, dtype), idx.to(KDEV), w.to(KDEV))
+    B = B.to(KDEV, dtype)
+    if b_rows:
+        B = B.transpose(1, 2).contiguous().transpose(1, 2)
+    return (x.to(KDEV, dtype), A.to(KDEV, dtype), B, idx.to(KDEV), w.to(KDEV))
 
 
 def oracle(x, A, B, idx, w):
@@ -133,9 +139,9 @@ def oracle(x, A, B, idx, w):
 def test_triton_matches_loop(bsz, K, R, pattern, dtype, path):
     from compiler.compose.triton_ops import compose_delta_triton
 
-    T = 1 if (bsz + K) % 2 else 5
+    T = 1 if (bsz + K) % 2 else 5  # 1: the GEMV plans; 5: the tensor-core tile plans
     x, A, B, idx, w, unused = make_case(bsz, K, R, pattern, T=T, d_in=96, d_out=80, seed=bsz + K + R)
-    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused, b_rows=pattern in ("distinct", "zipf"))
     ref = oracle(x, A, B, idx, w)
     out = torch.full((bsz, T, 80), float("nan"), dtype=dtype, device=KDEV)  # poisoned
     got = compose_delta_triton(x, A, B, idx, w, out=out, path=path)
@@ -158,13 +164,20 @@ def test_triton_matches_loop(bsz, K, R, pattern, dtype, path):
         (2, 17, 3, 4, 64, 300, 64),  # split larger than the number of d_out blocks
         (1, 1, 16, 4, 4096, 64, None),  # long d_in: many d_in slices in the wide plan
         (133, 300, 2, 2, 64, 40, None),  # many tokens (auto picks wide)
+        (3, 2, 8, 2, 96, 80, None),  # GEMV plans with several tokens per request
+        (5, 4, 8, 16, 100, 72, None),  # GEMV: 128 stacked ranks (the register limit), ragged d_in
+        (2, 4, 9, 16, 64, 1000, 3),  # GEMV: 144 stacked ranks (two chunks wide, tile kernel fused), split
+        (32, 1, 8, 2, 1024, 4096, None),  # decode shape (q/o of a small model)
+        (4, 1, 8, 2, 2048, 256, None),  # d_in >> d_out (down_proj-like): many d_in slices
+        (2, 40, 32, 4, 96, 200, None),  # tile wide with 128 stacked ranks in one chunk
     ],
 )
-def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype, path):
+@pytest.mark.parametrize("b_rows", [False, True], ids=["b_cols", "b_rows"])
+def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype, path, b_rows):
     from compiler.compose.triton_ops import compose_delta_triton
 
     x, A, B, idx, w, unused = make_case(bsz, K, R, "zipf", T=T, d_in=d_in, d_out=d_out, seed=T + d_out)
-    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused, b_rows=b_rows)
     ref = oracle(x, A, B, idx, w)
     out = torch.full((bsz, T, d_out), float("nan"), dtype=dtype, device=KDEV)
     got = compose_delta_triton(x, A, B, idx, w, out=out, split=split, path=path)
@@ -246,6 +259,8 @@ def test_triton_rejects_bad_inputs():
         compose_delta_triton(x, A, B, idx, w, out=torch.empty(2, 1, 15, device=KDEV))
     with pytest.raises(TypeError):
         compose_delta_triton(x, A, B, idx.float(), w)
+    with pytest.raises(ValueError, match="B must be"):  # neither (N, d_out, R) nor (N, R, d_out) rows
+        compose_delta_triton(x, A, torch.randn(16, 4, 2, device=KDEV).permute(1, 0, 2), idx, w)
 
 
 @needs_kernel
@@ -257,33 +272,71 @@ def test_dispatcher_triton_backend_matches_loop():
     assert rel_err_per_request(got.cpu(), oracle(x, A, B, idx, w)) < TOL[torch.float32]
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
+@pytest.mark.parametrize("bsz,d_out,path", [(6, 96, "auto"), (70, 64, "auto"), (6, 96, "fused")])  # wide, fused, fused
+def test_triton_repeated_calls_take_the_cached_launch(dtype, bsz, d_out, path):
+    """The eager decode fast path (cached launches and scratch per call shape) must see new data, slots and outputs."""
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    x, A, B, idx, w, unused = make_case(bsz, 8, 2, "zipf", T=1, d_in=128, d_out=d_out, seed=3)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused, b_rows=True)
+    meta = ComposeMeta(idx, w, n_slots=A.shape[0])
+    for rep in range(4):
+        x = torch.randn(x.shape, generator=torch.Generator().manual_seed(rep)).to(KDEV, dtype)
+        y = torch.randn(bsz, 1, d_out).to(KDEV, dtype)
+        out = y.clone()
+        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True, path=path)
+        ref = oracle(x, A, B, meta.idx, meta.w) + y.float().cpu()
+        assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype], rep
+        fresh = torch.full((bsz, 1, d_out), float("nan"), dtype=dtype, device=KDEV)
+        compose_delta_triton(x, A, B, meta=meta, out=fresh, path=path)
+        assert rel_err_per_request(fresh.float().cpu(), oracle(x, A, B, meta.idx, meta.w)) < TOL[dtype], rep
+        # new slots and weights in the same buffers, as between decode steps
+        g = torch.Generator().manual_seed(10 + rep)
+        clean = torch.tensor(sorted(set(range(A.shape[0])) - set(unused)))  # never a poisoned slot
+        new_idx = clean[torch.randint(0, len(clean), (bsz, 8), generator=g)]
+        new_idx[torch.rand(bsz, 8, generator=g) < 0.2] = -1
+        meta.update_(new_idx.to(KDEV), (torch.rand(bsz, 8, generator=g) + 0.5).to(KDEV), n_slots=A.shape[0])
+    # a misaligned x (a view one element in) must not reuse the aligned launch
+    xs = torch.randn(bsz * 128 + 1).to(KDEV, dtype)[1:].view(bsz, 1, 128)
+    out = torch.full((bsz, 1, d_out), float("nan"), dtype=dtype, device=KDEV)
+    compose_delta_triton(xs, A, B, meta=meta, out=out, path=path)
+    assert rel_err_per_request(out.float().cpu(), oracle(xs, A, B, meta.idx, meta.w)) < TOL[dtype]
+    # nor may a pool too small for the slots: the range check runs on every call
+    with pytest.raises(IndexError):
+        compose_delta_triton(x, A[:2], B[:2], meta=meta, out=out, path=path)
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")
-def test_triton_under_cuda_graph_with_refilled_meta():
+@pytest.mark.parametrize("bsz,d_out,path", [(7, 96, "auto"), (7, 96, "fused"), (96, 4096, "auto"), (132, 64, "auto")])
+def test_triton_under_cuda_graph_with_refilled_meta(bsz, d_out, path):
     from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
 
     dtype = torch.bfloat16
-    x1, A, B, idx1, w1, _ = make_case(7, 8, 2, "zipf", T=1, d_in=128, d_out=96, seed=1)
-    x2, _, _, idx2, w2, _ = make_case(7, 8, 2, "zipf", T=1, d_in=128, d_out=96, seed=2)
+    x1, A, B, idx1, w1, _ = make_case(bsz, 8, 2, "zipf", T=1, d_in=128, d_out=d_out, seed=1)
+    x2, _, _, idx2, w2, _ = make_case(bsz, 8, 2, "zipf", T=1, d_in=128, d_out=d_out, seed=2)
     N = max(A.shape[0], int(idx2.max()) + 1)
     A = torch.randn(N, 2, 128) / 11
-    B = torch.randn(N, 96, 2)
-    x, A, B, idx, w = to_dev(dtype, x1, A, B, idx1, w1)
+    B = torch.randn(N, d_out, 2)
+    x, A, B, idx, w = to_dev(dtype, x1, A, B, idx1, w1, b_rows=True)
     meta = ComposeMeta(idx, w, n_slots=N)
-    y = torch.randn(7, 1, 96, device="cuda", dtype=dtype)
+    y = torch.randn(bsz, 1, d_out, device="cuda", dtype=dtype)
     out = torch.empty_like(y)
 
-    def step(path="auto"):
+    def step(p):
         out.copy_(y)
-        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True, path=path)
+        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=True, path=p)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        step("wide")  # compile and warm up outside the capture ("auto" picks wide while capturing)
+        for p in ("wide", "fused"):  # compile and warm up outside the capture
+            step(p)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step()
+        step(path)
     x.copy_(x2.to("cuda", dtype))
     meta.update_(idx2.to("cuda"), w2.to("cuda"), n_slots=N)
     out.fill_(float("nan"))

@@ -142,3 +142,17 @@ def test_rejects_bad_construction():
         AtomPool(SHAPES, capacity=0)
     with pytest.raises(ValueError, match="shapes"):
         AtomPool({})
+
+
+def test_b_is_the_view_of_rank_major_rows():
+    """B is the transposed view of a contiguous (capacity, rank, d_out): the GPU expand reads each rank as a row."""
+    pool = AtomPool(SHAPES, rank=2, capacity=2)
+    ws = {f"a{i}": atom(2, i) for i in range(3)}  # the third add grows the pool: the layout must survive
+    for k, w in ws.items():
+        pool.add(k, w)
+    pool.add("big", atom(3, 9))  # and so must a rank regrowth
+    for m in SHAPES:
+        A, B = pool.pools()[m]
+        assert A.is_contiguous() and B.transpose(1, 2).is_contiguous() and B.shape == (4, SHAPES[m][1], 3)
+        for k, w in ws.items():
+            assert torch.equal(B[pool.slot_of(k), :, :2], w[m][1]) and torch.all(B[pool.slot_of(k), :, 2] == 0)
