@@ -145,35 +145,36 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     folds = pos_fold + [i % FOLDS for i in range(len(neg_texts))]
     n_orig = len(pos_target) - len(aug)  # augmented variants train the model but never place the threshold
     kinds = ["pos"] * n_orig + ["aug"] * len(aug) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
-    F, y, g, qf = [], [], [], []
+    F, y, g, train = [], [], [], []
     for qi, c in enumerate(cands):
         if not len(c.ids):
             continue
-        if targets[qi] >= 0 and targets[qi] not in set(c.ids.tolist()):
-            continue  # retrieval missed the atom: nothing for the reranker to learn from this question
-        f = features(c, cfg.rrf_k)
-        F.append(f)
+        F.append(features(c, cfg.rrf_k))
         y.append((c.ids == targets[qi]).astype(np.float64))
         g.append(np.full(len(c.ids), qi))
-        qf.append(qi)
-    F, y, g = np.concatenate(F), np.concatenate(y), np.concatenate(g)
+        # retrieval missed the atom: nothing for the reranker to learn, but the question still counts as routed
+        # (to a wrong atom) or refused when the threshold is placed
+        missed = targets[qi] >= 0 and targets[qi] not in set(c.ids.tolist())
+        train.append(np.full(len(c.ids), not missed))
+    F, y, g, train = np.concatenate(F), np.concatenate(y), np.concatenate(g), np.concatenate(train)
     fold_of_row = np.asarray(folds)[g]
     held_p = np.zeros(len(y), np.float32)
     for f in range(FOLDS):
-        tr = fold_of_row != f
+        tr = (fold_of_row != f) & train
         m = LearnedRouter.fit(F[tr], y[tr], g[tr], prior=prior, l2=l2)
-        held_p[~tr] = m.prob(F[~tr])
-    final = LearnedRouter.fit(F, y, g, prior=prior, l2=l2)
+        held_p[fold_of_row == f] = m.prob(F[fold_of_row == f])
+    final = LearnedRouter.fit(F[train], y[train], g[train], prior=prior, l2=l2)
     top_p, top_ok = {}, {}
-    for qi in qf:
-        rows = np.flatnonzero(g == qi)
-        j = rows[np.argmax(held_p[rows])]
-        top_p[qi], top_ok[qi] = float(held_p[j]), bool(y[j] > 0)
-    # every in-scope question counts for the routed share, a retrieval miss scoring its best (wrong) candidate 0
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
+        j = lo + int(np.argmax(held_p[lo:hi]))
+        top_p[int(g[lo])], top_ok[int(g[lo])] = float(held_p[j]), bool(y[j] > 0)
+    # a question with no candidate at all (empty KB side) is refused
     pos_scores = np.array([top_p.get(qi, 0.0) for qi in range(n_orig)])
     thr = float(np.quantile(pos_scores, 1.0 - cfg.target_routed, method="lower")) if len(pos_scores) else 0.5
     kinds_a = np.array(kinds)
     scores_all = np.array([top_p.get(qi, 0.0) for qi in range(len(texts))])
+    missed = sum(1 for qi in range(n_orig) if not top_ok.get(qi, False) and qi in top_p)
 
     def share(kind, refused):
         s = scores_all[kinds_a == kind]
@@ -183,6 +184,7 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         "atoms": len(atoms), "questions": n_orig, "paraphrase_like": len(aug), "oos": len(OUT_OF_SCOPE),
         "near_misses": len(near), "heldout_routed": share("pos", False),
         "heldout_recall@1": round(float(np.mean([top_ok.get(qi, False) for qi in range(n_orig)])), 4),
+        "heldout_wrong_or_missed_top": missed,
         "heldout_paraphrase_like_routed": share("aug", False),
         "oos_refused": share("oos", True), "near_refused": share("near", True),
     }
