@@ -348,6 +348,28 @@ def eval_routes(router, store, qs: list[tuple[str, list[str], str]]) -> dict:
     return out, {k: np.array(s["best"]) for k, s in by.items()}
 
 
+def ablation(router, store, qs) -> dict:
+    """Ranking recall@1/@8 (own document, no refusal) of each signal alone and of the fusions."""
+    from router.learned import rrf
+
+    doc_of = store.atom_rowids_of_docs()
+    qs = [(q, g) for q, g, _ in qs if g]
+    cands = router.candidates(router.embedder([q for q, _ in qs]), [q for q, _ in qs])
+    hits = {k: [0, 0] for k in ("dense", "bm25", "rrf", "learned")}
+    for (q, gold), c in zip(qs, cands):
+        if not len(c.ids):
+            continue
+        orders = {"dense": np.argsort(-np.where(c.dense_rank > 0, c.dense, -9), kind="stable"),
+                  "bm25": np.argsort(-np.where(c.lex_rank > 0, c.bm25, -9), kind="stable"),
+                  "rrf": np.argsort(-rrf(c.dense_rank, c.lex_rank, router.config.rrf_k), kind="stable"),
+                  "learned": np.argsort(-router.score(c), kind="stable")}
+        for k, o in orders.items():
+            docs = [doc_of[int(c.ids[j])] for j in o[:8]]
+            hits[k][0] += docs[0] in gold
+            hits[k][1] += any(d in gold for d in docs)
+    return {k: {"recall@1": round(h1 / len(qs), 4), "recall@8": round(h8 / len(qs), 4)} for k, (h1, h8) in hits.items()}
+
+
 def refusal_tradeoff(pos: np.ndarray, neg: np.ndarray, routed: float = 0.95) -> dict:
     """What the best possible threshold on the same score would give: refusals at >= `routed` answerable routed."""
     t = float(np.quantile(pos, 1 - routed, method="lower"))
@@ -381,7 +403,8 @@ def cmd_quality(args) -> None:
         qs = [(q["question"], [i for name in q["docs"] for i in id_of[name]], q["kind"]) for q in sq]
         metrics, _ = eval_routes(router, store, qs)
         result["sample"] = {"atoms": store.count_atoms(), "calibration": cal.get("metrics"),
-                            "threshold": router.threshold, "by_kind": metrics}
+                            "threshold": router.threshold, "by_kind": metrics,
+                            "ranking_by_signal": ablation(router, store, [x for x in qs if x[2] != "multihop"])}
         emb.save()
         print(json.dumps(result["sample"], indent=1), file=sys.stderr, flush=True)
         # the Rhine article: 44 paragraphs, 290 answerable + 208 unanswerable questions
@@ -401,7 +424,8 @@ def cmd_quality(args) -> None:
         result["rhine"] = {"atoms": store.count_atoms(), "paragraphs": len(docs), "build_s": round(build_s, 1),
                            "calibrate_s": round(cal_s, 1), "calibration": cal.get("metrics"),
                            "threshold": router.threshold, "weights": router.model.as_dict(), **metrics,
-                           "tradeoff": refusal_tradeoff(best["answerable"], best["unanswerable"])}
+                           "tradeoff": refusal_tradeoff(best["answerable"], best["unanswerable"]),
+                           "ranking_by_signal": ablation(router, store, qs)}
         emb.save()
         print(json.dumps(result["rhine"], indent=1), file=sys.stderr, flush=True)
     write_section("quality", result)
