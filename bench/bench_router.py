@@ -370,6 +370,20 @@ def ablation(router, store, qs) -> dict:
     return {k: {"recall@1": round(h1 / len(qs), 4), "recall@8": round(h8 / len(qs), 4)} for k, (h1, h8) in hits.items()}
 
 
+def route_latency(router, questions: list[str], n: int = 100) -> dict:
+    """Wall time of route() for one question per call (embedding, both searches, features, multi-hop),
+    with the real embedder (not the bench's cache)."""
+    router.embedder = getattr(router.embedder, "inner", router.embedder)
+    router.route(questions[:5])
+    lat = []
+    for q in questions[:n]:
+        t0 = time.perf_counter()
+        router.route([q])
+        lat.append((time.perf_counter() - t0) * 1000)
+    return {"questions": len(lat), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
 def refusal_tradeoff(pos: np.ndarray, neg: np.ndarray, routed: float = 0.95) -> dict:
     """What the best possible threshold on the same score would give: refusals at >= `routed` answerable routed."""
     t = float(np.quantile(pos, 1 - routed, method="lower"))
@@ -425,7 +439,8 @@ def cmd_quality(args) -> None:
                            "calibrate_s": round(cal_s, 1), "calibration": cal.get("metrics"),
                            "threshold": router.threshold, "weights": router.model.as_dict(), **metrics,
                            "tradeoff": refusal_tradeoff(best["answerable"], best["unanswerable"]),
-                           "ranking_by_signal": ablation(router, store, qs)}
+                           "ranking_by_signal": ablation(router, store, qs),
+                           "route_one_question": route_latency(router, [q for q, _, _ in qs])}
         emb.save()
         print(json.dumps(result["rhine"], indent=1), file=sys.stderr, flush=True)
     write_section("quality", result)
