@@ -84,7 +84,8 @@ def core(t, conj: bool = True) -> list[int]:
             depth = max(0, depth - 1)
     drop: set[int] = set(inside)
     for c in t.children:
-        if (c.dep_ == "appos" and _comma_before(c)) or c.dep_ in ("relcl", "acl", "advcl", "parataxis") or (
+        if (c.i > t.i and c.dep_ not in ("conj", "cc") and _comma_before(c)) or c.dep_ in (
+                "relcl", "acl", "advcl", "parataxis") or (
                 c.dep_ == "punct" and c.i > t.i) or (c.dep_ == "advmod" and c.i < t.i) or (
                 not conj and c.dep_ in ("conj", "cc", "preconj")):
             drop |= _subtree(c)
