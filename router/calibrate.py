@@ -92,14 +92,14 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms.
 
     prior, l2: the weights the fit is pulled towards, and how hard (see LearnedRouter.fit)."""
-    from router.router import MIN_CALIBRATION_ATOMS, atom_rows
+    from router.router import MIN_CALIBRATION_ATOMS
 
     rng = np.random.default_rng(seed)
     store, emb, cfg = router.store, router.embedder, router.config
     all_ids = store.rowids()
     pick = np.sort(rng.choice(all_ids, size=min(len(all_ids), 2 * max_atoms), replace=False)) if len(all_ids) else all_ids
     atoms = []
-    for rid, key, stats in atom_rows(store, "key, stats", pick):
+    for rid, key, stats in store.rows("key, stats", pick):
         qs = [q for q in (json.loads(stats).get("questions") or []) if isinstance(q, str) and q.strip()]
         if qs:
             atoms.append((rid, key, qs))

@@ -8,14 +8,17 @@ route(q) = hybrid candidates (dense key index top-C  ∪  BM25 top-C)
 
 Files it owns in the KB folder, all derived from kb.sqlite and rebuilt when they disagree
 with it (the store is the truth): keys.faiss (+ keys.json), lexical/, router.json (the
-learned weights and the calibrated threshold). The router only reads the store.
+learned weights and the calibrated threshold). The router only reads the store, through its own
+per-thread SQLite connections (StoreReader).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +38,44 @@ def _log(msg: str) -> None:
     print(f"doc2atom: {msg}", file=sys.stderr, flush=True)
 
 
-def atom_rows(store, cols: str, rowids=None) -> list[tuple]:
-    """Read-only rows (rowid, cols...) of the store's atoms table, all or the given rowids, by rowid."""
-    if rowids is None:
-        return store.conn.execute(f"SELECT rowid, {cols} FROM atoms ORDER BY rowid").fetchall()
-    rowids = [int(r) for r in rowids]
-    out = []
-    for s in range(0, len(rowids), 500):
-        part = rowids[s:s + 500]
-        out += store.conn.execute(f"SELECT rowid, {cols} FROM atoms WHERE rowid IN ({','.join('?' * len(part))})",
-                                  part).fetchall()
-    return sorted(out)
+class StoreReader:
+    """Read-only access to the KB's atoms through one SQLite connection per thread.
+
+    The router is called from whichever thread routes (the HTTP server routes on its worker
+    thread, which swaps in its own KBStore), and an SQLite connection may only be used by the
+    thread that opened it; so the router never uses the pipeline's connection after `open`."""
+
+    def __init__(self, folder: Path):
+        self.db = Path(folder) / "kb.sqlite"
+        self.local = threading.local()
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self.local, "conn", None)
+        if c is None:
+            c = self.local.conn = sqlite3.connect(str(self.db), timeout=30)
+        return c
+
+    def rowids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.conn().execute("SELECT rowid FROM atoms ORDER BY rowid")], dtype=np.int64)
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.conn().execute("SELECT rowid, embedding FROM atoms ORDER BY rowid").fetchall()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return (np.array([r[0] for r in rows], dtype=np.int64),
+                np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
+
+    def rows(self, cols: str, rowids=None) -> list[tuple]:
+        """(rowid, cols...) of all atoms or of the given rowids, by rowid."""
+        if rowids is None:
+            return self.conn().execute(f"SELECT rowid, {cols} FROM atoms ORDER BY rowid").fetchall()
+        rowids = [int(r) for r in rowids]
+        out = []
+        for s in range(0, len(rowids), 500):
+            part = rowids[s:s + 500]
+            out += self.conn().execute(
+                f"SELECT rowid, {cols} FROM atoms WHERE rowid IN ({','.join('?' * len(part))})", part).fetchall()
+        return sorted(out)
 
 
 class Router:
@@ -54,7 +84,7 @@ class Router:
     def __init__(self, folder: Path, store, embedder, config: RouterConfig, dense: KeyIndex,
                  lexical: LexicalIndex | None, state: dict, write: bool = True):
         self.folder = Path(folder)
-        self.store = store
+        self.store = StoreReader(self.folder)  # never the caller's connection (see StoreReader)
         self.embedder = embedder
         self.config = config
         self.dense = dense
@@ -69,9 +99,13 @@ class Router:
 
     @classmethod
     def open(cls, folder, store, embedder, config: RouterConfig | None = None, write: bool = True) -> "Router":
-        """Open the KB's router files, rebuilding whichever disagrees with the store."""
+        """Open the KB's router files, rebuilding whichever disagrees with the store.
+
+        store: the KB's KBStore; only its folder's kb.sqlite is read, through the router's own
+        per-thread connections, so the router may be used from any thread."""
         config = config or RouterConfig()
         folder = Path(folder)
+        store = StoreReader(folder)
         dense = KeyIndex.open(folder, store, embedder.dim, write=write, exact_max=config.exact_max)
         lexical = LexicalIndex.load(folder)
         if lexical is not None and not np.array_equal(lexical.rowids, store.rowids()):
@@ -88,7 +122,7 @@ class Router:
 
     def _ensure_lexical(self) -> LexicalIndex:
         if self.lexical is None:
-            rows = atom_rows(self.store, "key")
+            rows = self.store.rows("key")
             self.lexical = LexicalIndex.build(np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows])
             if self.write:
                 self.lexical.save(self.folder)
@@ -286,7 +320,7 @@ class Router:
         if want:
             if len(self._texts) > 100_000:
                 self._texts.clear()
-            for rid, text in atom_rows(self.store, "text", want):
+            for rid, text in self.store.rows("text", want):
                 self._texts[rid] = text
         return {int(r): self._texts[int(r)] for r in rowids if int(r) in self._texts}
 
@@ -301,4 +335,4 @@ def _empty() -> Candidates:
     return Candidates(np.zeros(0, np.int64), z, z, z, z, np.zeros(0, int), np.zeros(0, int), 0.0, 0.0)
 
 
-__all__ = ["Router", "RouterConfig", "Route", "AtomScore", "DEFAULT_WEIGHTS", "atom_rows"]
+__all__ = ["Router", "RouterConfig", "Route", "AtomScore", "DEFAULT_WEIGHTS", "StoreReader"]

@@ -140,8 +140,21 @@ def test_router_serves_a_kb_the_pipeline_built(tmp_path, tiny_base, sample_copy,
     kb.ingest([str(sample_copy)])
     r = Router.open(kb.path, kb.store, embedder)
     assert np.array_equal(r.dense.ids(), kb.store.rowids()) and np.array_equal(r.lexical.rowids, kb.store.rowids())
-    assert r.needs_calibration()
     state = r.calibrate()  # on the questions compilation stored in each atom's stats
     assert state["metrics"]["questions"] >= 2 * state["metrics"]["atoms"] > 0
     route = r.route(["Who designed the Korrin Bridge?", "What is the capital of Japan?"])
     assert "Maud Ellery" in _texts(kb.store, route[0].ids[:1])[0] and route[1].refused
+
+
+def test_routes_from_another_thread(sample_kb, embedder):
+    # the HTTP server opens the router on one thread and routes on its worker thread
+    import threading
+
+    _, r = _open(sample_kb, embedder)
+    r.lexical = None  # stale: the worker thread must rebuild it from kb.sqlite on its own connection
+    out = {}
+    t = threading.Thread(target=lambda: out.update(route=r.route(["Who founded the town where the thessaloop "
+                                                                 "was invented?"], top_k=1)[0]))
+    t.start()
+    t.join()
+    assert len(out["route"].ids) == 2
