@@ -450,7 +450,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("latency", help="key index latency/recall on synthetic keys")
-    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--sizes", default="10000,50000,100000,1000000")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--hnsw", action="store_true", help="also measure HNSW (M=32) for comparison")
     p.add_argument("--hnsw-max", type=int, default=1_000_000)
