@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "hybrid: both; base: no knowledge")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="most atoms to compose (default 1)")
     p.add_argument("--explain", action="store_true", help="print a table of the atoms that fired")
+    p.add_argument("--allow-base", action="store_true",
+                   help="when no atom covers the question, let the base model answer instead of refusing")
     p.add_argument("--max-new-tokens", type=int, default=48)
     _kb_arg(p)
     _json_arg(p)
@@ -107,9 +109,11 @@ def _compile_config(spec: str | None):
 
 
 def _open(args, create: bool = False):
+    from router.select import RouterConfig
     from serving.pipeline import KnowledgeBase
 
     return KnowledgeBase(args.kb, base_model=args.base_model, create=create,
+                         router_config=RouterConfig(allow_base=getattr(args, "allow_base", False)),
                          compile_config=_compile_config(getattr(args, "compile_config", None)),
                          progress=not getattr(args, "json", False))
 

@@ -20,7 +20,7 @@ from doc2atom import errors
 from doc2atom.readers import expand_paths, read_file
 from doc2atom.schemas import Answer, Document
 from doc2atom.store import KBStore, atom_id
-from router.select import RouterConfig, select
+from router.select import RouterConfig
 
 MODES = ("atoms", "context", "hybrid", "base")
 REFUSAL = "I don't know: no knowledge atom in this knowledge base covers that question."
@@ -107,12 +107,17 @@ class KnowledgeBase:
             self._embedder = Embedder()
         return self._embedder
 
-    def index(self):
+    def router(self):
+        """The KB's router (dense + BM25 indices, learned reranker, calibrated refusal), opened lazily."""
         if self._index is None:
-            from router.index import KeyIndex
+            from router.router import Router
 
-            self._index = KeyIndex.open(self.path, self.store, self.embedder().dim)
+            self._index = Router.open(self.path, self.store, self.embedder(), self.router_config)
         return self._index
+
+    def index(self):
+        """The dense key index (router/index.py KeyIndex)."""
+        return self.router().dense
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -161,7 +166,7 @@ class KnowledgeBase:
         nlp = load_spacy()
         model, tok = self.model()
         cfg = self.compile_config
-        index = self.index()
+        router = self.router()
         drafts_per_doc = list(atomize_many(docs, nlp))
         total = sum(len(d) for d in drafts_per_doc)
         bar = _Progress(total, "compiling atoms", enabled=self.progress)
@@ -190,9 +195,7 @@ class KnowledgeBase:
                 old = [int(a.id[1:]) for a in self.store.list_atoms(doc=docs[j].id)] if self.store.document(
                     docs[j].id) else []
                 ids = self.store.commit_document(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n])
-                index.remove(old)
-                index.add(np.array([int(a[1:]) for a in ids], dtype=np.int64), embs[pos:pos + n])
-                index.save(self.path)
+                router.on_commit(np.array([int(a[1:]) for a in ids], dtype=np.int64), old, embs[pos:pos + n])
                 for a in old:
                     self._weights.pop(atom_id(a), None)
                 report.added.append(docs[j].path)
@@ -200,6 +203,7 @@ class KnowledgeBase:
                 pos += n
             group = []
         bar.close()
+        router.flush()
         self.store.gc_shards()
 
     # -- forget -----------------------------------------------------------------------------
@@ -211,9 +215,9 @@ class KnowledgeBase:
                 raise errors.unknown_document(doc)
             old = [int(a.id[1:]) for a in self.store.list_atoms(doc=row["id"])]
             res = self.store.forget(row["id"])
-            index = self.index()
-            index.remove(old)
-            index.save(self.path)
+            router = self.router()
+            router.on_commit([], old, None)
+            router.flush()
             for a in old:
                 self._weights.pop(atom_id(a), None)
             self.store.gc_shards()
@@ -223,9 +227,7 @@ class KnowledgeBase:
 
     def route(self, questions: list[str], top_k: int | None = None):
         """Router decisions for a batch of questions (list of router.select.Route)."""
-        emb = self.embedder()(questions)
-        scores, ids = self.index().search(emb, self.router_config.candidates)
-        return [select(s, i, self.router_config, top_k) for s, i in zip(scores, ids)]
+        return self.router().route(questions, top_k)
 
     def atom_weights(self, ids: list[str]) -> list[dict]:
         """Per-atom weights (module -> (A, B), fp32), cached (LRU)."""
@@ -277,7 +279,8 @@ class KnowledgeBase:
             if extra and extra[i]:
                 ids += [a for a in extra[i] if a not in ids]
             fired.append(ids)
-        answerable = [i for i in range(n) if mode == "base" or not routes[i].refused]
+        # refused questions are not answered, unless the router lets the base model answer (allow_base)
+        answerable = [i for i in range(n) if mode == "base" or not routes[i].refused or routes[i].use_base]
         t1 = time.perf_counter()
         facts = slots = pool = weights = None
         if answerable and mode in ("context", "hybrid"):
