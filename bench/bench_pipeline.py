@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline_cpu.json"))
     ap.add_argument("--corpus", default=str(ROOT / "data" / "sample"))
     ap.add_argument("--questions", default=str(ROOT / "data" / "sample_questions.json"))
+    ap.add_argument("--latency-questions", type=int, default=12, help="questions timed per mode")
+    ap.add_argument("--note", default="", help="free text stored with the figures (e.g. other load on the machine)")
     args = ap.parse_args()
 
     from doc2atom.atomizer import atomize_many
@@ -81,7 +83,7 @@ def main() -> None:
         shard_bytes = sum(p.stat().st_size for p in kb.store.shards.iterdir())
         kb_bytes = sum(p.stat().st_size for p in (tmp / "kb").rglob("*") if p.is_file())
         qs = [q["question"] for q in json.loads(Path(args.questions).read_text())["questions"]
-              if q["kind"] in ("paraphrase", "out_of_scope")]
+              if q["kind"] in ("paraphrase", "out_of_scope")][:args.latency_questions]
         latency = {}
         for mode in ("base", "context", "atoms", "hybrid"):
             kb.ask(qs[0], mode=mode)  # warm-up
@@ -97,7 +99,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
-        "benchmark": "pipeline", "git": git_commit(), "machine": machine(), "versions": versions(),
+        "benchmark": "pipeline", "git": git_commit(), "note": args.note, "machine": machine(), "versions": versions(),
         "settings": {"corpus": os.path.relpath(args.corpus, ROOT), "compile": kb.compile_config.model_dump(),
                      "router": kb.router_config.model_dump(), "latency_questions": len(qs),
                      "ask_max_new_tokens": 48},
