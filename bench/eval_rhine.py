@@ -41,6 +41,18 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _first_paragraphs(path: Path, p: int) -> Path:
+    """A SQuAD file holding only the first p paragraphs of the (single-article) dataset."""
+    import tempfile
+
+    src = json.loads(path.read_text())
+    art = src["data"][0]
+    sub = {"version": src.get("version"), "data": [{"title": art["title"], "paragraphs": art["paragraphs"][:p]}]}
+    out = Path(tempfile.mkdtemp()) / f"{path.stem}_first{p}of{len(art['paragraphs'])}.json"
+    out.write_text(json.dumps(sub))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(DATASET))
@@ -51,6 +63,10 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_rhine.json"))
     ap.add_argument("--save", default=None, help="per-question JSONL folder (not committed)")
+    ap.add_argument("--paragraphs", type=int, default=None, metavar="P",
+                    help="evaluate on the article's first P paragraphs only (all their questions), for a KB "
+                         "that holds only those (the subset goes to a temp file)")
+    ap.add_argument("--note", default="", help="free text stored with the result (what was run and why)")
     args = ap.parse_args()
 
     import torch
@@ -62,18 +78,22 @@ def main() -> int:
     from serving.evaluate.short import short_answer
     from serving.pipeline import KnowledgeBase
 
+    dataset = Path(args.dataset)
+    if args.paragraphs:
+        dataset = _first_paragraphs(dataset, args.paragraphs)
     cfg = EvalConfig(modes=args.modes.split(","), compose_k=[int(k) for k in args.compose_k.split(",")],
                      limit=args.limit, batch_size=args.batch_size, short=short_answer,
                      save=Path(args.save) if args.save else None)
     kb = KnowledgeBase(args.kb)
     t0 = time.time()
-    result = evaluate(kb, read_dataset(args.dataset, "squad"), cfg)
+    result = evaluate(kb, read_dataset(dataset, "squad"), cfg)
     out = {
         "bench": "eval_rhine",
         "command": " ".join(["bench/eval_rhine.py", *sys.argv[1:]]),
-        "equivalent_cli": (f"doc2atom eval {Path(args.dataset).name} --format squad --kb {args.kb} "
+        "equivalent_cli": (f"doc2atom eval {dataset.name} --format squad --kb {args.kb} "
                            f"--modes {args.modes} --compose-k {args.compose_k}"
                            + (f" --limit {args.limit}" if args.limit else "") + " --json"),
+        "note": args.note,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
         "git": {"commit": _git("rev-parse", "HEAD"), "dirty_files": _git("status", "--porcelain", "-uno").splitlines()},
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
