@@ -143,14 +143,18 @@ def cmd_latency(args) -> None:
     from router.index import KeyIndex, ivf_nlist
 
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
+    runs = [(int(x), 50) for x in args.sizes.split(",") if x] + [(int(x), 0) for x in args.hard_sizes.split(",") if x]
+    for n, per_topic in runs:
         rng = np.random.default_rng(n)
-        X, sd = synthetic(n, 384, rng)
+        X, sd = synthetic(n, 384, rng, per_topic=per_topic or n)
         Q = queries(X, sd, args.queries, rng)
         truth = exact_top(X, Q, 10)
         ids = np.arange(n, dtype=np.int64)
         kinds = ["flat", "ivf"] if n <= 200_000 else ["ivf"]
+        if per_topic == 0:
+            kinds = ["ivf"]
         if args.hnsw and n <= args.hnsw_max:
             kinds.append("hnsw")
         for kind in kinds:
@@ -171,14 +175,16 @@ def cmd_latency(args) -> None:
                 settings = {"nlist": ivf_nlist(n)}
             else:
                 settings = {"M": 32, "efConstruction": 40}
-            sweep = [None] if kind == "flat" else ([8, 16, 32, 64] if kind == "ivf" else [32, 64, 128])
+            sweep = [None] if kind == "flat" else ([8, 16, 32, 64] + ([128] if not per_topic else [])
+                                                   if kind == "ivf" else [32, 64, 128])
             for s in sweep:
                 if kind == "ivf":
                     idx.nprobe = s
                 elif kind == "hnsw":
                     idx.hnsw.efSearch = s
                 r = time_search(idx, Q, truth)
-                row = {"keys": n, "index": kind, **settings, **({"nprobe": s} if kind == "ivf" else {}),
+                row = {"keys": n, "data": "clustered" if per_topic else "unclustered", "index": kind, **settings,
+                       **({"nprobe": s} if kind == "ivf" else {}),
                        **({"efSearch": s} if kind == "hnsw" else {}), **r, "build_s": round(build_s, 2),
                        "index_bytes": int(faiss.serialize_index(idx.index if kind != "hnsw" else idx).nbytes)
                        if n <= 200_000 else None, "peak_rss_gb": rss_gb(), "rss_before_gb": rss0}
@@ -186,14 +192,15 @@ def cmd_latency(args) -> None:
                 print(json.dumps(row), file=sys.stderr, flush=True)
             del idx
         del X
-    chosen = [r for r in rows if r["index"] == "ivf" and r.get("nprobe") == 32] + \
+    chosen = [r for r in rows if r["index"] == "ivf" and r.get("nprobe") == 32 and r["data"] == "clustered"] + \
              [r for r in rows if r["index"] == "flat"]
     write_section("latency", {
         "rows": rows, "default_rows": chosen,
+        "loadavg_1_5_15": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"dim": 384, "queries": args.queries, "k": 10, "per_call": "one query per search call, 1 thread",
                      "keys": "topic clusters of 50, power-law spectrum i^-0.5, key = centre + 0.9 noise",
                      "queries_from": "random key + 0.7 noise (cosine ~0.8 to it)",
-                     "router_defaults": "exact (IndexIDMap2(IndexFlatIP)) up to 50,000 keys; IVFFlat beyond, "
+                     "router_defaults": "exact (IndexIDMap2(IndexFlatIP)) up to 20,000 keys; IVFFlat beyond, "
                                         "nlist = 2^round(log2(4 sqrt(n))), nprobe 32"},
         "lexical": lexical_latency(args.lexical_sizes),
     })
@@ -452,6 +459,8 @@ def main() -> int:
     p = sub.add_parser("latency", help="key index latency/recall on synthetic keys")
     p.add_argument("--sizes", default="10000,50000,100000,1000000")
     p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--hard-sizes", default="", help="also these sizes with unclustered keys (one Gaussian, "
+                   "power-law spectrum): the hard case for an IVF")
     p.add_argument("--hnsw", action="store_true", help="also measure HNSW (M=32) for comparison")
     p.add_argument("--hnsw-max", type=int, default=1_000_000)
     p.add_argument("--lexical-sizes", default="10000,100000")

@@ -1,6 +1,6 @@
 """The key index (`keys.faiss`): inner-product search over unit-norm atom keys, exact or approximate by size.
 
-- up to `exact_max` atoms (default 50,000): exact search, `IndexIDMap2(IndexFlatIP)`;
+- up to `exact_max` atoms (default 20,000): exact search, `IndexIDMap2(IndexFlatIP)`;
 - beyond: `IndexIVFFlat` (inverted lists over a k-means coarse quantizer) with `nlist` about
   4*sqrt(n) lists and `nprobe` lists visited per query; chosen over HNSW by measurement
   (bench/bench_router.py: at 1M keys on 2 cores IVF met p99 <= 5 ms at recall >= 0.95 with a
@@ -24,29 +24,48 @@ import numpy as np
 
 INDEX_FILE = "keys.faiss"
 META_FILE = "keys.json"  # advisory: kind and the size the IVF quantizer was trained at
-EXACT_MAX = 50_000  # exact search up to this many atoms (p99 under ~2 ms on 2 cores; bench_router.py)
+EXACT_MAX = 20_000  # exact search up to here: one query ~1 ms on this CPU (10k 0.27 ms, 50k 2.4 ms p50)
 DEFAULT_NPROBE = 32  # IVF lists visited per query (recall@10 >= 0.95 at 1M synthetic keys; bench_router.py)
+HNSW_M = 32  # graph degree
+HNSW_EF_CONSTRUCTION = 40
+DEFAULT_EF = 64  # HNSW candidates explored per query
+APPROX_KIND = "ivf"  # the approximate index beyond exact_max (bench_router.py decides)
 RETRAIN_GROWTH = 4.0  # retrain the IVF quantizer when the index has grown this many times past its training
 
 
 def ivf_nlist(n: int) -> int:
-    """Inverted lists for n keys: the power of two nearest 4*sqrt(n), in [64, 65536]."""
+    """Inverted lists for n keys: the power of two nearest 4*sqrt(n), in [64, 65536], and at most n/39
+    (k-means wants 39 training points per list)."""
     target = 4.0 * np.sqrt(max(n, 1))
-    return int(np.clip(2 ** round(np.log2(target)), 64, 65536))
+    return int(max(1, min(np.clip(2 ** round(np.log2(target)), 64, 65536), n // 39)))
+
+
+KINDS = ("flat", "ivf", "hnsw")
 
 
 class KeyIndex:
-    """Atom keys by rowid. `kind` is "flat" (exact) or "ivf" (approximate); search is the same call."""
+    """Atom keys by rowid. `kind` is "flat" (exact), "ivf" or "hnsw" (approximate); search is the same call.
+
+    HNSW cannot remove vectors: `remove` tombstones ids (kept in keys.json, filtered out of every
+    search by an id selector) and the index is rebuilt from the store once they pass 20%."""
 
     def __init__(self, dim: int, kind: str = "flat", nlist: int = 0):
         import faiss
 
-        if kind not in ("flat", "ivf"):
-            raise ValueError(f"index kind must be 'flat' or 'ivf', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.dim = dim
         self.nprobe = DEFAULT_NPROBE
+        self.ef_search = DEFAULT_EF
+        self.deleted: set[int] = set()  # HNSW tombstones
         if kind == "flat":
             self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        elif kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self.index = faiss.IndexIDMap2(inner)
+            self.index.own_fields = True
+            inner.this.disown()
         else:
             quantizer = faiss.IndexFlatIP(dim)
             self.index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -60,18 +79,22 @@ class KeyIndex:
     def kind(self) -> str:
         import faiss
 
-        return "ivf" if isinstance(self.index, faiss.IndexIVF) else "flat"
+        if isinstance(self.index, faiss.IndexIVF):
+            return "ivf"
+        return "hnsw" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexHNSW) else "flat"
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        """Live keys (tombstoned HNSW keys excluded)."""
+        return int(self.index.ntotal) - len(self.deleted)
 
     def ids(self) -> np.ndarray:
         """Sorted ids (int64) of every key in the index."""
         import faiss
 
-        if self.kind == "flat":
-            return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        if self.kind != "ivf":
+            ids = np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+            return np.setdiff1d(ids, np.fromiter(self.deleted, np.int64), assume_unique=True) if self.deleted else ids
         inv = self.index.invlists
         parts = [faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
                  for lst in range(inv.nlist) if inv.list_size(lst)]
@@ -95,7 +118,9 @@ class KeyIndex:
 
         ids = np.ascontiguousarray(list(ids), dtype=np.int64)
         if len(ids):
-            if self.kind == "ivf":  # the IVF's id hash map removes by an explicit id array only
+            if self.kind == "hnsw":
+                self.deleted |= set(ids.tolist()) & set(faiss.vector_to_array(self.index.id_map).tolist())
+            elif self.kind == "ivf":  # the IVF's id hash map removes by an explicit id array only
                 self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
             else:
                 self.index.remove_ids(faiss.IDSelectorBatch(ids))
@@ -106,9 +131,23 @@ class KeyIndex:
         if self.ntotal == 0:
             n = len(q)
             return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+        q = np.ascontiguousarray(q, dtype=np.float32)
         if self.kind == "ivf":
             self.index.nprobe = min(self.nprobe, self.index.nlist)
-        return self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        elif self.kind == "hnsw":
+            import faiss
+
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, k)
+            if self.deleted:
+                dead = np.fromiter(sorted(self.deleted), np.int64)
+                batch = faiss.IDSelectorBatch(dead)
+                params.sel = faiss.IDSelectorNot(batch)  # IndexIDMap2 maps the selector to its own ids
+                scores, ids = self.index.search(q, k, params=params)
+                del batch, dead
+                return scores, ids
+            return self.index.search(q, k, params=params)
+        return self.index.search(q, k)
 
     def save(self, folder: Path) -> None:
         """Write keys.faiss atomically (temp file + rename), then its advisory sidecar keys.json."""
@@ -122,7 +161,8 @@ class KeyIndex:
             tmp.unlink(missing_ok=True)
         meta = Path(folder) / META_FILE
         tmp = meta.with_name(f".{META_FILE}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"kind": self.kind, "ntotal": self.ntotal, "trained_n": self.trained_n}))
+        tmp.write_text(json.dumps({"kind": self.kind, "ntotal": self.ntotal, "trained_n": self.trained_n,
+                                   "deleted": sorted(self.deleted)}))
         os.replace(tmp, meta)
 
     def wants_rebuild(self, exact_max: int = EXACT_MAX) -> bool:
@@ -130,15 +170,20 @@ class KeyIndex:
         n = self.ntotal
         if self.kind == "flat":
             return n > exact_max
+        if self.kind == "hnsw":
+            return n < exact_max // 2 or len(self.deleted) > 0.2 * self.index.ntotal
         return n < exact_max // 2 or n > RETRAIN_GROWTH * max(self.trained_n, 1)
 
     @classmethod
     def build(cls, ids: np.ndarray, vecs: np.ndarray, dim: int, exact_max: int = EXACT_MAX,
-              seed: int = 0) -> "KeyIndex":
-        """An index of the kind that fits len(ids): exact up to exact_max, else IVF trained on these keys."""
+              seed: int = 0, approx: str = APPROX_KIND) -> "KeyIndex":
+        """An index of the kind that fits len(ids): exact up to exact_max, else `approx` (HNSW, or IVF trained
+        on these keys)."""
         n = len(ids)
         if n <= exact_max:
             idx = cls(dim, "flat")
+        elif approx == "hnsw":
+            idx = cls(dim, "hnsw")
         else:
             nlist = ivf_nlist(n)
             idx = cls(dim, "ivf", nlist)
@@ -150,7 +195,8 @@ class KeyIndex:
         return idx
 
     @classmethod
-    def open(cls, folder: Path, store, dim: int, write: bool = True, exact_max: int = EXACT_MAX) -> "KeyIndex":
+    def open(cls, folder: Path, store, dim: int, write: bool = True, exact_max: int = EXACT_MAX,
+             approx: str = APPROX_KIND) -> "KeyIndex":
         """Load keys.faiss if it matches the store exactly, else rebuild it from the stored embeddings."""
         import faiss
 
@@ -161,18 +207,22 @@ class KeyIndex:
                 idx = cls.__new__(cls)
                 idx.dim = dim
                 idx.nprobe = DEFAULT_NPROBE
+                idx.ef_search = DEFAULT_EF
                 idx.index = faiss.read_index(str(path))
+                idx.deleted = set()
                 idx.trained_n = idx.ntotal
                 try:
-                    idx.trained_n = int(json.loads((Path(folder) / META_FILE).read_text())["trained_n"]) or idx.ntotal
+                    meta = json.loads((Path(folder) / META_FILE).read_text())
+                    idx.trained_n = int(meta["trained_n"]) or idx.ntotal
+                    idx.deleted = {int(i) for i in meta.get("deleted", [])}
                 except (OSError, ValueError, KeyError, TypeError):
-                    pass
+                    pass  # without its tombstones an HNSW file disagrees with the store and is rebuilt
                 if idx.index.d == dim and np.array_equal(idx.ids(), want) and not idx.wants_rebuild(exact_max):
                     return idx
             except RuntimeError:
                 pass  # unreadable file: rebuilt below
         ids, vecs = store.embeddings()
-        idx = cls.build(ids, vecs if len(ids) else np.zeros((0, dim), np.float32), dim, exact_max)
+        idx = cls.build(ids, vecs if len(ids) else np.zeros((0, dim), np.float32), dim, exact_max, approx=approx)
         if write:
             idx.save(folder)
         return idx

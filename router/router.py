@@ -88,7 +88,7 @@ class Router:
         self.embedder = embedder
         self.config = config
         self.dense = dense
-        self.dense.nprobe = config.nprobe
+        self._tune_dense()
         self.lexical = lexical  # None = stale, rebuilt on next use
         self.state = state
         self.model = LearnedRouter.from_dict(state["weights"]) if "weights" in state else LearnedRouter()
@@ -106,7 +106,8 @@ class Router:
         config = config or RouterConfig()
         folder = Path(folder)
         store = StoreReader(folder)
-        dense = KeyIndex.open(folder, store, embedder.dim, write=write, exact_max=config.exact_max)
+        dense = KeyIndex.open(folder, store, embedder.dim, write=write, exact_max=config.exact_max,
+                              approx=config.approx)
         lexical = LexicalIndex.load(folder)
         if lexical is not None and not np.array_equal(lexical.rowids, store.rowids()):
             lexical = None
@@ -119,6 +120,10 @@ class Router:
         r = cls(folder, store, embedder, config, dense, lexical, state, write)
         r._ensure_lexical()
         return r
+
+    def _tune_dense(self) -> None:
+        self.dense.nprobe = self.config.nprobe
+        self.dense.ef_search = self.config.ef_search
 
     def _ensure_lexical(self) -> LexicalIndex:
         if self.lexical is None:
@@ -159,8 +164,8 @@ class Router:
         if self.dense.wants_rebuild(self.config.exact_max):
             ids, v = self.store.embeddings()
             self.dense = KeyIndex.build(ids, v if len(ids) else np.zeros((0, self.embedder.dim), np.float32),
-                                        self.embedder.dim, self.config.exact_max)
-            self.dense.nprobe = self.config.nprobe
+                                        self.embedder.dim, self.config.exact_max, approx=self.config.approx)
+            self._tune_dense()
         if len(added) or len(removed):
             self.lexical = None
         if self.write:

@@ -9,6 +9,7 @@ dense-only rule, kept for callers that hold raw index hits (no lexical or learne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,8 +32,10 @@ class RouterConfig(BaseModel):
     multihop: bool = Field(default=True, description="Run a second retrieval round conditioned on the first atom")
     max_hop_atoms: int = Field(default=1, ge=0, le=4, description="Atoms a second round may add beyond top_k")
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant k in 1/(k + rank)")
-    exact_max: int = Field(default=50_000, ge=1, description="Exact key search up to this many atoms, IVF beyond")
-    nprobe: int = Field(default=32, ge=1, le=65536, description="IVF lists visited per query (approximate index only)")
+    exact_max: int = Field(default=20_000, ge=1, description="Exact key search up to this many atoms, IVF beyond")
+    approx: Literal["hnsw", "ivf"] = Field(default="ivf", description="Approximate index beyond exact_max")
+    nprobe: int = Field(default=32, ge=1, le=65536, description="IVF lists visited per query")
+    ef_search: int = Field(default=64, ge=1, le=4096, description="HNSW candidates explored per query")
 
     @model_validator(mode="after")
     def _check(self):

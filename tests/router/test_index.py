@@ -27,11 +27,11 @@ def test_ivf_agrees_with_exact_on_synthetic_keys():
     assert (e[:, 0] == a[:, 0]).mean() >= 0.97
 
 
-@pytest.mark.parametrize("exact_max", [10_000, 100])
-def test_ids_are_stable_across_remove_and_add(exact_max):
+@pytest.mark.parametrize("exact_max,approx", [(10_000, "ivf"), (100, "ivf"), (100, "hnsw")])
+def test_ids_are_stable_across_remove_and_add(exact_max, approx, tmp_path):
     X = clustered_keys(600, seed=3)
-    idx = KeyIndex.build(np.arange(1, 401), X[:400], X.shape[1], exact_max=exact_max)
-    assert idx.kind == ("flat" if exact_max > 400 else "ivf")
+    idx = KeyIndex.build(np.arange(1, 401), X[:400], X.shape[1], exact_max=exact_max, approx=approx)
+    assert idx.kind == ("flat" if exact_max > 400 else approx)
     gone = np.arange(100, 200)
     idx.remove(gone)
     idx.add(np.arange(401, 601), X[400:])  # new atoms get new rowids; old ones keep theirs
@@ -42,6 +42,10 @@ def test_ids_are_stable_across_remove_and_add(exact_max):
     assert np.allclose(idx.vectors([1, 450, 600]), X[[0, 449, 599]], atol=1e-6)
     s, i = idx.search(X[[450]], 1)  # a kept vector finds its own id
     assert i[0, 0] == 451 and s[0, 0] == pytest.approx(1.0, abs=1e-5)
+    idx.save(tmp_path)  # and all of it survives a save and an open (HNSW tombstones ride in keys.json)
+    again = KeyIndex.open(tmp_path, FakeStore(want, X[want - 1]), X.shape[1], exact_max=exact_max, approx=approx)
+    assert again.kind == idx.kind and np.array_equal(again.ids(), want)
+    assert not set(again.search(X[99:201], 5)[1].ravel().tolist()) & set(gone.tolist())
 
 
 def test_open_keeps_a_matching_file_and_rebuilds_a_stale_one(tmp_path):
@@ -57,6 +61,19 @@ def test_open_keeps_a_matching_file_and_rebuilds_a_stale_one(tmp_path):
     assert np.array_equal(faiss.vector_to_array(on_disk.id_map)[:3], [10, 11, 12])  # write=False left the file alone
     (tmp_path / INDEX_FILE).write_bytes(b"garbage")  # unreadable file: rebuilt
     assert np.array_equal(KeyIndex.open(tmp_path, store2, X.shape[1]).ids(), store2.rowids())
+
+
+def test_hnsw_rebuilds_after_many_tombstones_and_agrees_with_exact():
+    X = clustered_keys(3000, seed=8)
+    ids = np.arange(3000)
+    h = KeyIndex.build(ids, X, X.shape[1], exact_max=100, approx="hnsw")
+    e = KeyIndex.build(ids, X, X.shape[1])
+    Q = X[:100]
+    assert _recall(h.search(Q, 10)[1], e.search(Q, 10)[1]) >= 0.95
+    h.remove(np.arange(0, 3000, 10))
+    assert not h.wants_rebuild(100)
+    h.remove(np.arange(1, 3000, 3))
+    assert h.wants_rebuild(100)  # over 20% tombstones
 
 
 def test_kind_follows_size(tmp_path):

@@ -158,3 +158,19 @@ def test_routes_from_another_thread(sample_kb, embedder):
     t.start()
     t.join()
     assert len(out["route"].ids) == 2
+
+
+@pytest.mark.parametrize("approx", ["ivf", "hnsw"])
+def test_approximate_index_path_end_to_end(sample_kb, embedder, approx):
+    # exact_max below the KB's size: the router opens (rebuilds) an approximate index and keeps ids through forget
+    store, r = _open(sample_kb, embedder, exact_max=5, approx=approx)
+    assert r.dense.kind == approx and np.array_equal(r.dense.ids(), store.rowids())
+    doc = next(d for d in store.documents() if d["path"].endswith("korrin_bridge.txt"))
+    old = [int(a.id[1:]) for a in store.list_atoms(doc=doc["id"])]
+    store.forget(doc["id"])
+    r.on_commit([], old, None)
+    assert np.array_equal(r.dense.ids(), store.rowids())
+    route = r.route(["Who captains the Mirefield Otters?"])[0]
+    assert "Jonas Rook" in _texts(store, route.ids[:1])[0]
+    store2, again = _open(sample_kb, embedder, exact_max=5, approx=approx)
+    assert again.dense.kind == approx and np.array_equal(again.dense.ids(), store2.rowids())
