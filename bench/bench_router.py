@@ -145,6 +145,13 @@ def cmd_latency(args) -> None:
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
+    if args.rows_from:  # rows an earlier run printed (its JSON lines on stderr), e.g. one that was killed
+        for line in Path(args.rows_from).read_text().splitlines():
+            if line.startswith("{") and '"keys"' in line:
+                rows.append({"data": "clustered", **json.loads(line)})
+    if args.append and OUT.exists():
+        rows += json.loads(OUT.read_text()).get("latency", {}).get("rows", [])
+    want_kinds = set(args.kinds.split(","))
     runs = [(int(x), 50) for x in args.sizes.split(",") if x] + [(int(x), 0) for x in args.hard_sizes.split(",") if x]
     for n, per_topic in runs:
         rng = np.random.default_rng(n)
@@ -157,6 +164,7 @@ def cmd_latency(args) -> None:
             kinds = ["ivf"]
         if args.hnsw and n <= args.hnsw_max:
             kinds.append("hnsw")
+        kinds = [k for k in kinds if k in want_kinds]
         for kind in kinds:
             rss0 = rss_gb()
             t0 = time.perf_counter()
@@ -192,6 +200,11 @@ def cmd_latency(args) -> None:
                 print(json.dumps(row), file=sys.stderr, flush=True)
             del idx
         del X
+        write_latency(rows, load_start, args, lexical=None)  # after each size, so a killed run keeps its rows
+    write_latency(rows, load_start, args, lexical=lexical_latency(args.lexical_sizes))
+
+
+def write_latency(rows: list[dict], load_start, args, lexical) -> None:
     chosen = [r for r in rows if r["index"] == "ivf" and r.get("nprobe") == 32 and r["data"] == "clustered"] + \
              [r for r in rows if r["index"] == "flat"]
     write_section("latency", {
@@ -202,7 +215,7 @@ def cmd_latency(args) -> None:
                      "queries_from": "random key + 0.7 noise (cosine ~0.8 to it)",
                      "router_defaults": "exact (IndexIDMap2(IndexFlatIP)) up to 20,000 keys; IVFFlat beyond, "
                                         "nlist = 2^round(log2(4 sqrt(n))), nprobe 32"},
-        "lexical": lexical_latency(args.lexical_sizes),
+        "lexical": lexical,
     })
 
 
@@ -463,6 +476,9 @@ def main() -> int:
                    "power-law spectrum): the hard case for an IVF")
     p.add_argument("--hnsw", action="store_true", help="also measure HNSW (M=32) for comparison")
     p.add_argument("--hnsw-max", type=int, default=1_000_000)
+    p.add_argument("--kinds", default="flat,ivf,hnsw", help="index kinds to measure (hnsw also needs --hnsw)")
+    p.add_argument("--append", action="store_true", help="add to the rows already in the JSON")
+    p.add_argument("--rows-from", default=None, help="start from the rows an earlier run printed (its stderr log)")
     p.add_argument("--lexical-sizes", default="10000,100000")
     p.set_defaults(fn=cmd_latency)
     p = sub.add_parser("quality", help="routing quality on data/sample and the SQuAD 2.0 Rhine article")
