@@ -149,8 +149,11 @@ def cmd_latency(args) -> None:
         for line in Path(args.rows_from).read_text().splitlines():
             if line.startswith("{") and '"keys"' in line:
                 rows.append({"data": "clustered", **json.loads(line)})
-    if args.append and OUT.exists():
-        rows += json.loads(OUT.read_text()).get("latency", {}).get("rows", [])
+    if args.append and OUT.exists():  # keep earlier rows, except those this run measures again
+        again = {(int(x), "clustered", k) for x in args.sizes.split(",") if x for k in args.kinds.split(",")}
+        again |= {(int(x), "unclustered", k) for x in args.hard_sizes.split(",") if x for k in args.kinds.split(",")}
+        rows += [r for r in json.loads(OUT.read_text()).get("latency", {}).get("rows", [])
+                 if (r["keys"], r.get("data", "clustered"), r["index"]) not in again]
     want_kinds = set(args.kinds.split(","))
     runs = [(int(x), 50) for x in args.sizes.split(",") if x] + [(int(x), 0) for x in args.hard_sizes.split(",") if x]
     for n, per_topic in runs:
@@ -184,7 +187,7 @@ def cmd_latency(args) -> None:
             else:
                 settings = {"M": 32, "efConstruction": 40}
             sweep = [None] if kind == "flat" else ([8, 16, 32, 64] + ([128] if not per_topic else [])
-                                                   if kind == "ivf" else [32, 64, 128])
+                                                   if kind == "ivf" else [int(e) for e in args.ef.split(",")])
             for s in sweep:
                 if kind == "ivf":
                     idx.nprobe = s
@@ -205,16 +208,20 @@ def cmd_latency(args) -> None:
 
 
 def write_latency(rows: list[dict], load_start, args, lexical) -> None:
-    chosen = [r for r in rows if r["index"] == "ivf" and r.get("nprobe") == 32 and r["data"] == "clustered"] + \
-             [r for r in rows if r["index"] == "flat"]
+    if not lexical and args.append and OUT.exists():  # --append without lexical sizes keeps the lexical rows
+        lexical = json.loads(OUT.read_text()).get("latency", {}).get("lexical")
+    chosen = [r for r in rows if r["index"] == "flat" and r["keys"] <= 20_000] + \
+             [r for r in rows if r["index"] == "hnsw" and r.get("efSearch") == 256 and r["data"] == "clustered"]
     write_section("latency", {
         "rows": rows, "default_rows": chosen,
         "loadavg_1_5_15": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"dim": 384, "queries": args.queries, "k": 10, "per_call": "one query per search call, 1 thread",
                      "keys": "topic clusters of 50, power-law spectrum i^-0.5, key = centre + 0.9 noise",
                      "queries_from": "random key + 0.7 noise (cosine ~0.8 to it)",
-                     "router_defaults": "exact (IndexIDMap2(IndexFlatIP)) up to 20,000 keys; IVFFlat beyond, "
-                                        "nlist = 2^round(log2(4 sqrt(n))), nprobe 32"},
+                     "note": args.note,
+                     "router_defaults": "exact (IndexIDMap2(IndexFlatIP)) up to 20,000 keys; HNSW beyond "
+                                        "(M 32, efConstruction 40, efSearch 256); IVF (nlist 2^round(log2(4 sqrt(n))), "
+                                        "nprobe 32) on request"},
         "lexical": lexical,
     })
 
@@ -477,6 +484,8 @@ def main() -> int:
     p.add_argument("--hnsw", action="store_true", help="also measure HNSW (M=32) for comparison")
     p.add_argument("--hnsw-max", type=int, default=1_000_000)
     p.add_argument("--kinds", default="flat,ivf,hnsw", help="index kinds to measure (hnsw also needs --hnsw)")
+    p.add_argument("--ef", default="32,64,128,256", help="HNSW efSearch values to sweep")
+    p.add_argument("--note", default="", help="how this JSON's rows were measured (kept in settings)")
     p.add_argument("--append", action="store_true", help="add to the rows already in the JSON")
     p.add_argument("--rows-from", default=None, help="start from the rows an earlier run printed (its stderr log)")
     p.add_argument("--lexical-sizes", default="10000,100000")

@@ -1,10 +1,13 @@
 """The key index (`keys.faiss`): inner-product search over unit-norm atom keys, exact or approximate by size.
 
 - up to `exact_max` atoms (default 20,000): exact search, `IndexIDMap2(IndexFlatIP)`;
-- beyond: `IndexIVFFlat` (inverted lists over a k-means coarse quantizer) with `nlist` about
-  4*sqrt(n) lists and `nprobe` lists visited per query; chosen over HNSW by measurement
-  (bench/bench_router.py: at 1M keys on 2 cores IVF met p99 <= 5 ms at recall >= 0.95 with a
-  fraction of HNSW's build time), and because IVF removes ids in place where HNSW cannot.
+- beyond: HNSW (`IndexIDMap2(IndexHNSWFlat)`, M 32, efConstruction 40, efSearch 256), or IVF
+  (`IndexIVFFlat`, nlist about 4*sqrt(n), nprobe 32) on request. Chosen by measurement
+  (bench/bench_router.py, 384-d synthetic keys, one query per call on this 2-core CPU): up to
+  100k keys both reach recall@10 >= 0.99 under 0.5 ms; at 1M keys IVF reached only 0.76 (nprobe
+  32) / 0.81 (nprobe 64, p99 9.6 ms) while HNSW reached 0.93 at efSearch 128 with p99 under 1 ms.
+  HNSW cannot remove vectors in place: removed ids are tombstones, filtered out of every search
+  and kept in keys.json, and the index is rebuilt from the store once they pass 20%.
 
 Ids are the atoms' SQLite rowids (AUTOINCREMENT, never reused), so an id means one atom for
 the life of the KB, across additions and `forget`. The index is derived data: `KeyIndex.open`
@@ -23,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 INDEX_FILE = "keys.faiss"
-META_FILE = "keys.json"  # advisory: kind and the size the IVF quantizer was trained at
+META_FILE = "keys.json"  # kind, the size the IVF quantizer was trained at, HNSW tombstones
 EXACT_MAX = 20_000  # exact search up to here: one query ~1 ms on this CPU (10k 0.27 ms, 50k 2.4 ms p50)
 DEFAULT_NPROBE = 32  # IVF lists visited per query (recall@10 >= 0.95 at 1M synthetic keys; bench_router.py)
 HNSW_M = 32  # graph degree
 HNSW_EF_CONSTRUCTION = 40
-DEFAULT_EF = 64  # HNSW candidates explored per query
-APPROX_KIND = "ivf"  # the approximate index beyond exact_max (bench_router.py decides)
+DEFAULT_EF = 256  # HNSW candidates explored per query (bench_router.py: recall@10 at 1M keys)
+APPROX_KIND = "hnsw"  # the approximate index beyond exact_max (bench_router.py decided)
 RETRAIN_GROWTH = 4.0  # retrain the IVF quantizer when the index has grown this many times past its training
 
 

@@ -33,9 +33,9 @@ class RouterConfig(BaseModel):
     max_hop_atoms: int = Field(default=1, ge=0, le=4, description="Atoms a second round may add beyond top_k")
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant k in 1/(k + rank)")
     exact_max: int = Field(default=20_000, ge=1, description="Exact key search up to this many atoms, IVF beyond")
-    approx: Literal["hnsw", "ivf"] = Field(default="ivf", description="Approximate index beyond exact_max")
+    approx: Literal["hnsw", "ivf"] = Field(default="hnsw", description="Approximate index beyond exact_max")
     nprobe: int = Field(default=32, ge=1, le=65536, description="IVF lists visited per query")
-    ef_search: int = Field(default=64, ge=1, le=4096, description="HNSW candidates explored per query")
+    ef_search: int = Field(default=256, ge=1, le=4096, description="HNSW candidates explored per query")
 
     @model_validator(mode="after")
     def _check(self):

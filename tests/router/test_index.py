@@ -19,12 +19,14 @@ def test_ivf_agrees_with_exact_on_synthetic_keys():
     Q = X[rng.integers(0, len(X), 200)] + 0.3 * rng.standard_normal((200, X.shape[1])).astype(np.float32) / 20
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
     exact = KeyIndex.build(ids, X, X.shape[1])
-    approx = KeyIndex.build(ids, X, X.shape[1], exact_max=1_000)
-    assert exact.kind == "flat" and approx.kind == "ivf" and approx.index.nlist == ivf_nlist(len(X))
+    ivf = KeyIndex.build(ids, X, X.shape[1], exact_max=1_000, approx="ivf")
+    hnsw = KeyIndex.build(ids, X, X.shape[1], exact_max=1_000)  # the default approximate kind
+    assert exact.kind == "flat" and ivf.kind == "ivf" and ivf.index.nlist == ivf_nlist(len(X)) and hnsw.kind == "hnsw"
     _, e = exact.search(Q, 10)
-    _, a = approx.search(Q, 10)
-    assert _recall(a, e) >= 0.95
-    assert (e[:, 0] == a[:, 0]).mean() >= 0.97
+    for approx in (ivf, hnsw):
+        _, a = approx.search(Q, 10)
+        assert _recall(a, e) >= 0.95
+        assert (e[:, 0] == a[:, 0]).mean() >= 0.97
 
 
 @pytest.mark.parametrize("exact_max,approx", [(10_000, "ivf"), (100, "ivf"), (100, "hnsw")])
@@ -80,11 +82,11 @@ def test_kind_follows_size(tmp_path):
     X = clustered_keys(300, seed=6)
     small = KeyIndex.build(np.arange(300), X, X.shape[1], exact_max=1000)
     assert small.kind == "flat" and not small.wants_rebuild(1000) and small.wants_rebuild(200)
-    big = KeyIndex.build(np.arange(300), X, X.shape[1], exact_max=200)
+    big = KeyIndex.build(np.arange(300), X, X.shape[1], exact_max=200, approx="ivf")
     assert big.kind == "ivf" and not big.wants_rebuild(200)
     big.save(tmp_path)  # an IVF index round-trips through keys.faiss with its ids
     store = FakeStore(np.arange(300), X)
-    again = KeyIndex.open(tmp_path, store, X.shape[1], exact_max=200)
+    again = KeyIndex.open(tmp_path, store, X.shape[1], exact_max=200, approx="ivf")
     assert again.kind == "ivf" and np.array_equal(again.ids(), np.arange(300))
     assert again.vectors([5]).shape == (1, X.shape[1])
 
