@@ -124,6 +124,14 @@ def _r(x):
     return None if x is None else round(x, 3)
 
 
+def loadavg() -> float | None:
+    """The 1-minute load average: other work on the machine skews the figures, so it is recorded."""
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except OSError:
+        return None
+
+
 def versions() -> dict:
     from importlib.metadata import version
 
@@ -168,6 +176,7 @@ def main() -> None:
     ap.add_argument("--requests-per-client", default="1:8,4:6,16:3",
                     help="clients:requests each (bounds the count)")
     ap.add_argument("--seconds", type=float, default=240, help="stop issuing requests after this, per run")
+    ap.add_argument("--note", default="", help="free text stored with the results (e.g. what else ran)")
     args = ap.parse_args()
 
     import httpx
@@ -190,7 +199,9 @@ def main() -> None:
                           json={"messages": [{"role": "user", "content": questions[0]}]})
                 for c in clients:
                     before = http.get(server.url + "/healthz").json()["batcher"]["batch_sizes"]
+                    load_before = loadavg()
                     res = run_load(server.url, questions, c, per_client.get(c, 2), args.seconds)
+                    res["loadavg_1min_before_after"] = [load_before, loadavg()]
                     after = http.get(server.url + "/healthz").json()["batcher"]["batch_sizes"]
                     res["batch_sizes"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
                     answers_by_batch.setdefault(mb, {}).update(res.pop("_answers"))
@@ -214,6 +225,7 @@ def main() -> None:
         "benchmark": "http_load",
         "what": "POST /v1/chat/completions (mode atoms, 48 new tokens max, greedy) over loopback; each client "
                 "sends its requests one after another; latency is per request, client side",
+        "note": args.note,
         "commit": git_commit(), "machine": machine(), "versions": versions(),
         "settings": {"kb": os.path.relpath(args.kb, ROOT), "documents": health and health["documents"],
                      "atoms": health and health["atoms"], "base_model": base_model(args.kb),
