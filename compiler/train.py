@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from compiler.config import CompileConfig
 from compiler.lora import attach, module_shapes, target_names
+from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
 
 
@@ -81,12 +82,7 @@ def _batch(examples: list[AtomExample], rows: list[tuple[int, int]], pad_id: int
             tgt_pos.append((r, len(p) + k - 1))
             tgt_ids.append(tokid)
             tgt_row.append(r)
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
-        mask[r, :len(s)] = 1
+    ids, mask = pad(seqs, pad_id)
     pos = torch.tensor(tgt_pos, dtype=torch.long)
     return ids, mask, pos, torch.tensor(tgt_ids), torch.tensor(tgt_row)
 
@@ -154,12 +150,8 @@ class _Negatives:
         with torch.no_grad():
             for s in range(0, len(prompts), 16):
                 part = prompts[s:s + 16]
-                T = max(len(p) for p in part)
-                ids = torch.full((len(part), T), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(part), T), dtype=torch.long)
-                for i, p in enumerate(part):
-                    ids[i, T - len(p):] = torch.tensor(p)
-                    mask[i, T - len(p):] = 1
+                ids, mask = pad(part, pad_id, left=True)
+                T = ids.shape[1]
                 dev = next(model.parameters()).device
                 out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=n,
                                      min_new_tokens=n,
@@ -180,13 +172,7 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives
     """Accumulate grads of locality_weight * KL(base || base+atom) on unrelated prompts."""
     rows = [(a, i) for a in act for i in negatives.sample(a, cfg.locality_prompts, rnd)]
     n = cfg.locality_tokens
-    seqs = [negatives.items[i][0] + negatives.items[i][1] for _, i in rows]
-    T = max(len(x) for x in seqs)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = 1
+    ids, mask = pad([negatives.items[i][0] + negatives.items[i][1] for _, i in rows], pad_id)
     dev = next(model.parameters()).device
     row_atom = torch.tensor([a for a, _ in rows], device=dev)
     state.set(row_atom[:, None], torch.ones(len(rows), 1, device=dev))

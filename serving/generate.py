@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from compiler.lora import attach, target_names
+from compiler.padding import pad as pad_batch
 from doc2atom.prompts import prompt_ids
 
 
@@ -43,13 +44,9 @@ def generate(model, tok, questions: list[str], facts: list[list[str] | None] | N
         return []
     facts = facts or [None] * len(questions)
     prompts = [prompt_ids(tok, q, f) for q, f in zip(questions, facts)]
-    T = max(len(p) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding: every prompt ends where its answer starts
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
+    ids, mask = pad_batch(prompts, pad, left=True)  # every prompt ends where its answer starts
+    T = ids.shape[1]
     dev, dtype = model.device, model.dtype
     ids, mask = ids.to(dev), mask.to(dev)
     state = None
