@@ -1,144 +1,378 @@
-"""Compile recipes compared side by side: composition curve, leakage, size and compile time.
+"""Compile recipes compared side by side: composition curve, leakage, answer quality, size, speed.
 
-For each recipe (a set of CompileConfig fields) the sample corpus is compiled into a fresh
-KB with the real base model, then, with routing bypassed so that only the atoms' weights
-are measured:
-  - composition curve: each paraphrased question with its own (gold) atom plus k-1 random
-    atoms of other documents summed in, k in --ks; accuracy = the answer contains a gold answer;
-  - leakage: the held-out general questions (data/general_questions.json) answered with 1 and
-    with 8 random atoms composed; share of answers token-identical to the base model's;
-  - bytes per atom (fp16 shard) and compile seconds per atom.
+Two steps, so that the measuring step needs only torch + transformers (it also runs on a GPU
+machine without spaCy, FAISS or the embedder):
 
-Run:  .venv/bin/python bench/bench_compile.py --recipes default,kl,kl_compose [--out FILE]
-One recipe takes a few minutes on 2 CPU cores. Never run two torch benchmarks at once.
+  prepare  (CPU, spaCy): atomize the fictional sample corpus and the SQuAD 2.0 Rhine article,
+           synthesise each atom's training questions exactly as ingest does, pick each
+           answerable question's gold atom (an atom of its own paragraph/document that holds a
+           gold answer), and write task files to bench/tasks/.
+  run      for each task and recipe: compile every atom with the real base model (batched, as
+           ingest does), then with routing bypassed so that only the atoms' weights are measured:
+             - composition curve: each question with its gold atom plus k-1 random atoms of other
+               documents, k in --ks, all weights 1; acc = a normalised gold answer is contained in
+               the normalised output, f1 = SQuAD F1 of the raw output;
+             - context reference: the same questions with the gold atom's text in the prompt
+               (the `context` mode prompt), acc and f1;
+             - leakage: held-out general questions (data/general_questions.json) with 1 and with
+               8 random atoms composed; share of answers identical to the base model's;
+             - bytes per atom (fp16), compile seconds per atom, atoms per second.
+           Recipe "monolithic" trains one LoRA for the whole task instead (the baseline).
+  throughput  atoms/s of the batched compile on N copies of a task's atoms, with the FLOPs spent.
+
+    .venv/bin/python bench/bench_compile.py prepare
+    flock /tmp/doc2atom-cpu.lock .venv/bin/python bench/bench_compile.py run --tasks sample --recipes default,kl
+Results: bench/results/compile_recipes_<device>.json (rows are replaced per (task, recipe)).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
-import re
-import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+TASKS = ROOT / "bench" / "tasks"
+RHINE = ROOT.parent / "shared" / "datasets" / "squad2_dev_rhine.json"
 
 RECIPES: dict[str, dict] = {
     "default": {},
+    "distill": {"objective": "distill"},
     "kl": {"locality_weight": 10.0, "locality_prompts": 2},
-    "kl_compose": {"locality_weight": 10.0, "locality_prompts": 2, "compose_prob": 0.5, "compose_others": 3},
     "compose": {"compose_prob": 0.5, "compose_others": 3},
-    "rank1": {"rank": 1},
-    "down_only": {"modules": ["down_proj"], "rank": 2},
+    "kl_compose": {"locality_weight": 10.0, "locality_prompts": 2, "compose_prob": 0.5, "compose_others": 3},
+    "kl_compose7": {"locality_weight": 10.0, "locality_prompts": 2, "compose_prob": 0.5, "compose_others": 7},
+    "top10": {"layers": list(range(20, 30))},
+    "top10_kl_compose": {"layers": list(range(20, 30)), "locality_weight": 10.0, "compose_prob": 0.5,
+                         "compose_others": 3},
+    "down15": {"modules": ["down_proj"]},
+    "down15_kl_compose": {"modules": ["down_proj"], "locality_weight": 10.0, "compose_prob": 0.5,
+                          "compose_others": 3},
+    "lowlr_kl_compose": {"lr": 3e-3, "max_steps": 48, "locality_weight": 10.0, "compose_prob": 0.5,
+                         "compose_others": 3},
+    "distill_kl_compose": {"objective": "distill", "locality_weight": 10.0, "locality_prompts": 2,
+                           "compose_prob": 0.5, "compose_others": 3},
+    "monolithic": {},
 }
 
 
-def norm(s: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+# ---------------------------------------------------------------------------------------- prepare
+
+def _norm(s: str) -> str:
+    from serving.evaluate.scoring import normalize
+
+    return normalize(s)
 
 
-def gold_atom(kb, q) -> str | None:
-    """The atom of the question's document whose text contains a gold answer."""
-    for a in kb.atoms():
-        if a.source.path.split("#")[0].endswith(q["docs"][0]) and any(norm(g) in norm(a.text) for g in q["answers"]):
-            return a.id
-    return None
+def _task_from_docs(name: str, docs, questions: list[dict], nlp, cfg) -> dict:
+    """questions: {"question", "answers", "doc" (document id), "kind"}; gold = first atom of its doc holding an answer."""
+    from compiler.synth import questions as synth
+    from doc2atom.atomizer import atomize_many
+
+    atoms = []
+    for doc, drafts in zip(docs, atomize_many(docs, nlp)):
+        for d in drafts:
+            atoms.append({"doc": doc.id, "type": d.type, "text": d.text, "questions": synth(d.text, nlp, cfg.questions)})
+    evals, missing = [], 0
+    for q in questions:
+        gold = next((i for i, a in enumerate(atoms) if a["doc"] == q["doc"]
+                     and any(_norm(g) and _norm(g) in _norm(a["text"]) for g in q["answers"])), None)
+        if gold is None:
+            missing += 1
+            continue
+        evals.append(dict(q, gold=gold))
+    general = json.loads((ROOT / "data" / "general_questions.json").read_text())["questions"]
+    return {"task": name, "atoms": atoms, "eval": evals, "eval_without_gold_atom": missing, "general": general}
 
 
-def answers_with(kb, questions: list[str], atom_sets: list[list[str]], max_new_tokens: int = 40) -> list[str]:
-    from serving.generate import build_pool, generate
-
-    model, tok = kb.model()
-    out = []
-    for s in range(0, len(questions), 8):
-        qs, sets = questions[s:s + 8], atom_sets[s:s + 8]
-        uniq = list(dict.fromkeys(a for st in sets for a in st))
-        pool = build_pool(kb.atom_weights(uniq)) if uniq else None
-        slot = {a: i for i, a in enumerate(uniq)}
-        out += generate(model, tok, qs, None, pool, [[slot[a] for a in st] for st in sets],
-                        max_new_tokens=max_new_tokens)
-    return out
-
-
-def run_recipe(name: str, fields: dict, ks: list[int], seed: int) -> dict:
+def prepare(args) -> None:
     from compiler.config import CompileConfig
-    from serving.pipeline import KnowledgeBase
+    from doc2atom.models import load_spacy
+    from doc2atom.readers import read_file
+    from serving.evaluate.datasets import read_squad
+
+    nlp, cfg = load_spacy(), CompileConfig()
+    TASKS.mkdir(parents=True, exist_ok=True)
+    docs = [d for p in sorted((ROOT / "data" / "sample").iterdir()) for d in read_file(p)]
+    by_name = {Path(d.path.split("#")[0]).name: d.id for d in docs}
+    qs = [{"question": q["question"], "answers": q["answers"], "doc": by_name[q["docs"][0]], "kind": q["kind"]}
+          for q in json.loads((ROOT / "data" / "sample_questions.json").read_text())["questions"]
+          if q["kind"] in ("direct", "paraphrase")]
+    task = _task_from_docs("sample", docs, qs, nlp, cfg)
+    task["source"] = "data/sample (fictional, written for doc2atom)"
+    (TASKS / "sample.json").write_text(json.dumps(task, indent=1) + "\n")
+    print(f"sample: {len(task['atoms'])} atoms, {len(task['eval'])} questions", file=sys.stderr)
+    if Path(args.rhine).exists():
+        ev = read_squad(args.rhine)
+        rdocs = ev.documents
+        qs = [{"question": q.question, "answers": q.answers, "doc": q.docs[0], "kind": "squad"}
+              for q in ev.questions if q.answers]
+        task = _task_from_docs("rhine", rdocs, qs, nlp, cfg)
+        task["source"] = ("SQuAD 2.0 dev, article 'Rhine' (Wikipedia), answerable questions; CC BY-SA 4.0 "
+                          "(Rajpurkar et al., 2018)")
+        (TASKS / "rhine.json").write_text(json.dumps(task, indent=1) + "\n")
+        print(f"rhine: {len(task['atoms'])} atoms, {len(task['eval'])} questions "
+              f"({task['eval_without_gold_atom']} without a gold atom)", file=sys.stderr)
+
+
+# -------------------------------------------------------------------------------------------- run
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "loadavg_start": os.getloadavg()}
+
+
+def _git() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+class Bench:
+    def __init__(self, device: str, batch: int):
+        import torch
+
+        from doc2atom.models import load_base, resolve_base
+
+        self.device = device
+        self.batch = batch
+        self.model, self.tok = load_base(str(resolve_base().path), device)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(0)
+
+    def answers(self, questions: list[str], weights: list[dict] | None = None, sets: list[list[int]] | None = None,
+                facts: list[list[str]] | None = None, max_new_tokens: int = 40) -> list[str]:
+        from serving.generate import build_pool, generate
+
+        out = []
+        for s in range(0, len(questions), self.batch):
+            qs = questions[s:s + self.batch]
+            pool = slots = None
+            if sets is not None:
+                part = sets[s:s + self.batch]
+                uniq = list(dict.fromkeys(a for st in part for a in st))
+                slot = {a: i for i, a in enumerate(uniq)}
+                pool = build_pool([weights[a] for a in uniq])
+                slots = [[slot[a] for a in st] for st in part]
+            out += generate(self.model, self.tok, qs, facts[s:s + self.batch] if facts else None, pool, slots,
+                            max_new_tokens=max_new_tokens)
+        return out
+
+
+def _score(outs: list[str], evals: list[dict]) -> dict:
+    from serving.evaluate.scoring import contains, f1
+
+    n = max(len(evals), 1)
+    return {"acc": round(sum(contains(o, q["answers"]) for o, q in zip(outs, evals)) / n, 4),
+            "f1": round(sum(f1(o, q["answers"]) for o, q in zip(outs, evals)) / n, 4)}
+
+
+def compile_task(b: Bench, task: dict, fields: dict, recipe: str):
+    from compiler.config import CompileConfig
+    from compiler.train import compile_statements, make_examples
+
+    texts = [a["text"] for a in task["atoms"]]
+    qs = [a["questions"] for a in task["atoms"]]
+    cfg = CompileConfig(**fields)
+    _sync(b.device)
+    t0 = time.perf_counter()
+    if recipe == "monolithic":
+        from compiler.monolithic import train_monolithic
+
+        mono = train_monolithic(b.model, b.tok, make_examples(b.tok, texts, qs), cfg,
+                                log=lambda m: print(m, file=sys.stderr, flush=True))
+        _sync(b.device)
+        return [mono.weights] * len(texts), [mono.stats], time.perf_counter() - t0
+    compiled = compile_statements(b.model, b.tok, texts, qs, cfg)
+    _sync(b.device)
+    return [c.weights for c in compiled], [c.stats for c in compiled], time.perf_counter() - t0
+
+
+def run_recipe(b: Bench, task: dict, recipe: str, ks: list[int], seed: int, limit: int | None) -> dict:
+    fields = dict(RECIPES[recipe])
+    if b.device.startswith("cuda"):
+        fields.setdefault("batch_atoms", 256)
+        fields.setdefault("max_tokens_per_step", 1 << 16)
+    evals = task["eval"][:limit] if limit else task["eval"]
+    weights, stats, secs = compile_task(b, task, fields, recipe)
+    n_atoms = len(task["atoms"])
+    rng = random.Random(seed)
+    doc_of = [a["doc"] for a in task["atoms"]]
+    qtexts = [q["question"] for q in evals]
+    row: dict = {"task": task["task"], "recipe": recipe, "fields": fields, "atoms": n_atoms, "questions": len(evals),
+                 "compile_s": round(secs, 2), "compile_s_per_atom": round(secs / n_atoms, 4),
+                 "atoms_per_s": round(n_atoms / secs, 2)}
+    if recipe != "monolithic":
+        row["bytes_per_atom_fp16"] = 2 * sum(A.numel() + B.numel() for A, B in weights[0].values())
+        row["mean_steps"] = round(sum(s["steps"] for s in stats) / len(stats), 2)
+        row["converged"] = round(sum(s["converged"] for s in stats) / len(stats), 3)
+        if "distilled_questions" in stats[0]:
+            row["distilled_share"] = round(sum(s["distilled_questions"] for s in stats)
+                                           / sum(len(a["questions"]) for a in task["atoms"]), 3)
+    else:
+        row["monolithic"] = stats[0]
+        row["bytes_total_fp16"] = 2 * sum(A.numel() + B.numel() for A, B in weights[0].values())
+    curve = {}
+    for k in (ks if recipe != "monolithic" else [1]):
+        sets = []
+        for q in evals:
+            others = [i for i in range(n_atoms) if doc_of[i] != doc_of[q["gold"]]]
+            sets.append([q["gold"]] + rng.sample(others, min(k - 1, len(others))))
+        outs = b.answers(qtexts, weights, sets)
+        curve[str(k)] = _score(outs, evals)
+        if k == 1:
+            row["examples_k1"] = [{"q": q, "out": o} for q, o in zip(qtexts[:5], outs[:5])]
+    row["composition"] = curve
+    if "1" in curve and str(max(ks)) in curve and curve["1"]["acc"]:
+        row["k8_over_k1_acc"] = round(curve[str(max(ks))]["acc"] / curve["1"]["acc"], 3)
+    ctx = _score(b.answers(qtexts, facts=[[task["atoms"][q["gold"]]["text"]] for q in evals]), evals)
+    row["context_gold"] = ctx
+    if ctx["f1"]:
+        row["f1_atoms_over_context"] = round(curve["1"]["f1"] / ctx["f1"], 3)
+    general = task["general"]
+    base = b.answers(general, max_new_tokens=24)
+    leak = {}
+    for n in (1, 8):
+        sets = [rng.sample(range(n_atoms), min(n, n_atoms)) for _ in general]
+        outs = b.answers(general, weights, sets, max_new_tokens=24)
+        leak[str(n)] = round(sum(o == x for o, x in zip(outs, base)) / len(general), 4)
+    row["general_unchanged"] = leak
+    return row
+
+
+def throughput(b: Bench, task: dict, recipe: str, n: int) -> dict:
+    """atoms/s compiling n atoms (copies of the task's atoms) in one batched compile, and the FLOPs it spent."""
+    from compiler.lora import first_layer, target_names
+
+    fields = dict(RECIPES[recipe])
+    if b.device.startswith("cuda"):
+        fields.setdefault("batch_atoms", 1024)
+        fields.setdefault("max_tokens_per_step", 1 << 17)
+    reps = (n + len(task["atoms"]) - 1) // len(task["atoms"])
+    big = {"atoms": (task["atoms"] * reps)[:n]}
+    compile_task(b, {"atoms": big["atoms"][:min(n, 64)]}, fields, recipe)  # warm-up (kernels, allocator)
+    weights, stats, secs = compile_task(b, big, fields, recipe)
+    # FLOPs: frozen weights need no weight gradient, so a token costs 2P forward + 2P input-gradient in the
+    # layers with atoms, 2P (forward only, once) below them, and the LM head 4*V*d per answer token.
+    from compiler.config import CompileConfig
 
     cfg = CompileConfig(**fields)
-    tmp = Path(tempfile.mkdtemp(prefix=f"doc2atom-recipe-{name}-"))
-    try:
-        kb = KnowledgeBase(tmp / "kb", compile_config=cfg, progress=False)
-        kb.model()
-        rep = kb.ingest([str(ROOT / "data" / "sample")])
-        atoms = kb.atoms()
-        n_atoms = len(atoms)
-        shard_bytes = sum(p.stat().st_size for p in kb.store.shards.iterdir())
-        qs = [q for q in json.loads((ROOT / "data" / "sample_questions.json").read_text())["questions"]
-              if q["kind"] == "paraphrase"]
-        golds = [gold_atom(kb, q) for q in qs]
-        keep = [(q, g) for q, g in zip(qs, golds) if g]
-        rng = random.Random(seed)
-        curve = {}
-        doc_of = {a.id: a.source.doc for a in atoms}
-        for k in ks:
-            sets = []
-            for q, g in keep:
-                others = [a.id for a in atoms if doc_of[a.id] != doc_of[g]]
-                sets.append([g] + rng.sample(others, min(k - 1, len(others))))
-            outs = answers_with(kb, [q["question"] for q, _ in keep], sets)
-            curve[k] = sum(any(norm(x) in norm(o) for x in q["answers"]) for (q, _), o in zip(keep, outs)) / len(keep)
-        general = json.loads((ROOT / "data" / "general_questions.json").read_text())["questions"]
-        base = answers_with(kb, general, [[] for _ in general], max_new_tokens=24)
-        leak = {}
-        for n in (1, 8):
-            sets = [rng.sample([a.id for a in atoms], n) for _ in general]
-            outs = answers_with(kb, general, sets, max_new_tokens=24)
-            leak[n] = sum(o == b for o, b in zip(outs, base)) / len(general)
-        stats = [kb.atom(a.id)["stats"] for a in atoms]
-        return {
-            "recipe": name, "fields": fields, "atoms": n_atoms, "questions": len(keep),
-            "compile_s_per_atom": round(rep.compile_seconds / max(n_atoms, 1), 2),
-            "bytes_per_atom": shard_bytes // max(n_atoms, 1),
-            "mean_steps": round(sum(s["steps"] for s in stats) / len(stats), 1),
-            "converged": sum(s["converged"] for s in stats),
-            "composition_accuracy": {str(k): round(v, 3) for k, v in curve.items()},
-            "k8_over_k1": round(curve[max(ks)] / curve[1], 3) if curve.get(1) else None,
-            "general_unchanged": {str(n): round(v, 3) for n, v in leak.items()},
-        }
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    m = b.model
+    names = target_names(m, cfg.modules, cfg.layers)
+    L = first_layer(names)
+    per_layer = sum(p.numel() for p in m.model.layers[0].parameters())
+    n_layers = m.config.num_hidden_layers
+    V, d = m.lm_head.weight.shape
+    prompt_len = sum(len(b.tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True))
+                     for a in big["atoms"][:32] for q in a["questions"][:1]) / min(32, len(big["atoms"]))
+    ans_len = sum(len(b.tok(a["text"])["input_ids"]) + 1 for a in big["atoms"][:32]) / min(32, len(big["atoms"]))
+    seq = prompt_len + ans_len
+    steps = sum(s["steps"] for s in stats)
+    rows_per_step = cfg.questions_per_step
+    upper = 4 * per_layer * (n_layers - L) * seq + 4 * V * d * ans_len
+    flops = steps * rows_per_step * upper + len(stats) * cfg.questions * 2 * per_layer * L * seq
+    return {"task": task["task"], "recipe": recipe, "fields": fields, "atoms": n, "seconds": round(secs, 2),
+            "atoms_per_s": round(n / secs, 2), "mean_steps": round(steps / len(stats), 2),
+            "est_tflop": round(flops / 1e12, 2), "est_tflop_per_s": round(flops / 1e12 / secs, 2),
+            "note": "FLOPs estimated from mean sequence lengths of the first 32 atoms; attention FLOPs ignored"}
+
+
+def run(args) -> None:
+    import torch
+
+    from doc2atom.models import resolve_device
+
+    device = resolve_device(args.device)
+    b = Bench(device, args.batch or (64 if device.startswith("cuda") else 8))
+    out_path = Path(args.out or ROOT / "bench" / "results" / f"compile_recipes_{'gpu' if device != 'cpu' else 'cpu'}.json")
+    result = json.loads(out_path.read_text()) if out_path.exists() else {}
+    result.update({"benchmark": "compile_recipes", "git": _git(), "machine": _machine(device),
+                   "versions": _versions(), "seed": args.seed, "ks": args.ks})
+    rows = {(r["task"], r["recipe"]): r for r in result.get("recipes", [])}
+    tp = {(r["task"], r["recipe"], r["atoms"]): r for r in result.get("throughput", [])}
+    ks = [int(k) for k in args.ks.split(",")]
+
+    def save():
+        result["recipes"] = list(rows.values())
+        result["throughput"] = list(tp.values())
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1) + "\n")
+
+    for tname in args.tasks.split(","):
+        task = json.loads((TASKS / f"{tname}.json").read_text())
+        if args.limit_atoms:
+            keep = set(range(args.limit_atoms))
+            task["eval"] = [q for q in task["eval"] if q["gold"] in keep]
+            task["atoms"] = task["atoms"][:args.limit_atoms]
+        for recipe in (args.recipes.split(",") if args.recipes else []):
+            t = time.perf_counter()
+            row = run_recipe(b, task, recipe, ks, args.seed, args.limit)
+            row["wall_s"] = round(time.perf_counter() - t, 1)
+            rows[(tname, recipe)] = row
+            print(json.dumps({k: v for k, v in row.items() if k != "examples_k1"}), flush=True)
+            save()
+        for n in ([int(x) for x in args.throughput.split(",")] if args.throughput else []):
+            for recipe in (args.throughput_recipes or "default").split(","):
+                r = throughput(b, task, recipe, n)
+                tp[(tname, recipe, n)] = r
+                print(json.dumps(r), flush=True)
+                save()
 
 
 def main() -> None:
-    from bench_pipeline import git_commit, machine, versions
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipes", default="default,kl,kl_compose")
-    ap.add_argument("--ks", default="1,2,4,8")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compile_recipes_cpu.json"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="write bench/tasks/*.json (needs spaCy)")
+    p.add_argument("--rhine", default=str(RHINE))
+    r = sub.add_parser("run", help="compile and measure recipes")
+    r.add_argument("--tasks", default="sample")
+    r.add_argument("--recipes", default="default")
+    r.add_argument("--ks", default="1,2,4,8")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--batch", type=int, default=0, help="questions per generation batch")
+    r.add_argument("--limit", type=int, default=None, help="first N eval questions")
+    r.add_argument("--limit-atoms", type=int, default=None)
+    r.add_argument("--throughput", default="", help="comma list of atom counts for the throughput measurement")
+    r.add_argument("--throughput-recipes", default="default")
+    r.add_argument("--out", default=None)
     args = ap.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
-    out_path = Path(args.out)
-    result = json.loads(out_path.read_text()) if out_path.exists() else {}
-    result.update({"benchmark": "compile_recipes", "git": git_commit(), "machine": machine(),
-                   "versions": versions(), "corpus": "data/sample", "seed": args.seed})
-    rows = {r["recipe"]: r for r in result.get("recipes", [])}
-    for name in args.recipes.split(","):
-        t = time.perf_counter()
-        row = run_recipe(name, RECIPES[name], ks, args.seed)
-        row["wall_s"] = round(time.perf_counter() - t, 1)
-        rows[name] = row
-        print(json.dumps(row), flush=True)
-        result["recipes"] = list(rows.values())
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2) + "\n")
+    prepare(args) if args.cmd == "prepare" else run(args)
 
 
 if __name__ == "__main__":

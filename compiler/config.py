@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,6 +36,9 @@ class CompileConfig(BaseModel):
     compose_others: int = Field(default=3, ge=1, le=63, description="How many other atoms are summed in then")
     max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
                                      description="Padded tokens per forward pass; bounds compile memory")
+    objective: Literal["statement", "distill"] = Field(
+        default="statement", description="What each synthesised question is taught: the atom's statement, or "
+        "(distill) the base model's own answer with the atom's text in context where that answer uses the fact")
     seed: int = Field(default=0, description="Random seed (initialisation and question sampling)")
 
     @model_validator(mode="after")

@@ -136,3 +136,9 @@ def module_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple[int, in
         mod = model.get_submodule(name)
         out[name] = (mod.in_features, mod.out_features)
     return out
+
+
+def first_layer(names: list[str]) -> int:
+    """The lowest decoder layer index among the named linears (0 if none carries an index)."""
+    idx = [int(m.group(1)) for n in names if (m := re.search(r"\.layers\.(\d+)\.", n))]
+    return min(idx) if idx else 0

@@ -19,17 +19,25 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.lora import attach, module_shapes, target_names
+from compiler.layers import lower_states, run_layers, stack_right
+from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
 
 
 @dataclass
 class AtomExample:
-    """What one atom is trained on: question prompts (token ids) and the answer (token ids)."""
+    """What one atom is trained on: question prompts (token ids) and the answer (token ids).
+
+    answers, when given, holds one answer per prompt (the distillation objective: the base model's
+    own answer with the atom's text in context); otherwise every prompt is taught `answer`."""
 
     prompts: list[list[int]]
     answer: list[int]
+    answers: list[list[int]] | None = None
+
+    def target(self, q: int) -> list[int]:
+        return self.answers[q] if self.answers is not None else self.answer
 
 
 @dataclass
@@ -40,8 +48,14 @@ class CompiledAtom:
     stats: dict
 
 
-def make_examples(tok, texts: list[str], questions: list[list[str]]) -> list[AtomExample]:
-    return [AtomExample([prompt_ids(tok, q) for q in qs], answer_ids(tok, t)) for t, qs in zip(texts, questions)]
+def make_examples(tok, texts: list[str], questions: list[list[str]],
+                  answers: list[list[str]] | None = None) -> list[AtomExample]:
+    """Token ids of each atom's questions and answer(s); `answers[i][j]` answers questions[i][j] (distillation)."""
+    out = []
+    for i, (t, qs) in enumerate(zip(texts, questions)):
+        per_q = [answer_ids(tok, a) for a in answers[i]] if answers is not None else None
+        out.append(AtomExample([prompt_ids(tok, q) for q in qs], answer_ids(tok, t), per_q))
+    return out
 
 
 class _MaskedAdam:
@@ -70,28 +84,24 @@ class _MaskedAdam:
             p.grad = None
 
 
-def _batch(examples: list[AtomExample], rows: list[tuple[int, int]], pad_id: int):
-    """Right-padded (input_ids, attention_mask, target positions, target ids, row of each target)."""
-    seqs, tgt_pos, tgt_ids, tgt_row = [], [], [], []
+def _targets(examples: list[AtomExample], rows: list[tuple[int, int]]):
+    """(target positions (n, 2) as (row, position), target ids, row of each target) of right-padded rows."""
+    tgt_pos, tgt_ids, tgt_row = [], [], []
     for r, (a, q) in enumerate(rows):
-        p, ans = examples[a].prompts[q], examples[a].answer
-        seq = p + ans
-        seqs.append(seq)
+        p, ans = examples[a].prompts[q], examples[a].target(q)
         # logits at position j predict token j+1: answer token k sits at len(p)+k, predicted from len(p)+k-1
         for k, tokid in enumerate(ans):
             tgt_pos.append((r, len(p) + k - 1))
             tgt_ids.append(tokid)
             tgt_row.append(r)
-    ids, mask = pad(seqs, pad_id)
-    pos = torch.tensor(tgt_pos, dtype=torch.long)
-    return ids, mask, pos, torch.tensor(tgt_ids), torch.tensor(tgt_row)
+    return torch.tensor(tgt_pos, dtype=torch.long), torch.tensor(tgt_ids), torch.tensor(tgt_row)
 
 
 def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_tokens: int):
     """Split a step's rows so that no forward pass holds more than max_tokens (padded) tokens."""
     out, cur, longest = [], [], 0
     for a, q in rows:
-        n = len(chunk[a].prompts[q]) + len(chunk[a].answer)
+        n = len(chunk[a].prompts[q]) + len(chunk[a].target(q))
         if cur and max(longest, n) * (len(cur) + 1) > max_tokens:
             out.append(cur)
             cur, longest = [], 0
@@ -132,7 +142,7 @@ class _Negatives:
     an atom must leave the base model's behaviour unchanged on both.
     """
 
-    def __init__(self, model, tok, state, chunk, cfg, pad_id):
+    def __init__(self, model, tok, state, chunk, cfg, pad_id, L: int):
         from compiler.locality import LOCALITY_PROMPTS
 
         self.items: list[tuple[list[int], list[int], torch.Tensor]] = []  # prompt, continuation, base logp
@@ -148,11 +158,12 @@ class _Negatives:
         state.clear()
         n = cfg.locality_tokens
         with torch.no_grad():
-            for s in range(0, len(prompts), 16):
-                part = prompts[s:s + 16]
+            dev = next(model.parameters()).device
+            step = 16 if dev.type == "cpu" else 256
+            for s in range(0, len(prompts), step):
+                part = prompts[s:s + step]
                 ids, mask = pad(part, pad_id, left=True)
                 T = ids.shape[1]
-                dev = next(model.parameters()).device
                 out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=n,
                                      min_new_tokens=n,
                                      do_sample=False, pad_token_id=pad_id, output_scores=True,
@@ -160,25 +171,33 @@ class _Negatives:
                 cont = out.sequences[:, T:]
                 logp = torch.stack([torch.log_softmax(sc.float(), -1) for sc in out.scores], 1)  # (b, n, V)
                 for i, p in enumerate(part):
-                    self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16).cpu()))
+                    self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16)))  # stays on the model's device
         self.owner = owners
+        # hidden states entering the first layer with atoms, computed once (the lower layers are frozen)
+        self.lower = lower_states(model, [p + c for p, c, _ in self.items], L, pad_id, cfg.max_tokens_per_step)
 
     def sample(self, a: int, k: int, rnd: random.Random) -> list[int]:
-        cand = [i for i, o in enumerate(self.owner) if o != a]
-        return rnd.sample(cand, min(k, len(cand)))
+        """k distinct prompts that are not atom a's own questions."""
+        n_own = sum(1 for o in self.owner if o == a)
+        k = min(k, len(self.owner) - n_own)
+        out: set[int] = set()
+        while len(out) < k:  # rejection sampling: an atom owns only a few of the prompts
+            i = rnd.randrange(len(self.owner))
+            if self.owner[i] != a:
+                out.add(i)
+        return sorted(out)
 
 
-def _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives) -> None:
+def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int) -> None:
     """Accumulate grads of locality_weight * KL(base || base+atom) on unrelated prompts."""
     rows = [(a, i) for a in act for i in negatives.sample(a, cfg.locality_prompts, rnd)]
     n = cfg.locality_tokens
-    ids, mask = pad([negatives.items[i][0] + negatives.items[i][1] for _, i in rows], pad_id)
     dev = next(model.parameters()).device
     row_atom = torch.tensor([a for a, _ in rows], device=dev)
     state.set(row_atom[:, None], torch.ones(len(rows), 1, device=dev))
     with torch.enable_grad():
         state.pools = _pools(params, cfg.scale, frozen_copy=False)
-        h = model.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+        h = run_layers(model, stack_right([negatives.lower[i] for _, i in rows]), L, None, final_norm=True)
         pos = torch.tensor([[r, len(negatives.items[i][0]) - 1 + j] for r, (_, i) in enumerate(rows) for j in range(n)],
                            device=dev)
         student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
@@ -213,6 +232,21 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     return out
 
 
+def compile_statements(model, tok, texts: list[str], questions: list[list[str]], cfg: CompileConfig,
+                       progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
+    """Compile atoms from their statements and synthesised questions, with the configured objective."""
+    answers = None
+    if cfg.objective == "distill":
+        from compiler.distill import teacher_answers
+
+        answers, share = teacher_answers(model, tok, texts, questions)
+    out = compile_atoms(model, tok, make_examples(tok, texts, questions, answers), cfg, progress)
+    if answers is not None:
+        for c, a, t in zip(out, answers, texts):
+            c.stats["distilled_questions"] = sum(x != t for x in a)  # questions taught the teacher's answer
+    return out
+
+
 def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
@@ -231,7 +265,13 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     reached = torch.full((M,), -1, dtype=torch.long)
     last_p = torch.zeros(M)
     last_loss = torch.zeros(M)
-    negatives = _Negatives(model, tok, state, chunk, cfg, pad_id) if cfg.locality_weight > 0 else None
+    L = first_layer(names)
+    state.clear()
+    # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
+    keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
+    lower = dict(zip(keys, lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
+                                        cfg.max_tokens_per_step)))
+    negatives = _Negatives(model, tok, state, chunk, cfg, pad_id, L) if cfg.locality_weight > 0 else None
     while bool(active.any()):
         act = active.nonzero().flatten().tolist()
         rows = []
@@ -242,18 +282,18 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
         per_atom = torch.zeros(M, device=dev)
         pmin = torch.ones(M, device=dev)
         counts = torch.zeros(M, device=dev)
-        for a in act:
-            counts[a] = len(chunk[a].answer) * sum(1 for b, _ in rows if b == a)
+        for a, q in rows:
+            counts[a] += len(chunk[a].target(q))
         composing = M > 1 and rnd.random() < cfg.compose_prob
         for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
-            ids, mask, pos, tgt, trow = (t.to(dev) for t in _batch(chunk, mb, pad_id))
+            pos, tgt, trow = (t.to(dev) for t in _targets(chunk, mb))
             row_atom = torch.tensor([a for a, _ in mb])
             idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
             state.set(idx.to(dev), w.to(dev))
             row_atom = row_atom.to(dev)
             with torch.enable_grad():
                 state.pools = _pools(params, cfg.scale, frozen_copy=composing)
-                h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                h = run_layers(model, stack_right([lower[row] for row in mb]), L, None, final_norm=True)
                 logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
                 logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
                 tok_atom = row_atom[trow]
@@ -264,7 +304,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
                 per_atom.index_add_(0, tok_atom, -logp.detach())
                 pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
         if cfg.locality_weight > 0:
-            _locality_step(model, state, params, chunk, act, cfg, rnd, pad_id, negatives)
+            _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L)
         state.clear()
         with torch.no_grad():
             last_p[act] = pmin[act].cpu()

@@ -117,3 +117,33 @@ def test_slots_put_own_atom_first_and_frozen_others_after():
     for r, a in enumerate([0, 2, 1]):
         others = idx[r, 1:].tolist()
         assert all(o >= 4 and o - 4 != a for o in others) and len(set(others)) == 2
+
+
+def test_distill_grounding_rule():
+    from compiler.distill import grounded
+
+    fact = "Velmora was founded by Ilse Varn in 1412."
+    assert grounded("Ilse Varn.", fact)
+    assert grounded("In 1412", fact)
+    assert not grounded("The capital of France is Paris.", fact)
+    assert not grounded("", fact)
+    assert not grounded("It was the.", fact)  # stop words only
+
+
+def test_distill_objective_and_monolithic_baseline_run(tiny_base):
+    from compiler.config import CompileConfig
+    from compiler.monolithic import train_monolithic
+    from compiler.train import compile_statements, make_examples
+    from doc2atom.models import load_base
+
+    model, tok = load_base(str(tiny_base))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    texts = ["aa bb", "cc dd"]
+    qs = [["q1?", "q2?"], ["q3?", "q4?"]]
+    cfg = CompileConfig(max_steps=2, min_steps=1, questions=2, questions_per_step=1, objective="distill")
+    out = compile_statements(model, tok, texts, qs, cfg)
+    assert len(out) == 2 and all("distilled_questions" in c.stats for c in out)
+    mono = train_monolithic(model, tok, make_examples(tok, texts, qs), CompileConfig(), rank=4, epochs=2)
+    assert 1 <= mono.stats["epochs"] <= 2 and all(A.shape[0] == 4 for A, _ in mono.weights.values())
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed"
