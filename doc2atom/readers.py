@@ -66,8 +66,65 @@ def _title_from(text: str, fallback: str) -> str:
     return fallback
 
 
+_HTML_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "table", "pre", "blockquote", "dd", "dt"]
+
+
+def _words(el) -> str:
+    return " ".join(el.get_text(" ", strip=True).split())
+
+
+def _item_text(li) -> str:
+    """An item's own text: its nested lists and tables are blocks of their own."""
+    parts = []
+    for s in li.find_all(string=True):
+        if not any(p.name in ("ul", "ol", "table") for p in s.parents if p is not li and li in p.parents):
+            parts.append(str(s))
+    return " ".join(" ".join(parts).split())
+
+
+def _item_marker(li) -> str:
+    """'- ' (or '3. ' in an ordered list), indented by nesting depth, as the atomizer's list handling reads it."""
+    depth = len(li.find_parents("li"))
+    parent = li.find_parent(["ul", "ol"])
+    marker = "- "
+    if parent is not None and parent.name == "ol":
+        marker = f"{1 + len(li.find_previous_siblings('li'))}. "
+    return "  " * depth + marker
+
+
+def _table_blocks(table, title: str) -> list[str]:
+    """A table as one pipe table (header row first), so each cell keeps its row and column for the
+    atomizer; a one-column (layout) table as paragraphs."""
+    rows, kinds = [], []
+    for tr in table.find_all("tr"):
+        if tr.find_parent("table") is not table:
+            continue  # a nested table's rows: part of its outer cell's text
+        cells = tr.find_all(["th", "td"], recursive=False)
+        texts = [_words(c).replace("|", "/") for c in cells]
+        if any(texts):
+            rows.append(texts)
+            kinds.append([c.name for c in cells])
+    if not rows:
+        return []
+    if max(len(r) for r in rows) == 1:
+        return [r[0] for r in rows if r[0]]
+    if all(k[0] == "th" and "th" not in k[1:] and len(k) == 2 for k in kinds):
+        # a key-value table (an infobox: "Length | 412 m" per row): one row about its subject
+        cap = table.find("caption")
+        head = table.find_previous(["h1", "h2", "h3", "h4", "h5", "h6"])
+        subject = _words(cap) if cap else _words(head) if head else title
+        rows = [[""] + [r[0] for r in rows], [subject.replace("|", "/") or "-"] + [r[1] for r in rows]]
+    width = max(len(r) for r in rows)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * width]
+    return ["\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])]
+
+
 def html_to_text(html: str) -> tuple[str, str]:
-    """Visible text of an HTML page (scripts, styles, navigation dropped) and its title."""
+    """Visible text of an HTML page (scripts, styles, navigation dropped) and its title.
+
+    Structure the atomizer reads is kept: headings become "# ...", list items "- ..." (or
+    "1. ..."), tables pipe tables (a header row, then one line per row)."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
@@ -77,10 +134,20 @@ def html_to_text(html: str) -> tuple[str, str]:
     if soup.title:
         soup.title.decompose()
     blocks = []
-    for el in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "th", "pre", "blockquote", "dd", "dt"]):
-        if el.find(["p", "li", "td"]):  # a container: its children are taken on their own
+    for el in soup.find_all(_HTML_BLOCKS):
+        if el.find_parent("table"):
+            continue  # rendered with its table
+        if el.name == "table":
+            blocks.extend(_table_blocks(el, title))
             continue
-        t = " ".join(el.get_text(" ", strip=True).split())
+        if el.name == "li":
+            t = _item_text(el)
+            if t:
+                blocks.append(_item_marker(el) + t)
+            continue
+        if el.find_parent("li") or el.find(["p", "li", "table"]):
+            continue  # inside an item (the item has its text), or a container (its children come on their own)
+        t = _words(el)
         if t:
             blocks.append(("# " + t) if el.name in ("h1", "h2", "h3", "h4", "h5", "h6") else t)
     if not blocks:

@@ -1,0 +1,93 @@
+"""HTML tables and lists keep their structure: readers.html_to_text renders a table as a pipe
+table and an item as "- item", so the atomizer's table and list handling apply."""
+
+import pytest
+
+from doc2atom.atomizer import atomize
+from doc2atom.readers import html_to_text, read_file
+
+PAGE = """<html><head><title>Port of Velmora</title><style>td { color: red }</style>
+<script>var secret = 'x';</script></head><body>
+<header>Site header</header><nav><ul><li>Home</li><li>About</li></ul></nav>
+<h1>Velmora harbour</h1>
+<p>The port of Velmora exports:</p>
+<ul><li>cobalt <b>glass</b></li><li>dried cod</li></ul>
+<table>
+  <thead><tr><th>Quay</th><th>Length</th></tr></thead>
+  <tbody><tr><td>North Quay</td><td>300 metres</td></tr>
+         <tr><td>South Quay</td><td>210 metres</td></tr></tbody>
+</table>
+<footer>Copyright Velmora</footer></body></html>"""
+
+
+def _doc(tmp_path, html, name="page.html"):
+    p = tmp_path / name
+    p.write_text(html)
+    docs = list(read_file(p))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_table_rows_and_list_items_keep_their_structure():
+    text, title = html_to_text(PAGE)
+    assert title == "Port of Velmora"
+    assert text.split("\n\n") == [
+        "# Velmora harbour",
+        "The port of Velmora exports:",
+        "- cobalt glass",
+        "- dried cod",
+        "| Quay | Length |\n| --- | --- |\n| North Quay | 300 metres |\n| South Quay | 210 metres |",
+    ]
+    for dropped in ("secret", "color", "Site header", "Home", "About", "Copyright"):
+        assert dropped not in text
+
+
+def test_html_table_and_list_become_atoms_with_spans_in_the_text(nlp, tmp_path):
+    doc = _doc(tmp_path, PAGE)
+    atoms = atomize(doc, nlp)
+    by_text = {a.text: a for a in atoms}
+    for text, span in [("The length of North Quay is 300 metres.", "300 metres"),
+                       ("The length of South Quay is 210 metres.", "210 metres"),
+                       ("The port of Velmora exports cobalt glass.", "cobalt glass"),
+                       ("The port of Velmora exports dried cod.", "dried cod")]:
+        assert text in by_text, [a.text for a in atoms]
+        a = by_text[text]
+        assert 0 <= a.start < a.end <= len(doc.text) and doc.text[a.start:a.end] == span
+    assert by_text["The length of North Quay is 300 metres."].type == "quantity"
+    assert {by_text[t].type for t in ("The port of Velmora exports cobalt glass.",
+                                      "The port of Velmora exports dried cod.")} == {"list_member"}
+
+
+def test_key_value_table_is_one_row_about_its_subject(nlp, tmp_path):
+    html = ("<html><body><h2>Korrin Bridge</h2><table><tr><th>Length</th><td>412 m</td></tr>"
+            "<tr><th>Opened</th><td>1902</td></tr></table></body></html>")
+    text, _ = html_to_text(html)
+    assert text.split("\n\n")[1] == "|  | Length | Opened |\n| --- | --- | --- |\n| Korrin Bridge | 412 m | 1902 |"
+    doc = _doc(tmp_path, html)
+    atoms = {a.text: a for a in atomize(doc, nlp)}
+    assert doc.text[atoms["The length of Korrin Bridge is 412 m."].start:][:5] == "412 m"
+    assert atoms["Korrin Bridge was opened in 1902."].type == "event"
+
+
+def test_caption_names_the_subject_and_pipes_in_cells_are_escaped():
+    html = ("<table><caption>Tarn Light</caption><tr><th>Height</th><td>31 m | 102 ft</td></tr>"
+            "<tr><th>Lit</th><td>1871</td></tr></table>")
+    text, _ = html_to_text(html)
+    assert text.splitlines()[-1] == "| Tarn Light | 31 m / 102 ft | 1871 |"
+
+
+@pytest.mark.parametrize("html, expected", [
+    # ordered lists are numbered, nested items indented under their parent
+    ("<ol><li>Rise</li><li>Flow<ul><li>west</li></ul></li></ol>", ["1. Rise", "2. Flow", "  - west"]),
+    # an item's paragraphs are its text, not separate paragraphs
+    ("<ul><li><p>One.</p><p>Two.</p></li></ul>", ["- One. Two."]),
+    # a one-column (layout) table is paragraphs, and its inner paragraphs are not repeated
+    ("<table><tr><td><p>Zarnic acid boils at 143 degrees.</p></td></tr><tr><td>It is blue.</td></tr></table>",
+     ["Zarnic acid boils at 143 degrees.", "It is blue."]),
+    # a nested table stays inside its outer cell
+    ("<table><tr><th>A</th><th>B</th></tr><tr><td>x</td><td><table><tr><td>y</td></tr></table></td></tr></table>",
+     ["| A | B |\n| --- | --- |\n| x | y |"]),
+])
+def test_html_structure_cases(html, expected):
+    text, _ = html_to_text(f"<html><body>{html}</body></html>")
+    assert text.split("\n\n") == expected
