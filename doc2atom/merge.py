@@ -6,16 +6,20 @@ stopwords, so "The Korrin Bridge is 412 metres long." and "The Korrin Bridge is 
 metres long" merge while "... 413 metres long." does not). Candidates are found through the
 rarer words they share, so merging stays close to linear in the number of atoms.
 
-The knowledge-base store keeps one source per atom today; until it keeps several, a caller
-compiles each merged atom once and stores it under its first source (see ATOMIZER_NOTES.md).
+The knowledge base keeps every provenance of an atom (store.py, `atom_sources`): `plan_ingest`
+says, for each document of an ingest, which atoms it introduces (to compile once) and which
+of its spans only add a provenance to an atom that already exists (in the KB, found by
+`signature_key`, or introduced by an earlier document of the same ingest).
 This module must never load models: it runs on atom text alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,18 +75,20 @@ def _similar(sa, sb, threshold: float) -> bool:
     return len(ca & cb) / len(ca | cb) >= threshold
 
 
-def merge_near_duplicates(atoms_per_doc: Iterable[tuple[str, Sequence[AtomDraft]]],
-                          threshold: float = 0.8) -> list[MergedAtom]:
-    """Merge near-duplicate atoms of many documents; every atom ends up in exactly one group.
+def signature_key(text: str) -> str:
+    """A short stable string for `signature(text)`; the store indexes atoms by it (equal keys = same fact)."""
+    content, numbers, negated = signature(text)
+    canon = "\x1f".join(sorted(content)) + "\x1e" + "\x1f".join(sorted(numbers)) + "\x1e" + str(int(negated))
+    return hashlib.sha1(canon.encode()).hexdigest()
 
-    atoms_per_doc: (document id, that document's atoms) pairs, as `atomize_many` yields them.
-    Returns one MergedAtom per group, in order of each group's first atom.
-    """
+
+def group_near_duplicates(texts: Sequence[str], threshold: float = 0.8) -> list[list[int]]:
+    """Groups of indices of near-duplicate texts; every index in exactly one group, groups in
+    order of their first member, members in input order."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    items: list[tuple[str, AtomDraft]] = [(doc, a) for doc, atoms in atoms_per_doc for a in atoms]
-    sigs = [signature(a.text) for _, a in items]
-    parent = list(range(len(items)))
+    sigs = [signature(t) for t in texts]
+    parent = list(range(len(texts)))
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -107,13 +113,79 @@ def merge_near_duplicates(atoms_per_doc: Iterable[tuple[str, Sequence[AtomDraft]
         for w in sorted(content, key=lambda w: (df[w], w))[:5] or [""]:
             index[w].append(n)
     groups: dict[int, list[int]] = {}
-    for n in range(len(items)):
+    for n in range(len(texts)):
         groups.setdefault(find(n), []).append(n)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _representative(texts: Sequence[str], members: list[int]) -> int:
+    """The most informative member: most content words, then earliest."""
+    return max(members, key=lambda n: (len(signature(texts[n])[0]), -n))
+
+
+def merge_near_duplicates(atoms_per_doc: Iterable[tuple[str, Sequence[AtomDraft]]],
+                          threshold: float = 0.8) -> list[MergedAtom]:
+    """Merge near-duplicate atoms of many documents; every atom ends up in exactly one group.
+
+    atoms_per_doc: (document id, that document's atoms) pairs, as `atomize_many` yields them.
+    Returns one MergedAtom per group, in order of each group's first atom.
+    """
+    items: list[tuple[str, AtomDraft]] = [(doc, a) for doc, atoms in atoms_per_doc for a in atoms]
+    texts = [a.text for _, a in items]
     out = []
-    for members in sorted(groups.values(), key=lambda g: g[0]):
-        best = max(members, key=lambda n: (len(sigs[n][0]), -n))  # most content words, then earliest
-        rep = items[best][1]
+    for members in group_near_duplicates(texts, threshold):
+        rep = items[_representative(texts, members)][1]
         out.append(MergedAtom(type=rep.type, text=rep.text, key=rep.key,
                               sources=[Provenance(doc=items[n][0], start=items[n][1].start, end=items[n][1].end)
                                        for n in members]))
     return out
+
+
+# A provenance target: an atom id already in the KB ("a12"), or (document index, position in that
+# document's `new`) for an atom introduced by an earlier document of the same ingest.
+AtomRef = str | tuple[int, int]
+
+
+@dataclass
+class DocPlan:
+    """What one document of an ingest adds to the knowledge base."""
+
+    new: list[AtomDraft] = field(default_factory=list)  # atoms this document introduces: compiled, stored under it
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per new atom: its spans in this document
+    links: list[tuple[AtomRef, int, int]] = field(default_factory=list)  # (atom, start, end): provenance only
+
+
+def plan_ingest(drafts_per_doc: Sequence[Sequence[AtomDraft]],
+                existing: Callable[[list[str]], dict[str, str]] | None = None,
+                threshold: float = 0.8) -> list[DocPlan]:
+    """Decide, for the documents of one ingest (in commit order), which atoms to compile and where
+    each near-duplicate only adds a provenance.
+
+    Near-duplicates (see `near_duplicate`) among all drafts of the call form one group. A group
+    whose representative's or any member's `signature_key` names an atom already in the KB
+    (`existing(keys) -> {key: atom id}`) adds a provenance to it for every member; otherwise the
+    representative is compiled once, stored under the group's first document with that
+    document's spans, and later documents link to it. Returns one DocPlan per document.
+    """
+    items = [(j, d) for j, drafts in enumerate(drafts_per_doc) for d in drafts]
+    texts = [d.text for _, d in items]
+    groups = group_near_duplicates(texts, threshold)
+    keys = [signature_key(t) for t in texts]
+    found = existing(sorted(set(keys))) if existing and keys else {}
+    plans = [DocPlan() for _ in drafts_per_doc]
+    for members in groups:
+        rep = _representative(texts, members)
+        match = next((found[keys[n]] for n in [rep] + members if keys[n] in found), None)
+        if match is None:
+            j0, first = items[members[0]]
+            r = items[rep][1]
+            pos = len(plans[j0].new)
+            plans[j0].new.append(AtomDraft(type=r.type, text=r.text, key=r.key, start=first.start, end=first.end))
+            plans[j0].spans.append([(items[n][1].start, items[n][1].end) for n in members if items[n][0] == j0])
+            match = (j0, pos)
+        for n in members:
+            j, d = items[n]
+            if isinstance(match, tuple) and j == match[0]:
+                continue  # one of the new atom's own spans
+            plans[j].links.append((match, d.start, d.end))
+    return plans

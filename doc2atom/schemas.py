@@ -52,7 +52,9 @@ class AtomOut(_Strict):
     score: float | None = Field(default=None, description="Router score for this question (None outside ask)")
     weight: float | None = Field(default=None, description="Composition weight used (None outside ask)")
     text: str = Field(description="Statement the atom teaches")
-    source: Source
+    source: Source = Field(description="The atom's first provenance (the same as sources[0])")
+    sources: list[Source] = Field(default_factory=list, description="Every document span that states this atom "
+                                  "(near-duplicates across documents are one atom), first provenance first")
 
 
 class Answer(_Strict):

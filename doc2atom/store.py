@@ -1,7 +1,9 @@
 """The knowledge base on disk: SQLite manifest + safetensors weight shards.
 
 Layout of a KB folder:
-  kb.sqlite            documents, atoms (with their key embeddings), meta (base model, settings)
+  kb.sqlite            documents, atoms (with their key embeddings), atom_sources (every document
+                       span that states an atom: near-duplicates across documents are one atom
+                       with several provenances), meta (base model, settings, schema version)
   shards/*.safetensors atom weights, many atoms per file, fp16; tensors `<module>.A` (n, r, d_in)
                        and `<module>.B` (n, d_out, r); an atom is one row (its `offset`) of each
   keys.faiss           the key index (owned by the router; rebuilt from the embeddings here
@@ -10,6 +12,9 @@ Layout of a KB folder:
 SQLite is the source of truth. A shard is written completely (temp name, fsync, rename)
 before the transaction that references it, so a crash at any point leaves either the old
 state or the new one; unreferenced shards are garbage and are removed by the next writer.
+An atom lives while it has a provenance: forgetting (or replacing) a document removes its
+provenance rows, and deletes only the atoms left with none. The atom row's own doc_id/start/end
+mirror its first provenance (the `source` of AtomOut).
 This module must never import torch at module level, nor anything from compiler/router/serving.
 """
 
@@ -23,15 +28,15 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from doc2atom import errors
-from doc2atom.readers import line_of
+from doc2atom.merge import signature_key
 from doc2atom.schemas import AtomDraft, AtomOut, Document, Source
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: atom_sources (several provenances per atom) and atoms.sig; 1 is migrated on open
 SHARD_FORMAT = "doc2atom-shard/1"
 
 _SCHEMA = """
@@ -46,11 +51,31 @@ CREATE TABLE IF NOT EXISTS atoms (
     type TEXT NOT NULL, text TEXT NOT NULL, key TEXT NOT NULL,
     start INTEGER NOT NULL, "end" INTEGER NOT NULL,
     shard TEXT NOT NULL, offset INTEGER NOT NULL,
-    stats TEXT NOT NULL, embedding BLOB NOT NULL
+    stats TEXT NOT NULL, embedding BLOB NOT NULL,
+    sig TEXT
 );
+CREATE TABLE IF NOT EXISTS atom_sources (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    atom_id INTEGER NOT NULL REFERENCES atoms(rowid) ON DELETE CASCADE,
+    doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    path TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+    UNIQUE (atom_id, doc_id, start, "end")
+);
+"""
+# after the migration (an old atoms table gets its sig column first)
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS atoms_doc ON atoms(doc_id);
 CREATE INDEX IF NOT EXISTS atoms_shard ON atoms(shard);
+CREATE INDEX IF NOT EXISTS atoms_sig ON atoms(sig);
+CREATE INDEX IF NOT EXISTS atom_sources_doc ON atom_sources(doc_id);
 """
+# 1-based line of a source's start, counted in SQL so that document texts stay in the database
+_LINE = "length(substr(d.text, 1, s.start)) - length(replace(substr(d.text, 1, s.start), char(10), '')) + 1"
+
+
+class Committed(NamedTuple):
+    ids: list[str]  # ids of the atoms the commit created, in draft order
+    removed: list[int]  # rowids of the atoms it deleted (their last provenance went)
 
 
 def atom_id(rowid: int) -> str:
@@ -86,9 +111,28 @@ class KBStore:
                     self.conn.execute(stmt)
             if self.get_meta("schema") is None:
                 self._set_meta("schema", SCHEMA_VERSION)
+            if self.get_meta("schema") == "1":
+                self._migrate_from_1()
+            if self.get_meta("schema") == SCHEMA_VERSION:
+                for stmt in _INDEXES.split(";"):
+                    if stmt.strip():
+                        self.conn.execute(stmt)
         if self.get_meta("schema") != SCHEMA_VERSION:
             raise errors.KBError(f"{self.path}: knowledge-base schema {self.get_meta('schema')} is not supported "
                                  f"(this doc2atom reads {SCHEMA_VERSION}); re-ingest into a new --kb.")
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2, inside the opening transaction: every atom gets one provenance row from its
+        own columns, and its signature key (computed from its text; no model is needed)."""
+        if "sig" not in {r[1] for r in self.conn.execute("PRAGMA table_info(atoms)")}:
+            self.conn.execute("ALTER TABLE atoms ADD COLUMN sig TEXT")
+        self.conn.execute(
+            'INSERT OR IGNORE INTO atom_sources(atom_id, doc_id, path, start, "end") '
+            'SELECT a.rowid, a.doc_id, d.path, a.start, a."end" FROM atoms a JOIN documents d ON d.id = a.doc_id '
+            "ORDER BY a.rowid")
+        sigs = [(signature_key(text), rid) for rid, text in self.conn.execute("SELECT rowid, text FROM atoms")]
+        self.conn.executemany("UPDATE atoms SET sig = ? WHERE rowid = ?", sigs)
+        self._set_meta("schema", SCHEMA_VERSION)
 
     # -- transactions and locking ---------------------------------------------------------
 
@@ -235,33 +279,110 @@ class KBStore:
 
     def commit_document(self, doc: Document, drafts: list[AtomDraft], shard: str | None,
                         stats: list[dict], embeddings: np.ndarray) -> list[str]:
-        """Replace `doc` and its atoms in one transaction; returns the new atom ids."""
-        assert len(drafts) == len(stats) == len(embeddings)
-        with self.transaction():
-            self.conn.execute("DELETE FROM atoms WHERE doc_id = ?", (doc.id,))
-            self.conn.execute("DELETE FROM documents WHERE id = ?", (doc.id,))
-            self.conn.execute(
-                "INSERT INTO documents(id, path, title, sha256, text, status, n_atoms, created) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?)",
-                (doc.id, doc.path, doc.title, doc.sha256, doc.text, len(drafts), time.time()))
-            ids = []
-            for i, (d, st, emb) in enumerate(zip(drafts, stats, embeddings)):
-                cur = self.conn.execute(
-                    'INSERT INTO atoms(doc_id, type, text, key, start, "end", shard, offset, stats, embedding) '
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (doc.id, d.type, d.text, d.key, d.start, d.end, shard or "", i, json.dumps(st),
-                     np.asarray(emb, dtype=np.float32).tobytes()))
-                ids.append(atom_id(cur.lastrowid))
-        return ids
+        """Replace `doc` and its atoms in one transaction; returns the new atom ids (see `commit`)."""
+        return self.commit(doc, drafts, shard, stats, embeddings).ids
 
-    def forget(self, doc: str) -> dict:
+    def commit(self, doc: Document, drafts: list[AtomDraft], shard: str | None, stats: list[dict],
+               embeddings: np.ndarray, spans: list[list[tuple[int, int]]] | None = None,
+               links: list[tuple[str, int, int]] = ()) -> Committed:
+        """Replace `doc`'s provenance in one transaction.
+
+        drafts: atoms `doc` introduces (row i of `shard`, with stats[i] and embeddings[i]);
+        spans[i]: every span of `doc` that states drafts[i] (default: the draft's own span);
+        links: (existing atom id, start, end) spans of `doc` that state an atom already stored.
+        The document's previous provenance is dropped first; atoms left without any are deleted.
+        """
+        assert len(drafts) == len(stats) == len(embeddings)
+        spans = spans if spans is not None else [[(d.start, d.end)] for d in drafts]
+        assert len(spans) == len(drafts) and all(spans), "each new atom needs at least one span"
+        with self.transaction():
+            old = self._atoms_of(doc.id)
+            self.conn.execute("DELETE FROM atom_sources WHERE doc_id = ?", (doc.id,))
+            if self.conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc.id,)).fetchone():
+                self.conn.execute(
+                    "UPDATE documents SET path = ?, title = ?, sha256 = ?, text = ?, status = 'ready', created = ? "
+                    "WHERE id = ?", (doc.path, doc.title, doc.sha256, doc.text, time.time(), doc.id))
+            else:
+                self.conn.execute(
+                    "INSERT INTO documents(id, path, title, sha256, text, status, n_atoms, created) "
+                    "VALUES (?, ?, ?, ?, ?, 'ready', 0, ?)", (doc.id, doc.path, doc.title, doc.sha256, doc.text,
+                                                               time.time()))
+            ids = []
+            for i, (d, st, emb, sp) in enumerate(zip(drafts, stats, embeddings, spans)):
+                cur = self.conn.execute(
+                    'INSERT INTO atoms(doc_id, type, text, key, start, "end", shard, offset, stats, embedding, sig) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (doc.id, d.type, d.text, d.key, sp[0][0], sp[0][1], shard or "", i, json.dumps(st),
+                     np.asarray(emb, dtype=np.float32).tobytes(), signature_key(d.text)))
+                ids.append(atom_id(cur.lastrowid))
+                self._add_sources(cur.lastrowid, doc, sp)
+            for aid, start, end in links:
+                rid = parse_atom_id(aid)
+                if self.conn.execute("SELECT 1 FROM atoms WHERE rowid = ?", (rid,)).fetchone() is None:
+                    raise errors.unknown_atom(aid)  # rolls the whole document back
+                self._add_sources(rid, doc, [(start, end)])
+            removed = self._settle(old)
+            self.conn.execute(
+                "UPDATE documents SET n_atoms = (SELECT COUNT(DISTINCT atom_id) FROM atom_sources WHERE doc_id = ?) "
+                "WHERE id = ?", (doc.id, doc.id))
+        return Committed(ids, removed)
+
+    def _atoms_of(self, doc_id: str) -> set[int]:
+        rows = self.conn.execute("SELECT atom_id FROM atom_sources WHERE doc_id = ? UNION "
+                                 "SELECT rowid FROM atoms WHERE doc_id = ?", (doc_id, doc_id))
+        return {r[0] for r in rows}
+
+    def _add_sources(self, rid: int, doc: Document, spans: list[tuple[int, int]]) -> None:
+        for start, end in spans:
+            if not 0 <= start <= end <= len(doc.text):
+                raise errors.InputError(f"{doc.path}: span {start}:{end} is outside the document "
+                                        f"({len(doc.text)} characters)")
+            self.conn.execute('INSERT OR IGNORE INTO atom_sources(atom_id, doc_id, path, start, "end") '
+                              "VALUES (?, ?, ?, ?, ?)", (rid, doc.id, doc.path, start, end))
+
+    def _settle(self, rowids) -> list[int]:
+        """Delete the given atoms that have no provenance left; point the others at their first one."""
+        removed = []
+        for rid in sorted(rowids):
+            first = self.conn.execute('SELECT doc_id, start, "end" FROM atom_sources WHERE atom_id = ? '
+                                      "ORDER BY rowid LIMIT 1", (rid,)).fetchone()
+            if first is None:
+                if self.conn.execute("DELETE FROM atoms WHERE rowid = ?", (rid,)).rowcount:
+                    removed.append(rid)
+            else:
+                self.conn.execute('UPDATE atoms SET doc_id = ?, start = ?, "end" = ? WHERE rowid = ?', (*first, rid))
+        return removed
+
+    def atoms_by_signature(self, keys: list[str], exclude_docs=()) -> dict[str, str]:
+        """signature key -> id of a stored atom with that key (the oldest) that has a provenance in a
+        document outside `exclude_docs` (those being replaced by the same ingest, whose atoms may go)."""
+        exclude = set(exclude_docs)
+        out: dict[str, str] = {}
+        keys = list(keys)
+        for c in range(0, len(keys), 500):
+            part = keys[c:c + 500]
+            q = (f"SELECT a.sig, a.rowid, s.doc_id FROM atoms a JOIN atom_sources s ON s.atom_id = a.rowid "
+                 f"WHERE a.sig IN ({','.join('?' * len(part))}) ORDER BY a.rowid")
+            for sig, rid, did in self.conn.execute(q, part):
+                if sig not in out and did not in exclude:
+                    out[sig] = atom_id(rid)
+        return out
+
+    def remove_document(self, doc: str) -> tuple[dict, list[int]]:
+        """Forget `doc` in one transaction: its provenance goes, and every atom left without one.
+        Returns (the forget report, rowids of the deleted atoms)."""
         row = self.document(doc)
         if row is None:
             raise errors.unknown_document(doc)
         with self.transaction():
-            n = self.conn.execute("DELETE FROM atoms WHERE doc_id = ?", (row["id"],)).rowcount
+            old = self._atoms_of(row["id"])
+            self.conn.execute("DELETE FROM atom_sources WHERE doc_id = ?", (row["id"],))
+            removed = self._settle(old)
             self.conn.execute("DELETE FROM documents WHERE id = ?", (row["id"],))
-        return {"doc": row["id"], "path": row["path"], "atoms_removed": n}
+        return {"doc": row["id"], "path": row["path"], "atoms_removed": len(removed)}, removed
+
+    def forget(self, doc: str) -> dict:
+        return self.remove_document(doc)[0]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(rowids int64 (n,), embeddings float32 (n, d)) of every atom, for rebuilding the key index."""
@@ -290,45 +411,68 @@ class KBStore:
             raise errors.unknown_atom(missing[0])
         return [found[r] for r in rowids]
 
-    _ATOM_COLS = 'a.rowid, a.type, a.text, a.key, a.start, a."end", a.stats, d.id, d.path, d.text'
+    _ATOM_COLS = 'a.rowid, a.type, a.text, a.key, a.start, a."end", a.stats, a.doc_id, a.shard, a.offset'
 
-    def _atom_out(self, r: tuple, score: float | None = None, weight: float | None = None) -> AtomOut:
-        rowid, typ, text, _key, start, end, _stats, did, path, dtext = r
+    def sources(self, rowids: list[int], with_text: bool = False) -> dict[int, list]:
+        """rowid -> every provenance of that atom, first (oldest) first: Source, or (Source, span text)."""
+        out: dict[int, list] = {}
+        rowids = list(dict.fromkeys(rowids))
+        text = ', substr(d.text, s.start + 1, s."end" - s.start)' if with_text else ""
+        for c in range(0, len(rowids), 500):
+            part = rowids[c:c + 500]
+            q = (f'SELECT s.atom_id, s.doc_id, s.path, s.start, s."end", {_LINE}{text} FROM atom_sources s '
+                 f"JOIN documents d ON d.id = s.doc_id WHERE s.atom_id IN ({','.join('?' * len(part))}) "
+                 f"ORDER BY s.rowid")
+            for r in self.conn.execute(q, part):
+                src = Source(doc=r[1], path=r[2], start=r[3], end=r[4], line=r[5])
+                out.setdefault(r[0], []).append((src, r[6]) if with_text else src)
+        return out
+
+    def _atom_out(self, r: tuple, sources: list[Source], score: float | None = None,
+                  weight: float | None = None) -> AtomOut:
+        rowid, typ, text = r[:3]
+        if not sources:  # cannot happen in a consistent KB; report the atom's own columns rather than fail
+            sources = [Source(doc=r[7], path="", start=r[4], end=r[5])]
         return AtomOut(id=atom_id(rowid), type=typ, score=score, weight=weight, text=text,
-                       source=Source(doc=did, path=path, start=start, end=end, line=line_of(dtext, start)))
+                       source=sources[0], sources=sources)
 
     def atoms_out(self, ids: list[str], scores: list[float] | None = None,
                   weights: list[float] | None = None) -> list[AtomOut]:
         rowids = [parse_atom_id(a) for a in ids]
-        q = (f"SELECT {self._ATOM_COLS} FROM atoms a JOIN documents d ON a.doc_id = d.id "
-             f"WHERE a.rowid IN ({','.join('?' * len(rowids))})")
-        found = {r[0]: r for r in self.conn.execute(q, rowids)} if rowids else {}
+        found = {}
+        for c in range(0, len(rowids), 500):
+            part = rowids[c:c + 500]
+            q = f"SELECT {self._ATOM_COLS} FROM atoms a WHERE a.rowid IN ({','.join('?' * len(part))})"
+            found.update({r[0]: r for r in self.conn.execute(q, part)})
+        srcs = self.sources([r for r in rowids if r in found])
         out = []
         for i, (aid, rid) in enumerate(zip(ids, rowids)):
             if rid not in found:
                 raise errors.unknown_atom(aid)
-            out.append(self._atom_out(found[rid], scores[i] if scores else None, weights[i] if weights else None))
+            out.append(self._atom_out(found[rid], srcs.get(rid, []), scores[i] if scores else None,
+                                      weights[i] if weights else None))
         return out
 
     def atom_detail(self, aid: str) -> dict:
         rid = parse_atom_id(aid)
-        q = f"SELECT {self._ATOM_COLS}, a.shard, a.offset FROM atoms a JOIN documents d ON a.doc_id = d.id WHERE a.rowid = ?"
-        r = self.conn.execute(q, (rid,)).fetchone()
+        r = self.conn.execute(f"SELECT {self._ATOM_COLS} FROM atoms a WHERE a.rowid = ?", (rid,)).fetchone()
         if r is None:
             raise errors.unknown_atom(aid)
-        out = self._atom_out(r[:10]).model_dump()
-        out.update(key=r[3], stats=json.loads(r[6]), shard=r[10], offset=r[11],
-                   source_text=r[9][r[4]:r[5]])
+        srcs = self.sources([rid], with_text=True).get(rid, [])
+        out = self._atom_out(r, [s for s, _ in srcs]).model_dump()
+        out.update(key=r[3], stats=json.loads(r[6]), shard=r[8], offset=r[9],
+                   source_text=srcs[0][1] if srcs else "", source_texts=[t for _, t in srcs])
         return out
 
     def list_atoms(self, doc: str | None = None, type: str | None = None) -> list[AtomOut]:
-        q = f"SELECT {self._ATOM_COLS} FROM atoms a JOIN documents d ON a.doc_id = d.id"
+        """Atoms in rowid order; with `doc`, those that document states (as any of their provenances)."""
+        q = f"SELECT {self._ATOM_COLS} FROM atoms a"
         cond, args = [], []
         if doc is not None:
             row = self.document(doc)
             if row is None:
                 raise errors.unknown_document(doc)
-            cond.append("a.doc_id = ?")
+            cond.append("a.rowid IN (SELECT atom_id FROM atom_sources WHERE doc_id = ?)")
             args.append(row["id"])
         if type is not None:
             cond.append("a.type = ?")
@@ -336,7 +480,18 @@ class KBStore:
         if cond:
             q += " WHERE " + " AND ".join(cond)
         q += " ORDER BY a.rowid"
-        return [self._atom_out(r) for r in self.conn.execute(q, args)]
+        rows = self.conn.execute(q, args).fetchall()
+        srcs = self.sources([r[0] for r in rows])
+        return [self._atom_out(r, srcs.get(r[0], [])) for r in rows]
 
     def atom_rowids_of_docs(self) -> dict[int, str]:
+        """atom rowid -> the document of its first provenance (see `atom_docs` for all of them)."""
         return {r[0]: r[1] for r in self.conn.execute("SELECT rowid, doc_id FROM atoms")}
+
+    def atom_docs(self) -> dict[int, list[str]]:
+        """atom rowid -> every document that states it, first provenance first."""
+        out: dict[int, list[str]] = {}
+        for rid, did in self.conn.execute("SELECT atom_id, doc_id FROM atom_sources ORDER BY rowid"):
+            if did not in out.setdefault(rid, []):
+                out[rid].append(did)
+        return out

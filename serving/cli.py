@@ -122,12 +122,16 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, ensure_ascii=False))
 
 
+def _where(s) -> str:
+    return f"{Path(s.path.split('#')[0]).name}:{s.line}"
+
+
 def explain_table(atoms) -> str:
-    """A readable table: atom id, type, score, weight, text, source file:line."""
+    """A readable table: atom id, type, score, weight, text, source file:line (every provenance)."""
     rows = [("atom", "type", "score", "weight", "text", "source")]
     for a in atoms:
         text = a.text if len(a.text) <= 60 else a.text[:57] + "..."
-        src = f"{Path(a.source.path.split('#')[0]).name}:{a.source.line}"
+        src = ", ".join(_where(s) for s in (a.sources or [a.source]))
         rows.append((a.id, a.type, f"{a.score:.3f}" if a.score is not None else "-",
                      f"{a.weight:.2f}" if a.weight is not None else "-", text, src))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -211,6 +215,10 @@ def cmd_atoms(args) -> int:
         else:
             for k in ("id", "type", "text", "key", "source", "source_text", "stats", "shard", "offset"):
                 print(f"{k}: {d[k]}")
+            if len(d["sources"]) > 1:  # stated by several documents (near-duplicates): every provenance
+                print(f"sources: {len(d['sources'])}")
+                for s, t in zip(d["sources"], d["source_texts"]):
+                    print(f"  {s['path']} [{s['start']}:{s['end']}] line {s['line']}: {t}")
     return 0
 
 

@@ -35,13 +35,15 @@ class IngestReport:
     added: list[str] = field(default_factory=list)  # paths of new or changed documents
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
-    atoms: int = 0
+    atoms: int = 0  # atoms compiled (new)
+    merged: int = 0  # spans that became a provenance of an atom already stored or compiled in this call
     seconds: float = 0.0
     compile_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {"added": self.added, "unchanged": self.unchanged,
                 "failed": [{"path": p, "error": m} for p, m in self.failed], "atoms": self.atoms,
+                "merged": self.merged,
                 "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2)}
 
 
@@ -158,6 +160,7 @@ class KnowledgeBase:
         from compiler.train import compile_atoms, make_examples
         from compiler.weights import pack
         from doc2atom.atomizer import atomize_many
+        from doc2atom.merge import plan_ingest
         from doc2atom.models import load_spacy
         from router.embed import atom_key_vectors
 
@@ -167,7 +170,12 @@ class KnowledgeBase:
         model, tok = self.model()
         cfg = self.compile_config
         router = self.router()
-        drafts_per_doc = list(atomize_many(docs, nlp))
+        # near-duplicates (within this call, or already stored for another document) are compiled once:
+        # a document's plan lists the atoms it introduces and the spans that only add a provenance
+        plans = plan_ingest(list(atomize_many(docs, nlp)),
+                            lambda keys: self.store.atoms_by_signature(keys, exclude_docs=[d.id for d in docs]))
+        drafts_per_doc = [p.new for p in plans]
+        made: dict[tuple[int, int], str] = {}  # (doc index, position in its plan) -> atom id, once committed
         total = sum(len(d) for d in drafts_per_doc)
         bar = _Progress(total, "compiling atoms", enabled=self.progress)
         # Compile in groups of whole documents of about batch_atoms atoms; commit each document alone.
@@ -192,9 +200,11 @@ class KnowledgeBase:
                 part = compiled[pos:pos + n]
                 shard = self.store.write_shard(pack(part), n) if n else None
                 stats = [dict(c.stats, questions=q) for c, q in zip(part, qs[pos:pos + n])]
-                old = [int(a.id[1:]) for a in self.store.list_atoms(doc=docs[j].id)] if self.store.document(
-                    docs[j].id) else []
-                ids = self.store.commit_document(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n])
+                links = [(made[r] if isinstance(r, tuple) else r, s, e) for r, s, e in plans[j].links]
+                ids, old = self.store.commit(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n],
+                                             spans=plans[j].spans, links=links)
+                made.update({(j, k): a for k, a in enumerate(ids)})
+                report.merged += len(links) + sum(len(sp) - 1 for sp in plans[j].spans)
                 router.on_commit(np.array([int(a[1:]) for a in ids], dtype=np.int64), old, embs[pos:pos + n])
                 for a in old:
                     self._weights.pop(atom_id(a), None)
@@ -213,8 +223,7 @@ class KnowledgeBase:
             row = self.store.document(doc)
             if row is None:
                 raise errors.unknown_document(doc)
-            old = [int(a.id[1:]) for a in self.store.list_atoms(doc=row["id"])]
-            res = self.store.forget(row["id"])
+            res, old = self.store.remove_document(row["id"])  # old: atoms whose last provenance went
             router = self.router()
             router.on_commit([], old, None)
             router.flush()
