@@ -83,7 +83,7 @@ def run_load(url: str, questions: list[str], clients: int, per_client: int, seco
     """`clients` threads, each sending up to `per_client` requests one after another, until `seconds` pass."""
     import httpx
 
-    lat, errors, answers = [], [], {}
+    lat, errors, answers, timings, tokens = [], [], {}, [], []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
@@ -101,7 +101,10 @@ def run_load(url: str, questions: list[str], clients: int, per_client: int, seco
                     with lock:
                         if r.status_code == 200:
                             lat.append(dt)
-                            answers[q] = r.json()["choices"][0]["message"]["content"]
+                            body = r.json()
+                            answers[q] = body["choices"][0]["message"]["content"]
+                            timings.append(body["timings_ms"])
+                            tokens.append((body.get("usage") or {}).get("completion_tokens"))
                         else:
                             errors.append(f"{r.status_code} {r.text[:200]}")
                 except Exception as e:  # counted, never hidden
@@ -117,6 +120,11 @@ def run_load(url: str, questions: list[str], clients: int, per_client: int, seco
             "throughput_rps": round(len(lat) / wall, 3) if wall else None,
             "latency_s": {"p50": _r(percentile(lat, 50)), "p99": _r(percentile(lat, 99)),
                           "mean": _r(statistics.fmean(lat) if lat else None), "max": _r(max(lat, default=None))},
+            # server side, per request (a batch's stage time divided by its size), mean over the run
+            "server_ms_per_request": {k: round(statistics.fmean(t.get(k, 0.0) for t in timings), 1)
+                                      for k in ("route_ms", "load_ms", "generate_ms", "total_ms")} if timings else None,
+            "completion_tokens_mean": _r(statistics.fmean(t for t in tokens if t is not None))
+            if any(t is not None for t in tokens) else None,
             "_answers": answers}
 
 

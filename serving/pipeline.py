@@ -257,8 +257,11 @@ class KnowledgeBase:
 
     def ask_many(self, questions: list[str], mode: str = "atoms", top_k: int | None = None,
                  extra_atoms: list[list[str]] | None = None, max_new_tokens: int = 48,
-                 batch_size: int = 8) -> list[Answer]:
-        """Answer a batch of questions; extra_atoms[i] are composed in beside question i's routed atoms."""
+                 batch_size: int = 8, hooks=None) -> list[Answer]:
+        """Answer a batch of questions; extra_atoms[i] are composed in beside question i's routed atoms.
+
+        hooks (serving.generate.GenerateHooks, optional) see question i's prompt size and tokens as row i.
+        """
         if mode not in MODES:
             raise errors.InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         for q in questions:
@@ -268,11 +271,11 @@ class KnowledgeBase:
         for s in range(0, len(questions), batch_size):
             chunk = questions[s:s + batch_size]
             extra = extra_atoms[s:s + batch_size] if extra_atoms else None
-            out.extend(self._ask_batch(chunk, mode, top_k, extra, max_new_tokens))
+            out.extend(self._ask_batch(chunk, mode, top_k, extra, max_new_tokens, hooks, s))
         return out
 
-    def _ask_batch(self, questions, mode, top_k, extra, max_new_tokens) -> list[Answer]:
-        from serving.generate import build_pool, generate
+    def _ask_batch(self, questions, mode, top_k, extra, max_new_tokens, hooks=None, offset=0) -> list[Answer]:
+        from serving.generate import RowMap, build_pool, generate
 
         t0 = time.perf_counter()
         n = len(questions)
@@ -306,8 +309,9 @@ class KnowledgeBase:
         texts_out = {}
         if answerable:
             model, tok = self.model()
+            rows = RowMap(hooks, [offset + i for i in answerable]) if hooks is not None else None
             gen = generate(model, tok, [questions[i] for i in answerable], facts, pool, slots, weights,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, hooks=rows)
             texts_out = dict(zip(answerable, gen))
         timings["generate_ms"] = (time.perf_counter() - t2) * 1000
         timings["total_ms"] = (time.perf_counter() - t0) * 1000

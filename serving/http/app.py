@@ -240,11 +240,47 @@ def create_app(kb, token: str | None = None, max_body_bytes: int = 2_000_000, ma
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(req: ChatRequest):
         p = openai_compat.ask_params(req)
-        ans = await on_worker(batcher.submit_ask(p.question, p.mode, p.top_k, p.max_new_tokens))
-        if req.stream:
-            return StreamingResponse(iter(openai_compat.chunks(ans, p)), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return openai_compat.completion(ans, p)
+        if not req.stream:
+            sink = openai_compat.TokenSink()
+            ans = await on_worker(batcher.submit_ask(p.question, p.mode, p.top_k, p.max_new_tokens, sink=sink))
+            return openai_compat.completion(ans, p, sink)
+        # streaming: the answer's tokens are sent as the batch decodes them
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        sink = openai_compat.TokenSink(notify=lambda: loop.call_soon_threadsafe(wake.set))
+        fut = batcher.submit_ask(p.question, p.mode, p.top_k, p.max_new_tokens, sink=sink)
+        fut.add_done_callback(lambda f: sink._wake())
+        # until generation starts, errors (bad input, routing failures) keep their HTTP status
+        while not fut.done() and not sink.started:
+            await wake.wait()
+            wake.clear()
+        if fut.done():
+            fut.result()  # raises the request's error, answered as a typed 4xx/5xx
+        return StreamingResponse(_stream(fut, sink, wake, p), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def _stream(fut, sink, wake, p):
+        st = openai_compat.StreamText(p)
+        yield st.start()
+        try:
+            while not fut.done():
+                await wake.wait()
+                wake.clear()
+                for e in st.feed(sink.text):
+                    yield e
+            ans = fut.result()
+        except errors.Doc2AtomError as e:
+            status = next(_STATUS[c] for c in type(e).__mro__ if c in _STATUS)
+            for e2 in st.error(status, e.code, e.message):
+                yield e2
+            return
+        except Exception as e:
+            log.exception("internal error while streaming an answer")
+            for e2 in st.error(500, "internal_error", f"internal error ({type(e).__name__}); this is a bug in "
+                               "doc2atom, please report it with the server log."):
+                yield e2
+            return
+        for e in st.end(ans, sink):
+            yield e
 
     # -- atoms and documents ------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ HTTP handlers never touch the model. They put work on a bounded queue and wait o
 - an *ask* joins the next batch: the worker takes up to `max_batch` queued asks (waiting up to
   `max_wait_ms` for more when the queue runs dry), groups them by (mode, top_k, max_new_tokens)
   and answers each group with ONE `kb.ask_many` call, in which every request keeps its own
-  routed atoms (the composition op adds a different atom set per row of the batch);
+  routed atoms (the composition op adds a different atom set per row of the batch). A row that
+  finishes leaves the batch's decoding at once (serving/generate.py), so a batch costs what its
+  live rows cost. An ask may carry a `sink` (prompt/token/finish, as serving.generate's hooks):
+  it sees its own row's token counts and text as they are generated (usage, streaming);
 - a *job* (ingest, forget) runs alone, in queue order, between batches, so that no answer
   is ever computed from a half-written knowledge base.
 
@@ -41,6 +44,7 @@ class _Ask:
     top_k: int | None
     max_new_tokens: int
     future: Future
+    sink: Any = None  # per-request GenerateHooks (row 0 = this request), or None
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -110,9 +114,14 @@ class Batcher:
         return item.future
 
     def submit_ask(self, question: str, mode: str = "atoms", top_k: int | None = None,
-                   max_new_tokens: int = 48) -> Future:
-        """Queue one question; the future resolves to its doc2atom.schemas.Answer. Raises QueueFull."""
-        return self._put(_Ask(question, mode, top_k, max_new_tokens, Future()))
+                   max_new_tokens: int = 48, sink=None) -> Future:
+        """Queue one question; the future resolves to its doc2atom.schemas.Answer. Raises QueueFull.
+
+        sink: optional object with prompt(row, n), token(row, token_id, text_delta), finish(row, reason),
+        called on the worker thread with row 0 while this question is generated (a refused question
+        generates nothing). If its batch fails and it is retried alone, `sink.restart()` (if defined) runs first.
+        """
+        return self._put(_Ask(question, mode, top_k, max_new_tokens, Future(), sink))
 
     def submit_job(self, fn: Callable[[Any], Any]) -> Future:
         """Queue fn(kb) to run alone on the worker (writes). Raises QueueFull."""
@@ -203,6 +212,8 @@ class Batcher:
                 # one request's problem must not fail the others: answer them one by one
                 for a in asks:
                     try:
+                        if a.sink is not None and hasattr(a.sink, "restart"):
+                            a.sink.restart()
                         a.future.set_result(self._ask_many([a], mode, top_k, max_new)[0])
                         self.served += 1
                     except BaseException as e1:
@@ -215,5 +226,27 @@ class Batcher:
 
     def _ask_many(self, asks: list[_Ask], mode, top_k, max_new):
         self.batch_sizes[len(asks)] += 1
+        kw = {}
+        if any(a.sink is not None for a in asks):
+            kw["hooks"] = _Sinks([a.sink for a in asks])
         return self.kb.ask_many([a.question for a in asks], mode=mode, top_k=top_k, max_new_tokens=max_new,
-                                batch_size=len(asks))
+                                batch_size=len(asks), **kw)
+
+
+class _Sinks:
+    """Generate hooks for a batch: row i goes to sinks[i] as its row 0 (None: nobody listens)."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def prompt(self, row: int, n_tokens: int) -> None:
+        if self.sinks[row] is not None:
+            self.sinks[row].prompt(0, n_tokens)
+
+    def token(self, row: int, token_id: int, text_delta: str) -> None:
+        if self.sinks[row] is not None:
+            self.sinks[row].token(0, token_id, text_delta)
+
+    def finish(self, row: int, reason: str) -> None:
+        if self.sinks[row] is not None:
+            self.sinks[row].finish(0, reason)

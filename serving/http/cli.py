@@ -23,6 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="knowledge-base folder (default: $DOC2ATOM_KB or ./doc2atom-kb)")
     p.add_argument("--base-model", default=None, metavar="PATH",
                    help="local Hugging Face causal-LM folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="where the model runs: auto, cpu, cuda, cuda:N (default: $DOC2ATOM_DEVICE or auto = a GPU if "
+                        "one is visible)")
     p.add_argument("--create", action="store_true",
                    help="start with an empty knowledge base if DIR has none (add documents with POST /v1/documents)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -58,7 +61,10 @@ def run(args) -> int:
                                 "pip install 'doc2atom[serve]'") from None
     from serving.pipeline import KnowledgeBase
 
-    kb = KnowledgeBase(args.kb, base_model=args.base_model, create=args.create, progress=False)
+    from doc2atom.models import resolve_device
+
+    device = resolve_device(getattr(args, "device", None))  # a bad --device is an error now, not at first request
+    kb = KnowledgeBase(args.kb, base_model=args.base_model, create=args.create, progress=False, device=device)
     app = create_app(kb, token=token, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                      queue_size=args.queue_size, max_wait_ms=args.max_wait_ms, warmup=True)
     host = f"[{args.host}]" if ":" in args.host else args.host

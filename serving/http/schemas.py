@@ -50,7 +50,7 @@ class ChatMessage(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = Field(default=False, description="Accepted; doc2atom reports no token usage")
+    include_usage: bool = Field(default=False, description="Send one more chunk, before [DONE], with the token usage")
 
 
 class ChatRequest(_Strict):
@@ -92,6 +92,12 @@ class Choice(_Strict):
     finish_reason: Literal["stop", "length"] = "stop"
 
 
+class Usage(_Strict):
+    prompt_tokens: int = Field(description="Tokens of the prompt (0 when the question was refused: nothing ran)")
+    completion_tokens: int = Field(description="Tokens generated, including the end-of-turn token that ended the answer")
+    total_tokens: int
+
+
 class ChatCompletion(_Strict):
     """The OpenAI chat.completion object plus doc2atom's `atoms`, `refused` and `timings_ms`."""
 
@@ -100,7 +106,7 @@ class ChatCompletion(_Strict):
     created: int
     model: str
     choices: list[Choice]
-    usage: None = Field(default=None, description="Not reported")
+    usage: Usage | None = Field(default=None, description="Token counts of this request")
     atoms: list[AtomOut] = Field(description="Atoms that fired, with score, weight, type, text and source span")
     refused: bool = Field(description="True when no atom covered the question (the answer is then a refusal)")
     timings_ms: dict[str, float] = Field(description="Wall time per stage, per request of the batch")
@@ -127,6 +133,7 @@ class ChatCompletionChunk(_Strict):
     choices: list[ChunkChoice]
     atoms: list[AtomOut] | None = None
     refused: bool | None = None
+    usage: Usage | None = None
 
 
 class ModelCard(_Strict):

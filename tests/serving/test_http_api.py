@@ -82,7 +82,9 @@ def test_openai_client_gets_answer_atoms_and_refusal(server):
     res = client.chat.completions.create(model="doc2atom-atoms", messages=[
         {"role": "system", "content": "be brief"}, {"role": "user", "content": IN_SCOPE}])
     assert res.object == "chat.completion" and res.model == "doc2atom-atoms"
-    assert isinstance(res.choices[0].message.content, str) and res.choices[0].finish_reason == "stop"
+    assert isinstance(res.choices[0].message.content, str) and res.choices[0].finish_reason in ("stop", "length")
+    assert res.usage.prompt_tokens > 0 and 0 < res.usage.completion_tokens <= 48
+    assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
     extra = res.model_extra
     assert extra["refused"] is False and extra["atoms"]
     atom = extra["atoms"][0]
@@ -109,7 +111,7 @@ def test_openai_client_streaming_matches_non_streaming(server, client):
     assert parts and all(p.object == "chat.completion.chunk" for p in parts)
     assert parts[0].choices[0].delta.role == "assistant"
     assert "".join(p.choices[0].delta.content or "" for p in parts) == whole["choices"][0]["message"]["content"]
-    assert parts[-1].choices[0].finish_reason == "stop"
+    assert parts[-1].choices[0].finish_reason == whole["choices"][0]["finish_reason"]
     assert [a["id"] for a in parts[-1].model_extra["atoms"]] == [a["id"] for a in whole["atoms"]]
     assert parts[-1].model_extra["refused"] is False
 
@@ -122,7 +124,37 @@ def test_raw_stream_is_server_sent_events_ending_with_done(client):
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     last = json.loads(events[-2][len("data: "):])
-    assert last["choices"][0]["finish_reason"] == "stop" and "atoms" in last
+    assert last["choices"][0]["finish_reason"] in ("stop", "length") and "atoms" in last
+    assert "usage" not in last  # only sent when stream_options.include_usage asks for it
+
+
+def test_stream_sends_tokens_as_produced_and_usage_when_asked(client):
+    body = {"stream": True, "stream_options": {"include_usage": True}, "max_tokens": 12,
+            "messages": [{"role": "user", "content": IN_SCOPE}]}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    whole = chat(client, IN_SCOPE, max_tokens=12)
+    contents = [e["choices"][0]["delta"].get("content") for e in events if e["choices"]]
+    assert "".join(c or "" for c in contents) == whole["choices"][0]["message"]["content"]
+    assert len([c for c in contents if c]) > 1  # several pieces, sent as the answer grew
+    usage = events[-1]
+    assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    assert whole["usage"]["completion_tokens"] <= 12
+    if whole["choices"][0]["finish_reason"] == "length":
+        assert whole["usage"]["completion_tokens"] == 12
+
+
+def test_usage_of_a_refusal_counts_nothing(client):
+    res = chat(client, OUT_OF_SCOPE)
+    assert res["refused"] is True
+    assert res["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def test_stream_errors_before_generation_keep_their_status(client):
+    r = client.post("/v1/chat/completions", json={"stream": True, "model": "nope",
+                                                   "messages": [{"role": "user", "content": IN_SCOPE}]})
+    assert_error(r, 400)
 
 
 def test_mode_by_model_name_and_field(client):
@@ -341,14 +373,14 @@ def test_batcher_mixes_modes_in_one_drain(server, client):
 def test_serve_cli_parses_and_stays_light():
     code = ("import argparse, sys\nfrom serving.http import cli\n"
             "ap = argparse.ArgumentParser(); sub = ap.add_subparsers(dest='command'); cli.add_parser(sub)\n"
-            "a = ap.parse_args(['serve', '--kb', 'K', '--port', '9', '--max-batch', '4'])\n"
-            "print('ARGS', a.kb, a.host, a.port, a.max_batch, a.token)\n"
+            "a = ap.parse_args(['serve', '--kb', 'K', '--port', '9', '--max-batch', '4', '--device', 'cpu'])\n"
+            "print('ARGS', a.kb, a.host, a.port, a.max_batch, a.token, a.device)\n"
             "heavy = [m for m in ('fastapi', 'uvicorn', 'torch', 'starlette') if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
-    assert "ARGS K 127.0.0.1 9 4 None" in r.stdout and "HEAVY=\n" in r.stdout
+    assert "ARGS K 127.0.0.1 9 4 None cpu" in r.stdout and "HEAVY=\n" in r.stdout
 
 
 def test_serve_cli_errors_are_messages(tmp_path, capsys):
@@ -358,3 +390,33 @@ def test_serve_cli_errors_are_messages(tmp_path, capsys):
     assert "no knowledge base" in capsys.readouterr().err
     assert cli.main(["--kb", str(tmp_path / "nokb"), "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
+
+
+def test_serve_cli_device_is_checked(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from serving.http import cli
+
+    assert cli.main(["--kb", str(tmp_path / "nokb"), "--device", "cuda"]) == 2
+    assert "--device cuda" in capsys.readouterr().err
+
+
+def test_stream_text_holds_back_a_possible_stop_string():
+    from doc2atom.schemas import Answer
+    from serving.http.openai_compat import AskParams, StreamText, TokenSink
+
+    p = AskParams(question="q", mode="atoms", top_k=None, max_new_tokens=48, model="doc2atom", stop=("END",))
+    st = StreamText(p)
+    got = []
+    for text in ["Hel", "Hello E", "Hello EN", "Hello ENx", "Hello ENx wor", "Hello ENx world EN", "Hello ENx world END!"]:
+        got += [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in st.feed(text)]
+    assert "".join(got) == "Hello ENx world " and all(got)
+    sink = TokenSink()
+    sink.prompt(0, 5)
+    for t in "abc":
+        sink.token(0, 1, t)
+    sink.finish(0, "length")
+    tail = st.end(Answer(answer="Hello ENx world END!", refused=False, atoms=[], timings_ms={}), sink)
+    last = json.loads(tail[-2][6:])
+    assert last["choices"][0]["finish_reason"] == "stop" and tail[-1] == "data: [DONE]\n\n"

@@ -133,3 +133,57 @@ def test_full_queue_raises_queue_full_and_cancelled_asks_are_skipped():
 def test_bad_settings_name_the_parameter(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         Batcher(FakeKB(), **kw)
+
+
+class HookKB(FakeKB):
+    """ask_many that 'generates' each question's characters as tokens through the hooks."""
+
+    def ask_many(self, questions, mode="atoms", top_k=None, max_new_tokens=48, batch_size=8, hooks=None):
+        self.calls.append((tuple(questions), mode, top_k, max_new_tokens))
+        if hooks is not None:
+            for r, q in enumerate(questions):
+                hooks.prompt(r, 10 + r)
+            for step in range(max(len(q) for q in questions)):
+                for r, q in enumerate(questions):
+                    if step < len(q):
+                        hooks.token(r, ord(q[step]), q[step])
+                        if step == len(q) - 1:
+                            hooks.finish(r, "stop")
+        return list(questions)
+
+
+class Sink:
+    def __init__(self):
+        self.rows, self.n, self.text, self.reason = set(), None, "", None
+
+    def prompt(self, row, n):
+        self.rows.add(row)
+        self.n = n
+
+    def token(self, row, tid, delta):
+        self.rows.add(row)
+        self.text += delta
+
+    def finish(self, row, reason):
+        self.reason = reason
+
+
+def test_each_ask_sink_sees_only_its_own_row():
+    kb = HookKB()
+    b = make(kb, max_batch=8)
+    release = hold(b)
+    sinks = [Sink(), None, Sink()]
+    futs = [b.submit_ask(q, sink=s) for q, s in zip(["abc", "de", "fghij"], sinks)]
+    release.set()
+    assert [f.result(10) for f in futs] == ["abc", "de", "fghij"]
+    b.stop()
+    assert len(kb.calls) == 1
+    assert sinks[0].rows == {0} and sinks[0].text == "abc" and sinks[0].n == 10 and sinks[0].reason == "stop"
+    assert sinks[2].rows == {0} and sinks[2].text == "fghij" and sinks[2].n == 12
+
+
+def test_asks_without_sinks_pass_no_hooks():
+    kb = FakeKB()  # its ask_many takes no hooks argument
+    b = make(kb)
+    assert b.submit_ask("q").result(10) == "atoms/None/48:q"
+    b.stop()
