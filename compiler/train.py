@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import lower_states, run_layers, stack_right
+from compiler.layers import lower_states, run_layers
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -123,16 +123,50 @@ def _pools(params, scale: float, frozen_copy: bool):
 
 
 def _slots(row_atom: torch.Tensor, M: int, others: int, rnd: random.Random):
-    """idx (rows, 1 + others): each row's own atom, then `others` other atoms' frozen copies."""
+    """idx (rows, 1 + others): each row's own atom, then `others` other atoms' frozen copies (slots M..2M-1)."""
     if others == 0:
         return row_atom[:, None], torch.ones(len(row_atom), 1)
     k = min(others, M - 1)
-    idx = torch.full((len(row_atom), 1 + k), -1, dtype=torch.long)
-    for r, a in enumerate(row_atom.tolist()):
-        pick = rnd.sample([b for b in range(M) if b != a], k)
-        idx[r, 0] = a
-        idx[r, 1:] = torch.tensor(pick) + M
+    g = torch.Generator().manual_seed(rnd.randrange(1 << 62))
+    if M - 1 <= 4 * k:  # few atoms: exact distinct draws
+        pick = torch.stack([torch.randperm(M - 1, generator=g)[:k] for _ in range(len(row_atom))])
+    else:  # many atoms: independent draws (a repeat is rare and harmless)
+        pick = torch.randint(0, M - 1, (len(row_atom), k), generator=g)
+    pick = pick + (pick >= row_atom[:, None]).long()  # skip the row's own atom
+    idx = torch.cat([row_atom[:, None], pick + M], 1)
     return idx, torch.ones(idx.shape)
+
+
+class _RowBank:
+    """Every training sequence of a chunk, ready on the device: the hidden states entering layer L
+    (right-padded), prompt and target lengths and target ids. A micro-batch is a gather, not a loop."""
+
+    def __init__(self, lower: list[torch.Tensor], prompt_lens: list[int], targets: list[list[int]], dev):
+        R = len(lower)
+        T = max(t.shape[0] for t in lower)
+        self.h = lower[0].new_zeros(R, T, lower[0].shape[1])
+        for j, t in enumerate(lower):
+            self.h[j, :t.shape[0]] = t
+        self.seq = torch.tensor([t.shape[0] for t in lower], device=dev)
+        self.plen = torch.tensor(prompt_lens, device=dev)
+        self.alen = torch.tensor([len(t) for t in targets], device=dev)
+        A = max(len(t) for t in targets)
+        self.tgt = torch.zeros(R, A, dtype=torch.long)
+        for j, t in enumerate(targets):
+            self.tgt[j, :len(t)] = torch.tensor(t, dtype=torch.long)
+        self.tgt = self.tgt.to(dev)
+        self.seq_cpu = [t.shape[0] for t in lower]
+
+    def batch(self, rows: torch.Tensor, T: int):
+        """(h (b, T, d), target positions (n, 2), target ids (n,), row of each target (n,)) for bank rows."""
+        A = self.tgt.shape[1]
+        ar = torch.arange(A, device=rows.device)
+        m = ar[None] < self.alen[rows][:, None]
+        # logits at position j predict token j+1: answer token k sits at plen+k, predicted from plen+k-1
+        p = self.plen[rows][:, None] - 1 + ar[None]
+        r = torch.arange(len(rows), device=rows.device)[:, None].expand_as(p)
+        pos = torch.stack([r[m], p[m]], 1)
+        return self.h[rows, :T], pos, self.tgt[rows][m], r[m]
 
 
 class _Negatives:
@@ -174,7 +208,10 @@ class _Negatives:
                     self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16)))  # stays on the model's device
         self.owner = owners
         # hidden states entering the first layer with atoms, computed once (the lower layers are frozen)
-        self.lower = lower_states(model, [p + c for p, c, _ in self.items], L, pad_id, cfg.max_tokens_per_step)
+        lower = lower_states(model, [p + c for p, c, _ in self.items], L, pad_id, cfg.max_tokens_per_step)
+        self.bank = _RowBank(lower, [len(p) for p, _, _ in self.items], [c for _, c, _ in self.items], dev)
+        self.base = torch.stack([lp for _, _, lp in self.items])  # (rows, n, V) fp16 base log-probs
+        self.items = []
 
     def sample(self, a: int, k: int, rnd: random.Random) -> list[int]:
         """k distinct prompts that are not atom a's own questions."""
@@ -193,19 +230,25 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int
     rows = [(a, i) for a in act for i in negatives.sample(a, cfg.locality_prompts, rnd)]
     n = cfg.locality_tokens
     dev = next(model.parameters()).device
-    row_atom = torch.tensor([a for a, _ in rows], device=dev)
-    state.set(row_atom[:, None], torch.ones(len(rows), 1, device=dev))
-    with torch.enable_grad():
-        state.pools = _pools(params, cfg.scale, frozen_copy=False)
-        h = run_layers(model, stack_right([negatives.lower[i] for _, i in rows]), L, None, final_norm=True)
-        pos = torch.tensor([[r, len(negatives.items[i][0]) - 1 + j] for r, (_, i) in enumerate(rows) for j in range(n)],
-                           device=dev)
-        student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
-        base = torch.cat([negatives.items[i][2].float() for _, i in rows]).to(dev)
-        kl = (base.exp() * (base - student)).sum(-1)  # (rows * n,)
-        per_row = kl.view(len(rows), n).mean(1)
-        loss = cfg.locality_weight * per_row.sum() / cfg.locality_prompts
-        loss.backward()
+    V = negatives.base.shape[-1]
+    bank = negatives.bank
+    # bound each pass by tokens and by the (rows * n, V) fp32 log-prob tensors it holds
+    T_all = max(bank.seq_cpu[i] for _, i in rows)
+    g = max(1, min(cfg.max_tokens_per_step // T_all, (1 << 27) // (n * V)))
+    for s in range(0, len(rows), g):
+        part = rows[s:s + g]
+        ri = torch.tensor([i for _, i in part], device=dev)
+        h0, pos, _, _ = bank.batch(ri, max(bank.seq_cpu[i] for _, i in part))
+        state.set(torch.tensor([a for a, _ in part], device=dev)[:, None], torch.ones(len(part), 1, device=dev))
+        with torch.enable_grad():
+            state.pools = _pools(params, cfg.scale, frozen_copy=False)
+            h = run_layers(model, h0, L, None, final_norm=True)
+            student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
+            base = negatives.base[ri].reshape(-1, V).float()  # rows in order, n positions each
+            kl = (base.exp() * (base - student)).sum(-1)  # (rows * n,)
+            loss = cfg.locality_weight * kl.view(len(part), n).mean(1).sum() / cfg.locality_prompts
+            loss.backward()
+    state.clear()
 
 
 def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
@@ -269,8 +312,10 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     state.clear()
     # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
-    lower = dict(zip(keys, lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
-                                        cfg.max_tokens_per_step)))
+    key_row = {k: j for j, k in enumerate(keys)}
+    bank = _RowBank(lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
+                                 cfg.max_tokens_per_step),
+                    [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
     negatives = _Negatives(model, tok, state, chunk, cfg, pad_id, L) if cfg.locality_weight > 0 else None
     while bool(active.any()):
         act = active.nonzero().flatten().tolist()
@@ -281,19 +326,22 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             rows += [(a, q) for q in qs[:cfg.questions_per_step]]
         per_atom = torch.zeros(M, device=dev)
         pmin = torch.ones(M, device=dev)
-        counts = torch.zeros(M, device=dev)
+        counts = torch.zeros(M)
         for a, q in rows:
             counts[a] += len(chunk[a].target(q))
+        counts = counts.to(dev)
         composing = M > 1 and rnd.random() < cfg.compose_prob
         for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
-            pos, tgt, trow = (t.to(dev) for t in _targets(chunk, mb))
+            bank_rows = [key_row[r] for r in mb]
+            h0, pos, tgt, trow = bank.batch(torch.tensor(bank_rows, device=dev),
+                                            max(bank.seq_cpu[j] for j in bank_rows))
             row_atom = torch.tensor([a for a, _ in mb])
             idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
             state.set(idx.to(dev), w.to(dev))
             row_atom = row_atom.to(dev)
             with torch.enable_grad():
                 state.pools = _pools(params, cfg.scale, frozen_copy=composing)
-                h = run_layers(model, stack_right([lower[row] for row in mb]), L, None, final_norm=True)
+                h = run_layers(model, h0, L, None, final_norm=True)
                 logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
                 logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
                 tok_atom = row_atom[trow]
