@@ -157,7 +157,7 @@ class KnowledgeBase:
 
     def _ingest(self, docs: list[Document], report: IngestReport) -> None:
         from compiler.synth import questions as synth_questions
-        from compiler.train import compile_atoms, make_examples
+        from compiler.train import compile_statements
         from compiler.weights import pack
         from doc2atom.atomizer import atomize_many
         from doc2atom.merge import plan_ingest
@@ -190,8 +190,8 @@ class KnowledgeBase:
             drafts = [a for j in group for a in drafts_per_doc[j]]
             tc = time.perf_counter()
             qs = [synth_questions(a.text, nlp, cfg.questions) for a in drafts]
-            compiled = compile_atoms(model, tok, make_examples(tok, [a.text for a in drafts], qs), cfg,
-                                     progress=bar.update)
+            compiled = compile_statements(model, tok, [a.text for a in drafts], qs, cfg,
+                                          progress=bar.update)
             report.compile_seconds += time.perf_counter() - tc
             embs = atom_key_vectors(self.embedder(), [a.key for a in drafts], qs)
             pos = 0
