@@ -4,7 +4,8 @@ Atoms only touch layers >= L, so the hidden states entering layer L do not depen
 being trained: the compiler computes them once per training sequence and replays only the upper
 layers at every optimiser step. The layers are called directly (no change to the model object,
 so a model shared with a serving thread is safe) with an explicit additive causal mask, which
-makes right padding harmless: a real position never attends to a later (padded) one.
+makes right padding harmless: a real position never attends to a later (padded) one. With SDPA the mask
+is left out and SDPA's own causal flag does the same.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def run_layers(model, h: torch.Tensor, start: int, stop: int | None = None, fina
     T = h.shape[1]
     pos = torch.arange(T, device=h.device)[None]
     pe = inner.rotary_emb(h, pos)
-    mask = _causal_mask(T, h.dtype, h.device)
+    # SDPA is causal by itself when given no mask (and then may use its fused kernels); other
+    # attention implementations get the explicit causal mask
+    impl = getattr(model.config, "_attn_implementation", None)
+    mask = None if impl == "sdpa" else _causal_mask(T, h.dtype, h.device)
     for layer in layers:
         out = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe, use_cache=False)
         h = out[0] if isinstance(out, tuple) else out

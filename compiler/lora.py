@@ -29,12 +29,14 @@ class ComposeState:
     idx: torch.Tensor | None = None
     w: torch.Tensor | None = None
     meta: object | None = None  # triton_ops.ComposeMeta on CUDA: validated once per set(), no sync per layer
+    checked: tuple | None = None  # (idx, pool size) whose slot range was checked: later layers skip the sync
 
     def set(self, idx: torch.Tensor | None, w: torch.Tensor | None = None) -> None:
         if idx is not None and w is None:
             w = torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
         self.idx, self.w = idx, w
         self.meta = None
+        self.checked = None
         if idx is not None and idx.is_cuda and get_backend() != "torch":
             try:
                 from compiler.compose.triton_ops import ComposeMeta
@@ -43,7 +45,7 @@ class ComposeState:
             self.meta = ComposeMeta(idx, w)
 
     def clear(self) -> None:
-        self.idx, self.w, self.meta = None, None, None
+        self.idx, self.w, self.meta, self.checked = None, None, None, None
 
 
 class AtomLinear(nn.Module):
@@ -82,7 +84,11 @@ class AtomLinear(nn.Module):
             y3 = y.reshape(x3.shape[0], x3.shape[1], -1)
             compose_delta_triton(x3, A, B, meta=st.meta, out=y3, accumulate=True)
             return y3.reshape(*shape[:-1], y3.shape[-1])
-        delta = compose_delta(x3, A, B, st.idx, st.w)
+        N = A.shape[0]
+        first = st.checked is None or st.checked[0] is not st.idx or st.checked[1] != N
+        delta = compose_delta(x3, A, B, st.idx, st.w, check_range=first)
+        if first:
+            st.checked = (st.idx, N)
         return y + delta.reshape(*shape[:-1], delta.shape[-1])
 
 

@@ -151,10 +151,7 @@ class _RowBank:
         self.plen = torch.tensor(prompt_lens, device=dev)
         self.alen = torch.tensor([len(t) for t in targets], device=dev)
         A = max(len(t) for t in targets)
-        self.tgt = torch.zeros(R, A, dtype=torch.long)
-        for j, t in enumerate(targets):
-            self.tgt[j, :len(t)] = torch.tensor(t, dtype=torch.long)
-        self.tgt = self.tgt.to(dev)
+        self.tgt = torch.tensor([list(t) + [0] * (A - len(t)) for t in targets], dtype=torch.long, device=dev)
         self.seq_cpu = [t.shape[0] for t in lower]
 
     def batch(self, rows: torch.Tensor, T: int):
@@ -368,9 +365,9 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     secs = (time.perf_counter() - t0) / M
     res = []
     with torch.no_grad():
+        host = {n: (A.detach().float().cpu(), (B * cfg.scale).detach().float().cpu()) for n, (A, B) in params.items()}
         for a in range(M):
-            w = {n: (A[a].detach().float().cpu().clone(), (B[a] * cfg.scale).detach().float().cpu().clone())
-                 for n, (A, B) in params.items()}
+            w = {n: (A[a].clone(), B[a].clone()) for n, (A, B) in host.items()}
             res.append(CompiledAtom(w, {"steps": int(steps[a]), "min_answer_prob": round(float(last_p[a]), 4),
                                         "loss": round(float(last_loss[a]), 4), "converged": bool(reached[a] >= 0),
                                         "seconds": round(secs, 3)}))

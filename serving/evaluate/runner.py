@@ -82,9 +82,11 @@ def _ask(kb, questions: list[str], mode: str, cfg: EvalConfig, desc: str, extra:
     return out, time.perf_counter() - t0
 
 
-def router_recall(kb, questions: list[EvalQuestion], doc_of: dict[int, str], fmt: str) -> tuple[dict, list[dict]]:
+def router_recall(kb, questions: list[EvalQuestion], doc_of: dict[int, list[str]], fmt: str
+                  ) -> tuple[dict, list[dict]]:
     """recall@1 and recall@8 on answerable questions, routing with top_k=8.
 
+    doc_of: atom rowid -> every document that states it (a merged near-duplicate has several).
     A hit@1: the best routed atom comes from the question's own paragraph (SQuAD) or from a
     supporting paragraph (HotpotQA). A hit@8: a routed atom from the own paragraph (SQuAD),
     atoms from every supporting paragraph (HotpotQA). A refusal is a miss."""
@@ -95,9 +97,10 @@ def router_recall(kb, questions: list[EvalQuestion], doc_of: dict[int, str], fmt
     hit1 = hit8 = 0
     rows = []
     for q, r in zip(qs, routes):
-        docs = [doc_of.get(i) for i in r.ids]
-        h1 = bool(docs) and docs[0] in q.docs
-        h8 = set(q.docs) <= set(docs) if fmt == "hotpot" else any(d in q.docs for d in docs)
+        docs = [_as_list(doc_of.get(i)) for i in r.ids]
+        found = {d for ds in docs for d in ds}
+        h1 = bool(docs) and any(d in q.docs for d in docs[0])
+        h8 = set(q.docs) <= found if fmt == "hotpot" else any(d in q.docs for d in found)
         hit1 += h1
         hit8 += h8
         rows.append({"id": q.id, "routed": [atom_id(i) for i in r.ids], "best": round(r.best, 4),
@@ -105,11 +108,16 @@ def router_recall(kb, questions: list[EvalQuestion], doc_of: dict[int, str], fmt
     return {"recall@1": round(hit1 / len(qs), 4), "recall@8": round(hit8 / len(qs), 4), "n": len(qs)}, rows
 
 
+def _as_list(d) -> list[str]:
+    return [] if d is None else [d] if isinstance(d, str) else list(d)
+
+
 def unrelated_atoms(q: EvalQuestion, routed: list[int], by_doc: dict[str, list[int]], exclude_docs: set[str],
                     n: int, seed: int) -> list[str]:
     """n atoms drawn at random (seeded per question) from documents other than the question's
     own, never one the router picked; the first n-1 of n are the same draw, so the curve is nested."""
-    pool = sorted(a for d, ids in by_doc.items() if d not in exclude_docs for a in ids if a not in set(routed))
+    near = {a for d in exclude_docs for a in by_doc.get(d, [])}  # atoms also stated by an excluded document
+    pool = sorted({a for d, ids in by_doc.items() if d not in exclude_docs for a in ids} - near - set(routed))
     rng = random.Random(f"{seed}:{q.id}")
     return [atom_id(a) for a in rng.sample(pool, min(n, len(pool)))]
 
@@ -128,10 +136,11 @@ def evaluate(kb, data: EvalSet, cfg: EvalConfig) -> dict:
     if rep.added and cfg.progress:
         print(f"doc2atom eval: ingested {len(rep.added)} paragraph(s), {rep.atoms} atoms; "
               f"{len(rep.unchanged)} already in the knowledge base", file=sys.stderr)
-    doc_of = kb.store.atom_rowids_of_docs()  # atom rowid -> document id
+    doc_of = kb.store.atom_docs()  # atom rowid -> every document that states it
     by_doc: dict[str, list[int]] = {}
-    for a, d in doc_of.items():
-        by_doc.setdefault(d, []).append(a)
+    for a, ds in doc_of.items():
+        for d in ds:
+            by_doc.setdefault(d, []).append(a)
 
     t0 = time.perf_counter()
     router, route_rows = router_recall(kb, questions, doc_of, data.format)

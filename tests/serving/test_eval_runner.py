@@ -116,3 +116,22 @@ def test_cli_json_prints_one_object(kb_dir, tiny_base, capsys):
 def test_cli_rejects_unknown_mode(kb_dir, tiny_base, capsys):
     rc = cli.main([str(FIXTURE), "--kb", str(kb_dir), "--base-model", str(tiny_base), "--modes", "base,rag"])
     assert rc == 2 and "--modes" in capsys.readouterr().err
+
+
+def test_router_recall_counts_every_provenance_of_a_merged_atom():
+    from types import SimpleNamespace
+
+    from serving.evaluate.datasets import EvalQuestion
+
+    class FakeKB:
+        def route(self, questions, top_k=None):
+            return [SimpleNamespace(ids=[7, 9], best=0.9, refused=False) for _ in questions]
+
+    q = EvalQuestion(id="q", question="?", answers=["x"], docs=["B"], impossible=False)
+    # atom 7 was merged: first stated by A, also by B (the question's paragraph)
+    rec, _ = router_recall(FakeKB(), [q], {7: ["A", "B"], 9: ["C"]}, "squad")
+    assert rec["recall@1"] == 1.0 and rec["recall@8"] == 1.0
+    rec, _ = router_recall(FakeKB(), [q], {7: "A", 9: "C"}, "squad")  # first provenance only: a miss
+    assert rec["recall@1"] == 0.0 and rec["recall@8"] == 0.0
+    # an atom also stated by the question's own paragraph is never drawn as "unrelated"
+    assert "a7" not in unrelated_atoms(q, [], {"A": [7], "B": [7], "C": [9]}, {"B"}, 5, seed=0)
