@@ -86,6 +86,7 @@ def main() -> int:
                      save=Path(args.save) if args.save else None)
     kb = KnowledgeBase(args.kb)
     t0 = time.time()
+    commit, dirty = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "-uno").splitlines()  # as the run starts
     result = evaluate(kb, read_dataset(dataset, "squad"), cfg)
     out = {
         "bench": "eval_rhine",
@@ -95,7 +96,7 @@ def main() -> int:
                            + (f" --limit {args.limit}" if args.limit else "") + " --json"),
         "note": args.note,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
-        "git": {"commit": _git("rev-parse", "HEAD"), "dirty_files": _git("status", "--porcelain", "-uno").splitlines()},
+        "git": {"commit": commit, "dirty_files": dirty},
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                     "platform": platform.platform()},
         "versions": {"doc2atom": __version__, "python": platform.python_version(), "torch": torch.__version__,
