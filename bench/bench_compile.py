@@ -74,6 +74,12 @@ RECIPES: dict[str, dict] = {
     "rank1_lowlr_kl30_p4_t16": {"rank": 1, "lr": 3e-3, "max_steps": 48, "locality_weight": 30.0,
                                 "locality_prompts": 4, "locality_tokens": 16, "compose_prob": 0.5,
                                 "compose_others": 3},
+    "ns90": {"nullspace_energy": 0.9},
+    "ns99": {"nullspace_energy": 0.99},
+    "ns999": {"nullspace_energy": 0.999},
+    "ns99_kl_compose": {"nullspace_energy": 0.99, "locality_weight": 10.0, "compose_prob": 0.5, "compose_others": 3},
+    "ns999_kl_compose": {"nullspace_energy": 0.999, "locality_weight": 10.0, "compose_prob": 0.5,
+                         "compose_others": 3},
     "monolithic": {},
 }
 

@@ -36,6 +36,8 @@ class CompileConfig(BaseModel):
     compose_others: int = Field(default=3, ge=1, le=63, description="How many other atoms are summed in then")
     max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
                                      description="Padded tokens per forward pass; bounds compile memory")
+    nullspace_energy: float = Field(default=0.0, ge=0, lt=1, description="Keep each atom's A orthogonal to the "
+                                    "principal input directions (this share of energy) of generic prompts (0 = off)")
     objective: Literal["statement", "distill"] = Field(
         default="statement", description="What each synthesised question is taught: the atom's statement, or "
         "(distill) the base model's own answer with the atom's text in context where that answer uses the fact")

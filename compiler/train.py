@@ -298,6 +298,14 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
         A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).to(dev).requires_grad_(True)
         B = torch.zeros(M, d_out, r, device=dev, requires_grad=True)
         params[name] = (A, B)
+    bases = None
+    if cfg.nullspace_energy > 0:
+        from compiler.nullspace import generic_bases, project_out
+
+        state.clear()
+        bases = generic_bases(model, tok, names, cfg.nullspace_energy)
+        for n, (A, _) in params.items():
+            project_out(A.data, bases[n])
     flat = [t for ab in params.values() for t in ab]
     opt = _MaskedAdam(flat, cfg.lr)
     active = torch.ones(M, dtype=torch.bool)
@@ -356,6 +364,9 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             last_loss[act] = (per_atom[act] / counts[act]).cpu()
         steps[act] += 1
         opt.step(active.to(dev), steps.to(dev))
+        if bases is not None:
+            for n, (A, _) in params.items():
+                project_out(A.data, bases[n])
         for a in act:
             if reached[a] < 0 and last_p[a] >= cfg.target_prob and steps[a] >= cfg.min_steps:
                 reached[a] = steps[a]

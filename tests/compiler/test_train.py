@@ -147,3 +147,22 @@ def test_distill_objective_and_monolithic_baseline_run(tiny_base):
     assert 1 <= mono.stats["epochs"] <= 2 and all(A.shape[0] == 4 for A, _ in mono.weights.values())
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), f"{n} changed"
+
+
+def test_nullspace_keeps_atoms_orthogonal_to_generic_inputs(tiny_base):
+    from compiler.lora import target_names
+    from compiler.nullspace import generic_bases
+
+    model, tok = load_base(str(tiny_base))
+    cfg = CompileConfig(max_steps=3, min_steps=1, questions=2, questions_per_step=1, nullspace_energy=0.9)
+    out = compile_atoms(model, tok, make_examples(tok, ["aa bb", "cc dd"], [["q1?", "q2?"], ["q3?", "q4?"]]), cfg)
+    names = target_names(model, cfg.modules, cfg.layers)
+    bases = generic_bases(model, tok, names, 0.9)
+    for n in names:
+        U = bases[n]
+        assert 1 <= U.shape[1] < U.shape[0]
+        torch.testing.assert_close(U.T @ U, torch.eye(U.shape[1]), atol=1e-4, rtol=0)
+        for c in out:
+            A = c.weights[n][0]
+            assert A.abs().max() > 0  # the atom still has a shrink matrix ...
+            assert (A @ U).abs().max() < 1e-4 * max(1.0, float(A.abs().max()))  # ... blind to generic directions
