@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import lower_states, run_layers, stack_right
+from compiler.layers import lower_states, run_layers
 from compiler.lora import attach, first_layer, module_shapes, target_names
-from compiler.train import AtomExample, CompiledAtom, _targets
+from compiler.train import AtomExample, CompiledAtom, _RowBank
 
 
 def train_monolithic(model, tok, examples: list[AtomExample], cfg: CompileConfig, rank: int = 32, lr: float = 1e-3,
@@ -38,10 +38,12 @@ def train_monolithic(model, tok, examples: list[AtomExample], cfg: CompileConfig
     opt = torch.optim.Adam([t for ab in params.values() for t in ab], lr=lr)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     L = first_layer(names)
-    rows = [(a, q) for a, ex in enumerate(examples) for q in range(len(ex.prompts))]
+    keys = [(a, q) for a, ex in enumerate(examples) for q in range(len(ex.prompts))]
     state.clear()
-    lower = dict(zip(rows, lower_states(model, [examples[a].prompts[q] + examples[a].target(q) for a, q in rows], L,
-                                        pad_id, cfg.max_tokens_per_step)))
+    bank = _RowBank(lower_states(model, [examples[a].prompts[q] + examples[a].target(q) for a, q in keys], L,
+                                 pad_id, cfg.max_tokens_per_step),
+                    [len(examples[a].prompts[q]) for a, q in keys], [examples[a].target(q) for a, q in keys], dev)
+    rows = list(range(len(keys)))
     rnd = random.Random(cfg.seed)
     scale = cfg.scale  # the same alpha/r as the atoms
     t0 = time.perf_counter()
@@ -54,11 +56,11 @@ def train_monolithic(model, tok, examples: list[AtomExample], cfg: CompileConfig
             total, ntok = 0.0, 0
             for s in range(0, len(rows), batch_rows):
                 mb = rows[s:s + batch_rows]
-                pos, tgt, _ = (t.to(dev) for t in _targets(examples, mb))
+                h0, pos, tgt, _ = bank.batch(torch.tensor(mb, device=dev), max(bank.seq_cpu[j] for j in mb))
                 state.set(torch.zeros(len(mb), 1, dtype=torch.long, device=dev),
                           torch.ones(len(mb), 1, device=dev))
                 state.pools = {n: (A, B * scale) for n, (A, B) in params.items()}
-                h = run_layers(model, stack_right([lower[r] for r in mb]), L, None, final_norm=True)
+                h = run_layers(model, h0, L, None, final_norm=True)
                 logp = F.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1).gather(1, tgt[:, None])
                 loss = -logp.mean()
                 opt.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import lower_states, run_layers
+from compiler.layers import lower_states, run_layers, stack_right
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -84,19 +84,6 @@ class _MaskedAdam:
             p.grad = None
 
 
-def _targets(examples: list[AtomExample], rows: list[tuple[int, int]]):
-    """(target positions (n, 2) as (row, position), target ids, row of each target) of right-padded rows."""
-    tgt_pos, tgt_ids, tgt_row = [], [], []
-    for r, (a, q) in enumerate(rows):
-        p, ans = examples[a].prompts[q], examples[a].target(q)
-        # logits at position j predict token j+1: answer token k sits at len(p)+k, predicted from len(p)+k-1
-        for k, tokid in enumerate(ans):
-            tgt_pos.append((r, len(p) + k - 1))
-            tgt_ids.append(tokid)
-            tgt_row.append(r)
-    return torch.tensor(tgt_pos, dtype=torch.long), torch.tensor(tgt_ids), torch.tensor(tgt_row)
-
-
 def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_tokens: int):
     """Split a step's rows so that no forward pass holds more than max_tokens (padded) tokens."""
     out, cur, longest = [], [], 0
@@ -142,11 +129,7 @@ class _RowBank:
     (right-padded), prompt and target lengths and target ids. A micro-batch is a gather, not a loop."""
 
     def __init__(self, lower: list[torch.Tensor], prompt_lens: list[int], targets: list[list[int]], dev):
-        R = len(lower)
-        T = max(t.shape[0] for t in lower)
-        self.h = lower[0].new_zeros(R, T, lower[0].shape[1])
-        for j, t in enumerate(lower):
-            self.h[j, :t.shape[0]] = t
+        self.h = stack_right(lower)
         self.seq = torch.tensor([t.shape[0] for t in lower], device=dev)
         self.plen = torch.tensor(prompt_lens, device=dev)
         self.alen = torch.tensor([len(t) for t in targets], device=dev)
