@@ -44,6 +44,16 @@ class Source(_Strict):
     line: int | None = Field(default=None, description="1-based line of the span start, for people")
 
 
+class Signals(_Strict):
+    """The router's evidence for one atom on one question (`ask --explain`, `ask --json`)."""
+
+    dense: float = Field(description="Cosine similarity of the question and the atom's retrieval key")
+    lexical: float = Field(description="BM25 score of the atom's key text for the question")
+    cover: float = Field(description="IDF-weighted share of the question's content words found in the atom")
+    learned: float = Field(description="Learned router probability (the final score)")
+    hop: int = Field(description="1 = first retrieval round, 2 = found by the multi-hop round")
+
+
 class AtomOut(_Strict):
     """An atom as `ask --json` and `atoms show` report it."""
 
@@ -55,6 +65,8 @@ class AtomOut(_Strict):
     source: Source = Field(description="The atom's first provenance (the same as sources[0])")
     sources: list[Source] = Field(default_factory=list, description="Every document span that states this atom "
                                   "(near-duplicates across documents are one atom), first provenance first")
+    signals: Signals | None = Field(default=None, description="Router signals for this question (None outside ask "
+                                    "and for atoms the caller forced)")
 
 
 class Answer(_Strict):

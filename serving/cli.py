@@ -127,15 +127,31 @@ def _where(s) -> str:
 
 
 def explain_table(atoms) -> str:
-    """A readable table: atom id, type, score, weight, text, source file:line (every provenance)."""
-    rows = [("atom", "type", "score", "weight", "text", "source")]
+    """A readable table per fired atom: id, type, the router's signals (learned score, dense cosine,
+    BM25, word cover, retrieval round), composition weight, text, source file:line (every provenance)."""
+    rows = [("atom", "type", "score", "dense", "bm25", "cover", "hop", "weight", "text", "source")]
     for a in atoms:
         text = a.text if len(a.text) <= 60 else a.text[:57] + "..."
         src = ", ".join(_where(s) for s in (a.sources or [a.source]))
+        g = a.signals
         rows.append((a.id, a.type, f"{a.score:.3f}" if a.score is not None else "-",
+                     f"{g.dense:.3f}" if g else "-", f"{g.lexical:.2f}" if g else "-",
+                     f"{g.cover:.2f}" if g else "-", str(g.hop) if g else "-",
                      f"{a.weight:.2f}" if a.weight is not None else "-", text, src))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def refusal_reason(kb, question: str, top_k: int | None) -> str:
+    """Why a question was refused: its best candidate's score against the calibrated threshold."""
+    from doc2atom.store import atom_id
+
+    route = kb.route([question], top_k)[0]  # the same decision again (deterministic), for its numbers
+    if not route.details:
+        return "(no atoms fired: the knowledge base has no candidate for this question)"
+    d = route.details[0]
+    return (f"(no atoms fired: best candidate {atom_id(d.id)} scored {route.best:.3f} < threshold "
+            f"{route.threshold:.3f}; dense {d.dense:.3f}, bm25 {d.lexical:.2f}, cover {d.cover:.2f})")
 
 
 def cmd_ingest(args) -> int:
@@ -187,7 +203,7 @@ def cmd_ask(args) -> int:
     print(ans.answer)
     if args.explain:
         print()
-        print(explain_table(ans.atoms) if ans.atoms else "(no atoms fired)")
+        print(explain_table(ans.atoms) if ans.atoms else refusal_reason(kb, args.question, args.top_k))
     elif ans.atoms:
         print("atoms: " + ", ".join(f"{a.id} ({Path(a.source.path.split('#')[0]).name}:{a.source.line})"
                                     for a in ans.atoms))

@@ -18,7 +18,7 @@ import numpy as np
 from compiler.config import CompileConfig
 from doc2atom import errors
 from doc2atom.readers import expand_paths, read_file
-from doc2atom.schemas import Answer, Document
+from doc2atom.schemas import Answer, Document, Signals
 from doc2atom.store import KBStore, atom_id
 from router.select import RouterConfig
 
@@ -324,6 +324,12 @@ class KnowledgeBase:
                 score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)}
                 w = self._weights_for(r, fired[i])
                 atoms = self.store.atoms_out(fired[i], [score_of.get(a, 0.0) for a in fired[i]], w)
+                sig = {atom_id(d.id): d for d in (getattr(r, "details", None) or [])}
+                for a in atoms:
+                    d = sig.get(a.id)
+                    if d is not None:
+                        a.signals = Signals(dense=float(d.dense), lexical=float(d.lexical), cover=float(d.cover),
+                                            learned=float(d.learned), hop=int(d.hop))
             answers.append(Answer(answer=REFUSAL if refused else texts_out[i], refused=refused,
                                   atoms=[] if refused else atoms,
                                   timings_ms={k: round(v / max(1, n), 2) for k, v in timings.items()}))

@@ -65,9 +65,17 @@ def test_end_to_end_cli_on_tiny_model(tmp_path, tiny_base, sample_copy, capsys):
     code, out, _ = _run(["ask", "Who designed the Korrin Bridge?", "--json", "--max-new-tokens", "4"] + common, capsys)
     ans = json.loads(out)
     assert set(ans) == {"answer", "refused", "atoms", "timings_ms"} and ans["atoms"]
+    sig = ans["atoms"][0]["signals"]  # the router's evidence travels with each fired atom
+    assert set(sig) == {"dense", "lexical", "cover", "learned", "hop"} and sig["hop"] == 1
+    assert abs(sig["learned"] - ans["atoms"][0]["score"]) < 1e-3 and 0 < sig["dense"] <= 1
     code, out, _ = _run(["ask", "Who designed the Korrin Bridge?", "--explain", "--max-new-tokens", "4"] + common,
                         capsys)
-    assert "score" in out and "korrin_bridge.txt:" in out
+    header = out.splitlines()[-1 - len(ans["atoms"])].split()
+    assert header[:8] == ["atom", "type", "score", "dense", "bm25", "cover", "hop", "weight"]
+    assert "korrin_bridge.txt:" in out
+    code, out, _ = _run(["ask", "What is the boiling point of liquid nitrogen in kelvin?", "--explain",
+                         "--max-new-tokens", "4"] + common, capsys)
+    assert code == 0 and "no atoms fired: best candidate a" in out and "< threshold" in out
     code, out, _ = _run(["atoms", "list", "--json", "--kb", kb], capsys)
     ids = [a["id"] for a in json.loads(out)["atoms"]]
     code, out, _ = _run(["atoms", "show", ids[0], "--kb", kb], capsys)

@@ -46,7 +46,12 @@ function atomRow(atom, withScores) {
   cell(tr, atom.id, "mono");
   cell(tr, atom.type, "type type-" + atom.type);
   if (withScores) {
-    cell(tr, fmt(atom.score, 3), "num");
+    const score = cell(tr, fmt(atom.score, 3), "num");
+    const g = atom.signals;
+    if (g) {  // the router's evidence, on hover: dense cosine, BM25, word cover, retrieval round
+      score.title = `learned ${fmt(g.learned, 3)} · dense ${fmt(g.dense, 3)} · bm25 ${fmt(g.lexical, 2)}` +
+        ` · cover ${fmt(g.cover, 2)} · round ${g.hop}`;
+    }
     cell(tr, fmt(atom.weight, 2), "num");
   }
   cell(tr, atom.text);
