@@ -72,7 +72,8 @@ def test_ask_returns_the_documented_object(kb):
     assert set(d) == {"answer", "refused", "atoms", "timings_ms"}
     assert not d["refused"] and d["atoms"]
     a = d["atoms"][0]
-    assert set(a) == {"id", "type", "score", "weight", "text", "source", "sources"}
+    assert set(a) == {"id", "type", "score", "weight", "text", "source", "sources", "signals"}
+    assert set(a["signals"]) == {"dense", "lexical", "cover", "learned", "hop"}
     assert a["sources"][0] == a["source"]
     assert set(a["source"]) == {"doc", "path", "start", "end", "line"}
     assert a["source"]["path"].endswith("korrin_bridge.txt")
