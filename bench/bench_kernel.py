@@ -50,6 +50,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from contextlib import contextmanager as contextmanager_knobs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -213,14 +214,36 @@ def graph_us_per_call(calls: list, reps: int = 5) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits: bool = False) -> None:
+@contextmanager_knobs
+def _knobs(wide_tiles=None, partials=None):
+    from compiler.compose.triton_ops import set_gemv_knobs
+
+    old = set_gemv_knobs(wide_tiles, partials)
+    try:
+        yield
+    finally:
+        set_gemv_knobs(**old)
+
+
+# two-launch GEMV variants: (key suffix, wide_tiles, partials); "max"/"sm" = run 1's 1024-wide
+# tiles / run 2's one-program-per-SM tiles (512-wide at b32); "tile"/"loop" = partials of h
+# summed in one 2-D load / one load per partial (runs 1 and 2)
+WIDE_KNOBS = [("", "max", "tile"), ("_sm", "sm", "tile"), ("_loop", "max", "loop"), ("_sm_loop", "sm", "loop")]
+
+
+def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits: bool = False,
+                batches=(32, 128), patterns=("distinct", "zipf"), t_start: float | None = None,
+                budget: float | None = None) -> None:
     """Per-call GPU time of the delta on the decode module shapes (T=1), graph-replayed.
 
     Each graph holds M calls on M different pool copies (M x pool >= ~200 MB, so the atoms
     come from HBM as they do in a decode step, where 15 GB of weights pass between two calls
     of one module); x and out stay (they are in L2 in a real step too). Variants: the plan
     'auto' picks under capture, the fused GEMV with its own and with forced d_out splits P,
-    the two-launch GEMV, and the fused GEMV reading B in the old (N, d_out, r) layout.
+    the two-launch GEMV with each knob setting (WIDE_KNOBS: tile width, partial sums), and the
+    fused GEMV reading B in the old (N, d_out, r) layout. Group rows (q/k/v: 4096 -> 4096 + 1024
+    + 1024, gate/up: 4096 -> 2 x 14336): one grouped call (auto, wide with each knob setting,
+    fused) against the members' ungrouped auto calls one after another (what the group replaces).
     """
     import torch.nn.functional as F
 
@@ -228,8 +251,14 @@ def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits:
 
     shapes = {"q_o": (4096, 4096), "k_v": (4096, 1024), "gate_up": (4096, 14336), "down": (14336, 4096)}
     out_rows = []
-    for bsz in (32, 128):
-        for pattern in ("distinct", "zipf"):
+    res["shapes"] = dict(K=K, r=r, T=1, note=shape_sweep.__doc__.split("\n\n")[1].replace("\n", " "),
+                         rows=out_rows)
+    for bsz in batches:
+        for pattern in patterns:
+            if budget is not None and time.perf_counter() - t_start > budget:
+                out_rows.append({"bsz": bsz, "pattern": pattern, "skipped": "time budget"})
+                continue
+            group_sweep(out_rows, copy_bw, bsz, pattern, K, r)
             for name, (d_in, d_out) in shapes.items():
                 n_atoms = bsz * K if pattern == "distinct" else 64
                 pool_bytes = n_atoms * r * (d_in + d_out) * 2
@@ -258,17 +287,21 @@ def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits:
                     return [lambda a=a, b=b: compose_delta_triton(x, a, b, meta=meta, out=y, accumulate=True,
                                                                   path=path, split=split) for a, b in ps]
 
-                variants = [("auto", None, False), ("fused", None, False), ("wide", None, False),
-                            ("fused", None, True)]
+                variants = [("auto", None, False, WIDE_KNOBS[0]), ("fused", None, False, WIDE_KNOBS[0])]
+                variants += [("wide", None, False, kn) for kn in WIDE_KNOBS]
+                if sweep_splits:
+                    variants.append(("fused", None, True, WIDE_KNOBS[0]))
                 if bsz == 32 and pattern == "distinct" and sweep_splits:
-                    variants += [("fused", p, False) for p in (2, 4, 8, 16)]
-                for path, split, old in variants:
+                    variants += [("fused", p, False, WIDE_KNOBS[0]) for p in (2, 4, 8, 16)]
+                for path, split, old, (suffix, tiles, partials) in variants:
                     key = f"{path}" + (f"_P{split}" if split else "") + ("_oldB" if old else "")
+                    key += suffix if path == "wide" else ""
                     try:
-                        if path == "auto":  # compile both plans outside the capture
-                            for pth in ("fused", "wide"):
-                                calls(pth)[0]()
-                        row[key + "_us"] = graph_us_per_call(calls(path, split, old))
+                        with _knobs(tiles, partials):
+                            if path == "auto":  # compile both plans outside the capture
+                                for pth in ("fused", "wide"):
+                                    calls(pth)[0]()
+                            row[key + "_us"] = graph_us_per_call(calls(path, split, old))
                     except Exception as e:
                         row[key + "_us"] = f"{type(e).__name__}: {e}"[:200]
                 del pools
@@ -276,8 +309,76 @@ def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits:
                 log("shape " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in row.items() if k not in ("d_in", "d_out")))
                 torch.cuda.empty_cache()
-    res["shapes"] = dict(K=K, r=r, T=1, note=shape_sweep.__doc__.split("\n\n")[1].replace("\n", " "),
-                         rows=out_rows)
+
+
+def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, r: int) -> None:
+    """Group rows of shape_sweep: one grouped call vs the members' ungrouped calls, graph-replayed."""
+    import torch.nn.functional as F
+
+    from compiler.compose.grouped import compose_group_triton
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    groups = {"qkv": (4096, (4096, 1024, 1024)), "gate_up": (4096, (14336, 14336))}
+    for name, (d_in, d_outs) in groups.items():
+        M = len(d_outs)
+        n_atoms = bsz * K if pattern == "distinct" else 64
+        pool_bytes = n_atoms * r * (M * d_in + sum(d_outs)) * 2
+        copies = max(8, min(48, math.ceil(200e6 / pool_bytes)))
+        if pattern == "distinct":
+            idx = torch.randperm(n_atoms, device="cuda").reshape(bsz, K)
+        else:
+            p = 1.0 / torch.arange(1, n_atoms + 1, dtype=torch.float64) ** 1.1
+            idx = torch.stack([torch.multinomial(p, K, replacement=False) for _ in range(bsz)]).cuda()
+        n_dist = int(torch.unique(idx).numel())
+        meta = ComposeMeta(idx, torch.rand(bsz, K, device="cuda") + 0.5, n_slots=n_atoms)
+        x = torch.randn(bsz, 1, d_in, dtype=DT, device="cuda")
+        ys = [torch.randn(bsz, 1, d, dtype=DT, device="cuda") for d in d_outs]
+        # per copy: the group's A (N, M * r, d_in) and each member's B in AtomPool's layout
+        pools = [(torch.randn(n_atoms, M * r, d_in, dtype=DT, device="cuda") / 64,
+                  [pool_b(n_atoms, d, r, 1 / 8) for d in d_outs]) for _ in range(copies)]
+        bound_us = (n_dist * r * (M * d_in + sum(d_outs)) * 2 + x.numel() * 2 + 2 * sum(y.numel() for y in ys) * 2
+                    ) / copy_bw * 1e6
+        Ws = [[torch.randn(d, d_in, dtype=DT, device="cuda") / 64 for d in d_outs]
+              for _ in range(max(2, math.ceil(200e6 / (d_in * sum(d_outs) * 2))))]
+        row = dict(bsz=bsz, pattern=pattern, shape=f"group_{name}", d_in=d_in, d_outs=list(d_outs),
+                   distinct_atoms=n_dist, copies=copies, delta_hbm_bound_us=bound_us,
+                   base_gemms_us=graph_us_per_call([lambda ws=ws: [F.linear(x, W) for W in ws] for ws in Ws]),
+                   note="per group call: all members' deltas")
+
+        def ungrouped(tiles="max", partials="tile"):
+            def call(A, Bs):
+                for m, B in enumerate(Bs):
+                    compose_delta_triton(x, A[:, m * r:(m + 1) * r], B, meta=meta, out=ys[m], accumulate=True)
+            return [lambda A=A, Bs=Bs: call(A, Bs) for A, Bs in pools]
+
+        def grouped(path, add_gemm=False):
+            def call(A, Bs, ws):
+                outs = compose_group_triton(x, A, Bs, meta=meta, path=path)
+                if add_gemm:  # what AtomLinear does with the deltas: y = delta + x W^T, one GEMM each
+                    for o, W in zip(outs, ws):
+                        o.view(bsz, -1).addmm_(x.view(bsz, -1), W.t())
+            return [lambda A=A, Bs=Bs, i=i: call(A, Bs, Ws[i % len(Ws)]) for i, (A, Bs) in enumerate(pools)]
+
+        variants = [("ungrouped_auto", lambda: ungrouped(), WIDE_KNOBS[0]),
+                    ("ungrouped_auto_sm", lambda: ungrouped(), WIDE_KNOBS[1]),
+                    ("group_auto", lambda: grouped("auto"), WIDE_KNOBS[0]),
+                    ("group_fused", lambda: grouped("fused"), WIDE_KNOBS[0])]
+        variants += [(f"group_wide{sfx}", lambda: grouped("wide"), (sfx, t, pa)) for sfx, t, pa in WIDE_KNOBS]
+        variants += [("group_auto_plus_gemms", lambda: grouped("auto", True), WIDE_KNOBS[0])]
+        for key, make, (_, tiles, partials) in variants:
+            try:
+                with _knobs(tiles, partials):
+                    for pth in ("fused", "wide"):  # compile outside the capture
+                        compose_group_triton(x, pools[0][0], pools[0][1], meta=meta, path=pth)
+                    ungrouped()[0]()
+                    row[key + "_us"] = graph_us_per_call(make())
+            except Exception as e:
+                row[key + "_us"] = f"{type(e).__name__}: {e}"[:200]
+        del pools
+        out_rows.append(row)
+        log("shape " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in row.items() if k not in ("d_in", "note")))
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------
@@ -556,6 +657,34 @@ def decode_section(res: dict, args, t_start: float) -> None:
         record(f"b{bsz}_triton_meta_eager_zipf", lambda: decode(model, bsz, args.prompt, args.new_tokens))
         record(f"b{bsz}_triton_meta_graphed_zipf",
                lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True, warm_up=[wiring.warm_both]))
+        # grouped: compiler.lora.AtomLinear itself, q/k/v and gate/up of a layer sharing one delta launch
+        # (128 delta launches per step instead of 224), o/down as before
+        wiring.dispatcher("triton")
+        state.set_groups(pool.compose_groups())
+        for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
+            state.set(gi, gw)
+            record(f"b{bsz}_grouped_eager{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+            record(f"b{bsz}_grouped_graphed{pattern}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        state.set(idx_d, w_d)
+        if bsz == batches[0]:
+            import compiler.compose.grouped as grouped_mod
+
+            for gpath in ("wide", "fused"):
+                grouped_mod.default_path = gpath
+                record(f"b{bsz}_grouped_graphed_{gpath}",
+                       lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+            grouped_mod.default_path = "auto"
+            with _knobs(wide_tiles="sm"):  # run 2's tiles, for the side-by-side comparison
+                record(f"b{bsz}_grouped_graphed_sm",
+                       lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+                state.set_groups([])
+                wiring.meta = ComposeMeta(idx_d, w_d, n_slots=pool.capacity)
+                wiring.direct("triton")
+                record(f"b{bsz}_triton_meta_graphed_sm",
+                       lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True,
+                                      warm_up=[wiring.warm_both]))
+        state.set_groups([])
         state.clear()
         wiring.dispatcher("auto")
 
@@ -577,11 +706,30 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "torch_meta_graphed": ratio(f"b{bsz}_torch_meta_graphed", f"b{bsz}_base_graphed"),
             "triton_meta_eager_zipf": ratio(f"b{bsz}_triton_meta_eager_zipf", f"b{bsz}_base_eager"),
             "triton_meta_graphed_zipf": ratio(f"b{bsz}_triton_meta_graphed_zipf", f"b{bsz}_base_graphed"),
+            "triton_meta_graphed_sm": ratio(f"b{bsz}_triton_meta_graphed_sm", f"b{bsz}_base_graphed"),
+            "grouped_eager": ratio(f"b{bsz}_grouped_eager", f"b{bsz}_base_eager"),
+            "grouped_graphed": ratio(f"b{bsz}_grouped_graphed", f"b{bsz}_base_graphed"),
+            "grouped_graphed_wide": ratio(f"b{bsz}_grouped_graphed_wide", f"b{bsz}_base_graphed"),
+            "grouped_graphed_fused": ratio(f"b{bsz}_grouped_graphed_fused", f"b{bsz}_base_graphed"),
+            "grouped_graphed_sm": ratio(f"b{bsz}_grouped_graphed_sm", f"b{bsz}_base_graphed"),
+            "grouped_eager_zipf": ratio(f"b{bsz}_grouped_eager_zipf", f"b{bsz}_base_eager"),
+            "grouped_graphed_zipf": ratio(f"b{bsz}_grouped_graphed_zipf", f"b{bsz}_base_graphed"),
         }
-    res["decode_ratio_composed_over_base"] = dec.get("ratios_b32", {}).get("triton_meta_eager")
-    res["decode_ratio_composed_over_base_graphed"] = dec.get("ratios_b32", {}).get("triton_meta_graphed")
-    res["decode_ratio_composed_over_base_zipf"] = dec.get("ratios_b32", {}).get("triton_meta_eager_zipf")
-    res["decode_ratio_composed_over_base_graphed_zipf"] = dec.get("ratios_b32", {}).get("triton_meta_graphed_zipf")
+
+    def best(keys):
+        """(ratio, path name) of the best measured of `keys` in ratios_b32 (b32, K=8, r=2, all 7 projections)."""
+        got = [(dec.get("ratios_b32", {}).get(k), k) for k in keys]
+        got = [g for g in got if g[0] is not None]
+        return max(got) if got else (None, None)
+
+    # headline numbers: the best path of each kind, and which one it was
+    for out_key, keys in (
+            ("decode_ratio_composed_over_base", ("triton_meta_eager", "grouped_eager")),
+            ("decode_ratio_composed_over_base_graphed", ("triton_meta_graphed", "grouped_graphed",
+                                                         "grouped_graphed_wide", "grouped_graphed_fused")),
+            ("decode_ratio_composed_over_base_zipf", ("triton_meta_eager_zipf", "grouped_eager_zipf")),
+            ("decode_ratio_composed_over_base_graphed_zipf", ("triton_meta_graphed_zipf", "grouped_graphed_zipf"))):
+        res[out_key], res[out_key + "_path"] = best(keys)
     # what reading each distinct atom once costs, on top of the base step as measured (graphed)
     copy_bw = res.get("copy_bandwidth_GBps")
     for bsz in batches:
@@ -673,6 +821,10 @@ def main() -> None:
     ap.add_argument("--skip-layer", action="store_true")
     ap.add_argument("--layer-T", default="1,32,256", help="tokens per request of the layer-level rows")
     ap.add_argument("--skip-shapes", action="store_true")
+    ap.add_argument("--shape-batches", default="32,128", help="batches of the per-shape sweep")
+    ap.add_argument("--shape-patterns", default="distinct,zipf", help="atom patterns of the per-shape sweep")
+    ap.add_argument("--sweep-splits", action="store_true",
+                    help="also the fused GEMV with forced d_out splits and with B in the old layout")
     ap.add_argument("--profile-eager", action="store_true", help="cProfile 3 eager composed decode steps")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-peft", action="store_true")
@@ -710,7 +862,9 @@ def main() -> None:
             save(res, args.out)
         if not args.skip_shapes and DEV == "cuda":
             with torch.no_grad():
-                shape_sweep(res, bw, args.atoms, args.rank)
+                shape_sweep(res, bw, args.atoms, args.rank, args.sweep_splits,
+                            [int(b) for b in args.shape_batches.split(",")], args.shape_patterns.split(","),
+                            t_start, args.time_budget)
             save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():
@@ -725,8 +879,9 @@ def main() -> None:
         traceback.print_exc()
     res["wall_s"] = time.perf_counter() - t_start
     save(res, args.out)
-    log(json.dumps({k: res.get(k) for k in ("decode_ratio_composed_over_base",
-                                            "decode_ratio_composed_over_base_graphed", "wall_s")}))
+    log(json.dumps({k: res.get(k) for k in ("decode_ratio_composed_over_base", "decode_ratio_composed_over_base_path",
+                                            "decode_ratio_composed_over_base_graphed",
+                                            "decode_ratio_composed_over_base_graphed_path", "wall_s")}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,14 @@
 The base weights are never modified. Which atoms act on which request is one piece of
 state shared by all wrapped layers (`ComposeState`), set once per forward, so that
 per-step metadata is built once and not per layer.
+
+On the GPU serving path (ComposeState.meta set, no gradients) projections that read the same
+input (q/k/v of a layer, gate/up) can share one delta launch: `ComposeState.set_groups` names
+the groups and their concatenated A (AtomPool.compose_groups() gives them). The first member's
+AtomLinear then computes every member's delta into fresh tensors, and each member returns its
+delta plus its base output in one GEMM (`delta.addmm_(x, W.T)`). A sibling takes the precomputed
+delta only when its input is the very same tensor object, else it launches its own. Training
+and the CPU path never take this branch.
 """
 
 from __future__ import annotations
@@ -30,6 +38,20 @@ class ComposeState:
     w: torch.Tensor | None = None
     meta: object | None = None  # triton_ops.ComposeMeta on CUDA: validated once per set(), no sync per layer
     checked: tuple | None = None  # (idx, pool size) whose slot range was checked: later layers skip the sync
+    groups: dict = field(default_factory=dict)  # member name -> ComposeGroup (GPU serving path only)
+
+    def set_groups(self, specs) -> None:
+        """Projection groups sharing an input: specs = [(names, A_cat (N, sum r, d_in), ranks), ...].
+
+        Member m of a group must have pools[name_m][0] == A_cat[:, off_m:off_m + r_m] (the same
+        memory, as AtomPool gives); a group whose pools do not match is skipped at run time.
+        An empty list turns grouping off. Call again after the pools are replaced.
+        """
+        self.groups = {}
+        for names, A, ranks in specs:
+            grp = ComposeGroup(tuple(names), A, tuple(int(r) for r in ranks))
+            for n in grp.names:
+                self.groups[n] = grp
 
     def set(self, idx: torch.Tensor | None, w: torch.Tensor | None = None) -> None:
         if idx is not None and w is None:
@@ -37,6 +59,7 @@ class ComposeState:
         self.idx, self.w = idx, w
         self.meta = None
         self.checked = None
+        self._drop_pending()
         if idx is not None and idx.is_cuda and get_backend() != "torch":
             try:
                 from compiler.compose.triton_ops import ComposeMeta
@@ -46,6 +69,55 @@ class ComposeState:
 
     def clear(self) -> None:
         self.idx, self.w, self.meta, self.checked = None, None, None, None
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        for grp in self.groups.values():
+            grp.pending = None
+
+
+class ComposeGroup:
+    """Projections that read one input; their A concatenated along the rank axis, (N, sum r_m, d_in).
+
+    `pending` holds (input, meta, {member: delta}) between the first member's call, which
+    computed every member's delta, and the siblings' calls that take theirs.
+    """
+
+    def __init__(self, names: tuple[str, ...], A: torch.Tensor, ranks: tuple[int, ...]):
+        if len(names) != len(ranks) or sum(ranks) != A.shape[1]:
+            raise ValueError(f"group {names}: ranks {ranks} must give one rank per member and sum to A's {A.shape[1]}")
+        self.names, self.A, self.ranks = names, A, ranks
+        self.offsets = tuple(sum(ranks[:m]) for m in range(len(ranks)))
+        self.pending: tuple | None = None
+
+    def delta(self, name: str, x: torch.Tensor, state: ComposeState) -> torch.Tensor | None:
+        """Member `name`'s delta for input x (Bsz, T, d_in), or None: the caller launches its own."""
+        pend = self.pending
+        if pend is not None and pend[0] is x and pend[1] is state.meta and name in pend[2]:
+            d = pend[2].pop(name)
+            if not pend[2]:
+                self.pending = None
+            return d
+        if name != self.names[0]:
+            return None
+        Bs = []
+        A = self.A
+        step = A.stride(1) * A.element_size()
+        for n, off, r in zip(self.names, self.offsets, self.ranks):
+            pool = state.pools.get(n)
+            if pool is None:
+                return None
+            a, b = pool
+            if (a.shape != (A.shape[0], r, A.shape[2]) or a.stride() != A.stride() or a.dtype != A.dtype
+                    or a.data_ptr() != A.data_ptr() + off * step or a.device != A.device):
+                return None  # the pools are not this group's slices (replaced, or grown since set_groups)
+            Bs.append(b)
+        from compiler.compose.grouped import compose_group_triton
+
+        outs = compose_group_triton(x, A, Bs, meta=state.meta, ranks=self.ranks)
+        rest = {n: o for n, o in zip(self.names[1:], outs[1:])}
+        self.pending = (x, state.meta, rest) if rest else None
+        return outs[0]
 
 
 class AtomLinear(nn.Module):
@@ -70,8 +142,12 @@ class AtomLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         st = self.state
+        if st.groups and st.idx is not None and st.meta is not None and self.name in st.groups:
+            y = self._grouped(x)
+            if y is not None:
+                return y
+        y = self.base(x)
         if st.idx is None or self.name not in st.pools:
             return y
         A, B = st.pools[self.name]
@@ -90,6 +166,25 @@ class AtomLinear(nn.Module):
         if first:
             st.checked = (st.idx, N)
         return y + delta.reshape(*shape[:-1], delta.shape[-1])
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor | None:
+        """GPU serving path of a grouped projection: delta (own or the group's) + x W^T in one GEMM; None = not here."""
+        st = self.state
+        base = self.base
+        W = base.weight
+        if (type(base) is not nn.Linear or base.bias is not None or x.dim() < 2 or not x.is_cuda
+                or x.dtype != W.dtype or self.name not in st.pools or torch.is_autocast_enabled("cuda")):
+            return None
+        A = st.pools[self.name][0]
+        if torch.is_grad_enabled() and (A.requires_grad or x.requires_grad or W.requires_grad):
+            return None
+        shape = x.shape
+        x3 = x.reshape(shape[0], -1, shape[-1]) if x.dim() != 3 else x
+        d = st.groups[self.name].delta(self.name, x3, st)
+        if d is None:
+            return None
+        y = d.view(-1, d.shape[-1]).addmm_(x3.reshape(-1, shape[-1]), W.t())  # beta = 1: y = delta + x W^T
+        return y.view(*shape[:-1], y.shape[-1])
 
 
 def default_layers(model: nn.Module) -> list[int]:

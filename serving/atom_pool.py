@@ -10,6 +10,14 @@ loads instead of rank-strided 2-byte ones). An index maps atom id -> slot; `slot
 (idx, w) tensors that `compiler.compose` and `compiler.lora.ComposeState` take, and `pools()`
 gives the {module: (A, B)} mapping that ComposeState.pools expects.
 
+Projections that read the same input (q/k/v of one layer, gate/up of one layer; `groups`)
+keep their A in one tensor per group, the members' ranks concatenated per atom:
+(capacity, n_members * rank, d_in). Each member's A in `pools()` is its rank slice of that
+tensor (a view: same shape and values as before, rows contiguous, atoms n_members * rank * d_in
+apart), and `compose_groups()` hands the concatenated tensors to ComposeState.set_groups, so
+that one GPU kernel launch computes a whole group's deltas (its shrink reads x and each atom's
+A rows once for all members).
+
 Adding reuses a freed slot or the next free one; when the pool is full its capacity doubles
 (one reallocation per doubling, amortized). Evicting frees the slot and zeroes it. Growth
 (of capacity or rank) replaces the tensors: call `pools()` again afterwards, and re-capture
@@ -26,6 +34,25 @@ import torch
 
 Weights = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
+# members of a group, in launch order: the projections of one layer that read the same input
+_GROUP_KINDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def projection_groups(shapes: Mapping[str, tuple[int, int]]) -> list[tuple[str, ...]]:
+    """Groups of module names that read the same input: q/k/v and gate/up under one parent with one d_in."""
+    by_parent: dict[tuple[str, int], dict[str, str]] = {}
+    for name in shapes:
+        parent, _, leaf = name.rpartition(".")
+        for kind, leaves in enumerate(_GROUP_KINDS):
+            if leaf in leaves:
+                by_parent.setdefault((parent, kind), {})[leaf] = name
+    groups = []
+    for (parent, kind), found in by_parent.items():
+        names = [found[leaf] for leaf in _GROUP_KINDS[kind] if leaf in found]
+        if len(names) >= 2 and len({shapes[n][0] for n in names}) == 1:
+            groups.append(tuple(names))
+    return groups
+
 
 class AtomPool:
     """Per-module packed A/B tensors with an atom id -> slot index.
@@ -35,6 +62,8 @@ class AtomPool:
         rank:     initial pool rank (grows to the largest atom rank added).
         capacity: initial number of slots (doubles when full).
         dtype, device: of the packed tensors (the serving model's dtype and device).
+        groups:   "auto" (q/k/v and gate/up of each layer, `projection_groups`), None (no groups)
+                  or a list of name tuples whose modules share d_in: their A live in one tensor.
     """
 
     def __init__(
@@ -44,6 +73,7 @@ class AtomPool:
         capacity: int = 64,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        groups: str | Sequence[Sequence[str]] | None = "auto",
     ):
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -56,11 +86,20 @@ class AtomPool:
         self.device = torch.device(device)
         self._rank = rank
         self._capacity = capacity
-        self._A: dict[str, torch.Tensor] = {}
+        if groups == "auto":
+            groups = projection_groups(self.shapes)
+        self.groups: list[tuple[str, ...]] = [tuple(g) for g in (groups or ())]
+        seen: set[str] = set()
+        for g in self.groups:
+            if len(g) < 2 or any(n not in self.shapes or n in seen for n in g) or len(set(g)) != len(g):
+                raise ValueError(f"group {g}: needs >= 2 distinct known modules, each in one group only")
+            if len({self.shapes[n][0] for n in g}) != 1:
+                raise ValueError(f"group {g}: members must share d_in")
+            seen.update(g)
+        self._A: dict[str, torch.Tensor] = {}  # (capacity, rank, d_in); for group members a view into _Acat
+        self._Acat: list[torch.Tensor] = []  # per group (capacity, n_members * rank, d_in)
         self._Bt: dict[str, torch.Tensor] = {}  # (capacity, rank, d_out): B^T per slot, rows contiguous
-        for name, (d_in, d_out) in self.shapes.items():
-            self._A[name] = torch.zeros(capacity, rank, d_in, dtype=dtype, device=self.device)
-            self._Bt[name] = torch.zeros(capacity, rank, d_out, dtype=dtype, device=self.device)
+        self._alloc(capacity, rank)
         self._slot: dict[str, int] = {}
         self._free: list[int] = []  # freed slots, reused first (lowest first)
         self._next = 0  # slots >= _next were never used
@@ -93,10 +132,15 @@ class AtomPool:
     def pools(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{module: (A (capacity, rank, d_in), B (capacity, d_out, rank))}, for ComposeState.pools.
 
-        A is contiguous; B is the transposed view of the contiguous rank-major storage (a view,
-        not a copy: later adds and evictions show through it, as they do through A).
+        A is contiguous, or for a group member its rank slice of the group's tensor (rows
+        contiguous); B is the transposed view of the contiguous rank-major storage. Views, not
+        copies: later adds and evictions show through them.
         """
         return {name: (self._A[name], self._Bt[name].transpose(1, 2)) for name in self.shapes}
+
+    def compose_groups(self) -> list[tuple[tuple[str, ...], torch.Tensor, tuple[int, ...]]]:
+        """[(member names, A (capacity, n_members * rank, d_in), member ranks)], for ComposeState.set_groups."""
+        return [(g, A, (self._rank,) * len(g)) for g, A in zip(self.groups, self._Acat)]
 
     # -- add / evict ---------------------------------------------------------------------
     def add(self, atom_id: str, weights: Weights) -> int:
@@ -208,17 +252,31 @@ class AtomPool:
         self._next += 1
         return slot
 
+    def _alloc(self, capacity: int, rank: int) -> None:
+        """Fresh zero tensors for every module (group members as rank slices of their group's tensor)."""
+        kw = dict(dtype=self.dtype, device=self.device)
+        self._Acat = []
+        for g in self.groups:
+            A = torch.zeros(capacity, len(g) * rank, self.shapes[g[0]][0], **kw)
+            self._Acat.append(A)
+            for m, name in enumerate(g):
+                self._A[name] = A[:, m * rank:(m + 1) * rank]
+        grouped = {n for g in self.groups for n in g}
+        for name, (d_in, d_out) in self.shapes.items():
+            if name not in grouped:
+                self._A[name] = torch.zeros(capacity, rank, d_in, **kw)
+            self._Bt[name] = torch.zeros(capacity, rank, d_out, **kw)
+
     def _grow(self, capacity: int, rank: int) -> None:
         """Replace the packed tensors by larger ones (capacity and/or rank), keeping contents."""
         old_cap, old_rank = self._capacity, self._rank
-        for name, (d_in, d_out) in self.shapes.items():
-            A = torch.zeros(capacity, rank, d_in, dtype=self.dtype, device=self.device)
-            Bt = torch.zeros(capacity, rank, d_out, dtype=self.dtype, device=self.device)
-            A[:old_cap, :old_rank] = self._A[name]
-            Bt[:old_cap, :old_rank] = self._Bt[name]
-            self._A[name], self._Bt[name] = A, Bt
+        old_A, old_Bt = dict(self._A), dict(self._Bt)
+        self._alloc(capacity, rank)
+        for name in self.shapes:
+            self._A[name][:old_cap, :old_rank] = old_A[name]
+            self._Bt[name][:old_cap, :old_rank] = old_Bt[name]
         self._capacity, self._rank = capacity, rank
         self.version += 1
 
 
-__all__ = ["AtomPool"]
+__all__ = ["AtomPool", "projection_groups"]

@@ -5,6 +5,10 @@ dispatches to the pure-torch reference (CPU, training with gradients) or to a fa
 kernel when one is available and the inputs need no gradient. Tests force a backend with
 `set_backend("torch")` / `set_backend("triton")` or the environment variable
 `DOC2ATOM_COMPOSE_BACKEND`.
+
+GPU serving only: `grouped.compose_group_triton` computes the deltas of projections that share
+an input (q/k/v, gate/up) in one launch; compiler.lora.AtomLinear uses it once
+ComposeState.set_groups has named the groups (see lora.py).
 """
 
 from __future__ import annotations

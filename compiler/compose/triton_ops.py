@@ -21,7 +21,14 @@ eager and under capture); for T > 4, tile wide above 256 tokens or under capture
 fused. Kernels are compiled on first use, which a CUDA-graph capture does not allow: run each
 shape once (both paths, for T > 4) before capturing.
 B is read through its strides: the pool keeps B as a transposed view of a contiguous
-(N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row.
+(N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row. A is read through
+its atom stride: contiguous, or a rank slice of a projection group's concatenated A (grouped.py
+computes a whole group's deltas in one launch; AtomPool stores group members that way).
+Knobs of the two-launch GEMV (`set_gemv_knobs`, env DOC2ATOM_GEMV_WIDE_TILES / _PARTIALS): tile
+width ("max": 16K-element tiles, <= 1024 wide, the default; "sm": about one program per SM per
+pass) and how the expand sums the d_in partials of h ("tile": one 2-D load, the default; "loop").
+Under TRITON_INTERPRET=1 every launch goes through Triton's own dispatch (no fast launch), and
+CPU tensors are accepted.
 """
 
 from __future__ import annotations
@@ -92,6 +99,12 @@ class ComposeMeta:
         self.max_slot = hi
 
 
+def _rows_contiguous(A: torch.Tensor) -> bool:
+    """A (N, R, d_in) whose atoms' rows are contiguous: each atom at A.stride(0), its ranks d_in apart."""
+    N, R, d_in = A.shape
+    return (A.stride(2) == 1 or d_in <= 1) and (A.stride(1) == d_in or R <= 1) and A.stride(0) >= 0
+
+
 def _slot_range(idx: torch.Tensor) -> tuple[int, int]:
     """(min, max) of idx with one host sync; (-1, -1) when empty."""
     if idx.numel() == 0:
@@ -135,10 +148,13 @@ def _weights_of(w_row, s0, S, valid, R: tl.constexpr, BLOCK_S: tl.constexpr):
 
 # ---- GEMV plans (decode: a few tokens per request) -----------------------------------------
 @triton.jit
-def _gemv_h(x_row, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in,
+def _gemv_h(x_row, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in, saN,
             R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """h (BLOCK_S,) fp32 = w * A_rows[:, d_lo:d_hi] @ x_row[d_lo:d_hi] (d_lo a multiple of BLOCK_D)."""
-    a_rows = a_ptr + (slot * R + j) * d_in
+    """h (BLOCK_S,) fp32 = w * A_rows[:, d_lo:d_hi] @ x_row[d_lo:d_hi] (d_lo a multiple of BLOCK_D).
+
+    A's rows are read as a_ptr + slot * saN + j * d_in: a contiguous (N, R, d_in) pool (saN = R * d_in)
+    or a rank slice of a group's concatenated (N, R_group, d_in) pool."""
+    a_rows = a_ptr + slot * saN + j * d_in
     acc = tl.zeros((BLOCK_S,), dtype=tl.float32)
     # Triton does not software-pipeline loads that feed no dot: each iteration waits for its
     # tile, so the tile is large (~32 KB) and reduced at once, to keep many bytes in flight.
@@ -159,22 +175,18 @@ def _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR):
     return tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
 
 
-@triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
-def _gemv_fused_kernel(
-    x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr,
-    T, d_in, d_out, K, sbN, sbO, sbR, n_per,
-    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
+@triton.jit
+def _gemv_fused_row(
+    x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, row, p, T, d_in, d_out, K, sbN, sbO, sbR, n_per, saN,
+    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
-    # grid (Bsz * T, P): row = b * T + t; program p writes d_out columns [p * n_per, (p + 1) * n_per)
-    row = tl.program_id(0)
-    p = tl.program_id(1)
+    """One program of the fused GEMV plan: row's h over all of d_in, then d_out columns [p * n_per, (p + 1) * n_per)."""
     b = row // T
     row64 = row.to(tl.int64)
     S = K * R
     slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
     wk = _weights_of(w_ptr + b * K, 0, S, valid, R, BLOCK_S)
-    h = _gemv_h(x_ptr + row64 * d_in, a_ptr, slot, j, valid, wk, 0, d_in, d_in, R, BLOCK_S, BLOCK_D)
+    h = _gemv_h(x_ptr + row64 * d_in, a_ptr, slot, j, valid, wk, 0, d_in, d_in, saN, R, BLOCK_S, BLOCK_D)
     out_row = out_ptr + row64 * d_out
     n_lo = p * n_per
     n_hi = tl.minimum(n_lo + n_per, d_out)
@@ -191,9 +203,21 @@ def _gemv_fused_kernel(
         tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
+@triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
+def _gemv_fused_kernel(
+    x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr,
+    T, d_in, d_out, K, sbN, sbO, sbR, n_per, saN,
+    R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    # grid (Bsz * T, P): row = b * T + t; program p writes d_out columns [p * n_per, (p + 1) * n_per)
+    _gemv_fused_row(x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, tl.program_id(0), tl.program_id(1), T, d_in,
+                    d_out, K, sbN, sbO, sbR, n_per, saN, R, BLOCK_S, BLOCK_D, BLOCK_N, ACCUMULATE)
+
+
 @triton.jit(do_not_specialize=["T", "K"])
 def _gemv_shrink_kernel(
-    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per,
+    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per, saN,
     R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # grid (rows, SPLIT_D, n_sc): partial h of one d_in slice and one chunk of stacked rows
@@ -208,17 +232,36 @@ def _gemv_shrink_kernel(
     wk = _weights_of(w_ptr + b * K, sc * BLOCK_S, S, valid, R, BLOCK_S)
     d_lo = sd * d_per
     d_hi = tl.minimum(d_lo + d_per, d_in)
-    h = _gemv_h(x_ptr + row.to(tl.int64) * d_in, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in, R, BLOCK_S, BLOCK_D)
+    h = _gemv_h(x_ptr + row.to(tl.int64) * d_in, a_ptr, slot, j, valid, wk, d_lo, d_hi, d_in, saN, R, BLOCK_S,
+                BLOCK_D)
     # hp layout (row, sc, sd, s)
     base = hp_ptr + ((row.to(tl.int64) * n_sc + sc) * n_sd + sd) * BLOCK_S
     tl.store(base + tl.arange(0, BLOCK_S), h)
+
+
+@triton.jit
+def _sum_partials_at(ptrs, mask, split_d, stride, SPLIT_PAD: tl.constexpr):
+    """sum over sd < split_d of ptrs[s] + sd * stride (the d_in partials of h).
+
+    SPLIT_PAD > 0 (a power of two >= split_d): one 2-D load, all partials in flight at once;
+    0: a loop, one dependent L2 round trip per partial."""
+    if SPLIT_PAD > 0:
+        offs_sd = tl.arange(0, SPLIT_PAD)
+        t = tl.load(ptrs[None, :] + offs_sd[:, None] * stride, mask=(offs_sd < split_d)[:, None] & mask[None, :],
+                    other=0.0)
+        h = tl.sum(t, axis=0)
+    else:
+        h = tl.load(ptrs, mask=mask, other=0.0)
+        for sd in range(1, split_d):
+            h += tl.load(ptrs + sd * stride, mask=mask, other=0.0)
+    return h
 
 
 @triton.jit(do_not_specialize=["T", "K", "split_d"])
 def _gemv_expand_kernel(
     hp_ptr, b_ptr, idx_ptr, out_ptr, T, d_out, K, split_d, sbN, sbO, sbR, n_per,
     R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
+    ACCUMULATE: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
     # grid (rows, groups): d_out columns [g * n_per, (g + 1) * n_per) of one row.
     # A warp issues loads in program order and stalls at the first use of a result, so the
@@ -234,10 +277,8 @@ def _gemv_expand_kernel(
     n_hi = tl.minimum(n_lo + n_per, d_out)
     if ONE_CHUNK:
         slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
-        base = hp_ptr + row64 * split_d * BLOCK_S
-        h = tl.load(base + tl.arange(0, BLOCK_S))
-        for sd in range(1, split_d):
-            h += tl.load(base + sd * BLOCK_S + tl.arange(0, BLOCK_S))
+        offs_s = tl.arange(0, BLOCK_S)
+        h = _sum_partials_at(hp_ptr + row64 * split_d * BLOCK_S + offs_s, offs_s >= 0, split_d, BLOCK_S, SPLIT_PAD)
         b_rows = b_ptr + slot * sbN + j * sbR
         for n0 in range(n_lo, n_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -256,10 +297,9 @@ def _gemv_expand_kernel(
             acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for sc in range(0, n_sc):
                 slot, j, valid = _slots_of(idx_ptr + b * K, sc * BLOCK_S, S, R, BLOCK_S)
-                base = hp_ptr + (row64 * n_sc + sc) * split_d * BLOCK_S
-                h = tl.load(base + tl.arange(0, BLOCK_S))
-                for sd in range(1, split_d):
-                    h += tl.load(base + sd * BLOCK_S + tl.arange(0, BLOCK_S))
+                offs_s = tl.arange(0, BLOCK_S)
+                h = _sum_partials_at(hp_ptr + (row64 * n_sc + sc) * split_d * BLOCK_S + offs_s, offs_s >= 0,
+                                     split_d, BLOCK_S, SPLIT_PAD)
                 acc += _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR)
             if ACCUMULATE:
                 acc += tl.load(out_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -267,7 +307,34 @@ def _gemv_expand_kernel(
 
 
 GemvPlan = namedtuple("GemvPlan", "block_s n_sc block_d block_n warps p n_per_f "
-                                   "block_dw split_d d_per warps_s block_nw groups n_per_w warps_e fused")
+                                   "block_dw split_d d_per warps_s block_nw groups n_per_w warps_e fused split_pad")
+
+# Knobs of the two-launch GEMV plan, so that one process (the bench) can measure the variants
+# side by side. wide_tiles: "max" = the largest tiles (16K elements, <= 1024 wide; run 1 of
+# round 2), "sm" = tiles shrunk to about one program per SM per pass (run 2: 512-wide at batch
+# 32, measured 2-3 us slower per call). partials: "tile" = the expand loads all d_in partials of
+# h in one 2-D load, "loop" = one dependent load per partial (runs 1 and 2).
+_GEMV_KNOBS = {"wide_tiles": os.environ.get("DOC2ATOM_GEMV_WIDE_TILES", "max"),
+               "partials": os.environ.get("DOC2ATOM_GEMV_PARTIALS", "tile")}
+_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop")}
+for _k, _v in _GEMV_KNOBS.items():
+    if _v not in _KNOB_VALUES[_k]:
+        raise ValueError(f"DOC2ATOM_GEMV_{_k.upper()} must be one of {_KNOB_VALUES[_k]}, got {_v!r}")
+
+
+def set_gemv_knobs(wide_tiles: str | None = None, partials: str | None = None) -> dict:
+    """Set the two-launch GEMV knobs for this process (None keeps one); returns the previous values."""
+    old = dict(_GEMV_KNOBS)
+    for k, v in (("wide_tiles", wide_tiles), ("partials", partials)):
+        if v is not None:
+            if v not in _KNOB_VALUES[k]:
+                raise ValueError(f"{k} must be one of {_KNOB_VALUES[k]}, got {v!r}")
+            _GEMV_KNOBS[k] = v
+    return old
+
+
+def gemv_knobs() -> tuple[str, str]:
+    return _GEMV_KNOBS["wide_tiles"], _GEMV_KNOBS["partials"]
 
 
 def _warps(elements: int) -> int:
@@ -275,7 +342,8 @@ def _warps(elements: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None) -> GemvPlan:
+def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None,
+               knobs: tuple[str, str] = ("max", "tile")) -> GemvPlan:
     """Tiles and grids of both GEMV plans and which one "auto" takes; pure function of the shapes, cached."""
     S = K * R
     block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))
@@ -290,14 +358,20 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     p = max(1, min(p, n_nb))
     n_per_f = triton.cdiv(n_nb, p) * block_n
     p = triton.cdiv(d_out, n_per_f)
-    # wide: one tile per program, tiles sized so that each pass has about one program per SM
-    # (each program is then one memory round trip; measured on the H200 to beat the fused plan
-    # whenever the fused one has few rows or a long d_in loop)
-    block_dw = min(block_d, max(256 if block_s <= 32 else 64, _pow2_at_most(max(1, rows * d_in * n_sc // n_sm))))
+    # wide: one tile per program (each program is then one memory round trip; measured on the
+    # H200 to beat the fused plan whenever the fused one has few rows or a long d_in loop).
+    # "max": the fused plan's 16K-element tiles (run 1); "sm": shrunk so that each pass has about
+    # one program per SM (run 2, slower at batch 32)
+    if knobs[0] == "sm":
+        block_dw = min(block_d, max(256 if block_s <= 32 else 64, _pow2_at_most(max(1, rows * d_in * n_sc // n_sm))))
+        block_nw = min(block_n, max(64, _pow2_at_most(max(1, rows * d_out // n_sm))))
+    else:
+        block_dw, block_nw = block_d, block_n
     n_db = triton.cdiv(d_in, block_dw)
     split_d = n_db
     d_per = block_dw
-    block_nw = min(block_n, max(64, _pow2_at_most(max(1, rows * d_out // n_sm))))
+    # the expand sums the split_d partials of h in one 2-D load when they fit in registers
+    split_pad = _pow2_at_least(split_d, 1) if knobs[1] == "tile" and _pow2_at_least(split_d, 1) * block_s <= 4096 else 0
     groups = triton.cdiv(d_out, block_nw)
     n_per_w = block_nw
     # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
@@ -305,20 +379,20 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
     return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
                     block_dw, split_d, d_per, _warps(block_s * block_dw), block_nw, groups, n_per_w,
-                    _warps(block_s * block_nw), fused)
+                    _warps(block_s * block_nw), fused, split_pad)
 
 
 # ---- tile plans (tensor cores; prefill-sized calls) ----------------------------------------
 @triton.jit
 def _shrink_chunk(
-    x_rows, t_mask, a_ptr, idx_row, w_row, s0, S, d_in, d_lo, d_hi,
+    x_rows, t_mask, a_ptr, idx_row, w_row, s0, S, d_in, d_lo, d_hi, saN,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """h (BLOCK_T, BLOCK_S) fp32 = w * x_tile[:, d_lo:d_hi] @ A_rows[:, d_lo:d_hi]^T, rows s0 .. s0 + BLOCK_S."""
     slot, j, valid = _slots_of(idx_row, s0, S, R, BLOCK_S)
     wk = _weights_of(w_row, s0, S, valid, R, BLOCK_S)
-    a_rows = a_ptr + (slot * R + j) * d_in
+    a_rows = a_ptr + slot * saN + j * d_in
     acc = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
     for d0 in range(d_lo, d_hi, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -340,7 +414,7 @@ def _expand_tile(b_ptr, idx_row, s0, S, offs_n, n_mask, sbN, sbO, sbR, R: tl.con
 @triton.jit(do_not_specialize=["T", "K"])
 def _compose_kernel(
     x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, h_ptr,
-    T, d_in, d_out, K, sbN, sbO, sbR,
+    T, d_in, d_out, K, sbN, sbO, sbR, saN,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, ACCUMULATE: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -364,7 +438,7 @@ def _compose_kernel(
     nb_lo = pid_n * per
     nb_hi = tl.minimum(nb_lo + per, n_nb)
     if SINGLE:
-        h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, 0, S, d_in, 0, d_in,
+        h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, 0, S, d_in, 0, d_in, saN,
                           R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
         hq = h.to(x_ptr.dtype.element_ty)
         for nb in range(nb_lo, nb_hi):
@@ -383,7 +457,7 @@ def _compose_kernel(
         h_base = h_ptr + (pid * n_split + pid_n).to(tl.int64) * (n_chunks * BLOCK_T * BLOCK_S)
         tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
         for c in range(0, n_chunks):
-            h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, c * BLOCK_S, S, d_in, 0, d_in,
+            h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_row, w_row, c * BLOCK_S, S, d_in, 0, d_in, saN,
                               R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
             tl.store(h_base + c * (BLOCK_T * BLOCK_S) + tile, h)
         tl.debug_barrier()  # the scratch tiles are re-read by other threads of this program
@@ -404,7 +478,7 @@ def _compose_kernel(
 
 @triton.jit(do_not_specialize=["T", "K"])
 def _shrink_partial_kernel(
-    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per,
+    x_ptr, a_ptr, idx_ptr, w_ptr, hp_ptr, T, d_in, K, d_per, saN,
     R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid (Bsz * n_tb, SPLIT_D, n_sc): partial h of one d_in slice and one chunk of stacked rows
@@ -422,7 +496,7 @@ def _shrink_partial_kernel(
     d_lo = sd * d_per
     d_hi = tl.minimum(d_lo + d_per, d_in)
     h = _shrink_chunk(x_rows, t_mask, a_ptr, idx_ptr + b * K, w_ptr + b * K, sc * BLOCK_S, K * R, d_in, d_lo, d_hi,
-                      R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
+                      saN, R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
     # hp layout (pid, sc, sd, t, s)
     base = hp_ptr + ((pid * n_sc + sc) * n_sd + sd).to(tl.int64) * (BLOCK_T * BLOCK_S)
     tile = tl.arange(0, BLOCK_T)[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
@@ -627,7 +701,7 @@ def _fast_call(x, A, B, meta, out, accumulate: bool, path: str) -> bool:
     idx = meta.idx
     key = (x.shape, x.dtype, A.shape, A.stride(), A.dtype, B.shape, B.stride(), B.dtype, out.shape, out.dtype,
            idx.shape, accumulate, path, capturing,
-           x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device())
+           x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device(), gemv_knobs())
     call = _calls.get(key)
     if call is None or meta.max_slot >= A.shape[0] or not (x.is_contiguous() and out.is_contiguous()):
         return False
@@ -716,8 +790,9 @@ def compose_delta_triton(
         raise TypeError(f"x must be one of {_FLOATS}, got {x.dtype}")
     if A.dtype != x.dtype or B.dtype != x.dtype:
         raise TypeError(f"the pool must be in x's dtype {x.dtype}; got A {A.dtype}, B {B.dtype}")
-    if not A.is_contiguous():
-        raise ValueError("the pool tensor A must be contiguous (N, R, d_in)")
+    if not _rows_contiguous(A):
+        raise ValueError("the pool tensor A must be contiguous (N, R, d_in), or a rank slice of a contiguous "
+                         f"(N, R', d_in) (strides (*, d_in, 1)); got strides {A.stride()}")
     if not (B.is_contiguous() or B.transpose(1, 2).is_contiguous()):
         raise ValueError("the pool tensor B must be contiguous (N, d_out, R) or the transposed view of a "
                          f"contiguous (N, R, d_out); got strides {B.stride()}")
@@ -767,11 +842,13 @@ def compose_delta_triton(
     capturing = path == "auto" and dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
     path_given = path
     sbN, sbO, sbR = B.stride()
+    saN = A.stride(0)
     S = K * R
     rows = bsz * T
 
     if T <= _GEMV_MAX_T:
-        gp = _plan_gemv(rows, K, R, d_in, d_out, n_sm, split)
+        knobs = gemv_knobs()
+        gp = _plan_gemv(rows, K, R, d_in, d_out, n_sm, split, knobs)
         if path == "auto":
             path = "fused" if gp.fused else "wide"
         in_capture = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -780,18 +857,20 @@ def compose_delta_triton(
                                               w.data_ptr(), out.data_ptr())))
         key = (x.shape, x.dtype, A.shape, A.stride(), A.dtype, B.shape, B.stride(), B.dtype, out.shape, out.dtype,
                idx.shape, accumulate, path_given, capturing,
-               x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device()) if cache else None
+               x.get_device(), A.get_device(), B.get_device(), out.get_device(), idx.get_device(),
+               knobs) if cache else None
         if path == "wide":
             n_hp = rows * gp.n_sc * gp.split_d * gp.block_s
             if in_capture or dev.type != "cuda":  # a graph gets scratch of its own
                 hp = torch.empty(n_hp, dtype=torch.float32, device=dev)
             else:
                 hp = _scratch(n_hp, dev_index, torch._C._cuda_getCurrentRawStream(dev_index))
-            a1 = (x, A, idx, w, hp, T, d_in, K, gp.d_per)
+            a1 = (x, A, idx, w, hp, T, d_in, K, gp.d_per, saN)
             c1 = dict(R=R, BLOCK_S=gp.block_s, BLOCK_D=gp.block_dw)
             r1 = _launch(_gemv_shrink_kernel, (rows, gp.split_d, gp.n_sc), a1, c1, gp.warps_s, 2, dev_index)
             a2 = (hp, B, idx, out, T, d_out, K, gp.split_d, sbN, sbO, sbR, gp.n_per_w)
-            c2 = dict(R=R, BLOCK_S=gp.block_s, BLOCK_N=gp.block_nw, ONE_CHUNK=gp.n_sc == 1, ACCUMULATE=accumulate)
+            c2 = dict(R=R, BLOCK_S=gp.block_s, BLOCK_N=gp.block_nw, ONE_CHUNK=gp.n_sc == 1, ACCUMULATE=accumulate,
+                      SPLIT_PAD=gp.split_pad)
             r2 = _launch(_gemv_expand_kernel, (rows, gp.groups, 1), a2, c2, gp.warps_e, 2, dev_index)
             if cache and r1 and r2 and not in_capture:
                 _remember(key, _Call(dev_index, n_hp, (
@@ -799,7 +878,7 @@ def compose_delta_triton(
                     (r2, (rows, gp.groups, 1), (6, 2, 3, 5), a2[4:] + tuple(c2.values())))))
             return out
         if gp.n_sc == 1:
-            args = (x, A, B, idx, w, out, T, d_in, d_out, K, sbN, sbO, sbR, gp.n_per_f)
+            args = (x, A, B, idx, w, out, T, d_in, d_out, K, sbN, sbO, sbR, gp.n_per_f, saN)
             consts = dict(R=R, BLOCK_S=gp.block_s, BLOCK_D=gp.block_d, BLOCK_N=gp.block_n, ACCUMULATE=accumulate)
             rec = _launch(_gemv_fused_kernel, (rows, gp.p, 1), args, consts, gp.warps, 2, dev_index)
             if cache and rec:
@@ -816,7 +895,7 @@ def compose_delta_triton(
          warps_e) = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())
         grid0 = bsz * triton.cdiv(T, block_t)
         hp = torch.empty(grid0 * n_sc * split_d * block_t * block_s, dtype=torch.float32, device=dev)
-        _launch(_shrink_partial_kernel, (grid0, split_d, n_sc), (x, A, idx, w, hp, T, d_in, K, d_per),
+        _launch(_shrink_partial_kernel, (grid0, split_d, n_sc), (x, A, idx, w, hp, T, d_in, K, d_per, saN),
                 dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, PREC=prec), warps_s, 3, dev_index)
         _launch(_expand_partial_kernel, (grid0, groups, 1),
                 (hp, B, idx, out, T, d_out, K, split_d, sbN, sbO, sbR, n_per),
@@ -841,11 +920,11 @@ def compose_delta_triton(
     else:
         n_chunks = triton.cdiv(S, block_s)
         h = torch.empty(grid0 * n_split * n_chunks * block_t * block_s, dtype=torch.float32, device=dev)
-    _launch(_compose_kernel, (grid0, n_split, 1), (x, A, B, idx, w, out, h, T, d_in, d_out, K, sbN, sbO, sbR),
+    _launch(_compose_kernel, (grid0, n_split, 1), (x, A, B, idx, w, out, h, T, d_in, d_out, K, sbN, sbO, sbR, saN),
             dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_N=block_n,
                  SINGLE=single, ACCUMULATE=accumulate, PREC=prec),
             num_warps, num_stages, dev_index)
     return out
 
 
-__all__ = ["ComposeMeta", "compose_delta_triton"]
+__all__ = ["ComposeMeta", "compose_delta_triton", "gemv_knobs", "set_gemv_knobs"]

@@ -1,0 +1,475 @@
+"""One delta launch for a group of projections that read the same input (q/k/v of a layer, gate/up).
+
+`compose_group_triton(x, A, [B_0, B_1, ...], meta=...)` computes every member's delta with the
+kernels of `triton_ops` and a grouped expand. The group's A is the members' shrink matrices
+concatenated along the rank axis per atom, (N, r_0 + r_1 + ..., d_in) (what AtomPool stores for
+a group), so the shrink reads x and the gathered atoms once for all members: it is the plain
+GEMV shrink with more stacked ranks. Member m owns ranks [off_m, off_m + r_m) of every atom
+and its own B_m (N, d_out_m, r_m); its delta is
+
+    out_m[b, t] (+)= sum_k w[b, k] * B_m[idx[b, k]] @ (A[idx[b, k], off_m:off_m + r_m] @ x[b, t]).
+
+Plans (T <= 4 tokens per request; larger calls run one ungrouped call per member on the rank
+slices of A, which the ungrouped kernels read through A's atom stride):
+  wide   two launches whatever the group size: the shrink over (row, d_in slice, stacked chunk)
+         into fp32 partials, then one expand over (row, output tile of any member); an expand
+         program gathers its member's ranks from the partials, so each output segment reads
+         only its own member's ranks.
+  fused  one launch: the members' fused GEMV programs side by side in one grid (each computes
+         its own member's h from its rank slice; x is re-read from L2 per member).
+"auto" takes fused when every member's own plan would (triton_ops._plan_gemv), else wide.
+Expand and fused launches carry at most three members each; larger groups take several
+expand launches over the same partials.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from compiler.compose import triton_ops as _ops
+from compiler.compose.triton_ops import (
+    ComposeMeta,
+    _gemv_fused_row,
+    _gemv_out,
+    _gemv_shrink_kernel,
+    _launch,
+    _num_sms,
+    _plan_gemv,
+    _pow2_at_least,
+    _rows_contiguous,
+    _slot_range,
+    _slots_of,
+    _sum_partials_at,
+    compose_delta_triton,
+    gemv_knobs,
+)
+
+_MAX_MEMBERS = 3  # members per expand / fused launch
+# the plan a call without an explicit path takes (AtomLinear's grouped path passes none): the
+# bench switches it to compare plans; DOC2ATOM_GROUP_PATH sets it for a process
+default_path = os.environ.get("DOC2ATOM_GROUP_PATH", "auto")
+
+
+@triton.jit
+def _gather_partials(hp_ptr, row64, s0, S, n_sc, split_d, R: tl.constexpr, OFF: tl.constexpr, RG: tl.constexpr,
+                     BLOCK_SG: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_PAD: tl.constexpr):
+    """h of a member's stacked rows s0 .. s0 + BLOCK_S (row s = atom s // R, rank OFF + s % R of the group).
+
+    The shrink wrote the group's partials as hp[row, sc, sd, s_g % BLOCK_SG] with s_g = k * RG + rank."""
+    offs = s0 + tl.arange(0, BLOCK_S)
+    m = offs < S
+    sg = (offs // R) * RG + OFF + offs % R
+    ptrs = hp_ptr + ((row64 * n_sc + sg // BLOCK_SG) * split_d) * BLOCK_SG + sg % BLOCK_SG
+    return _sum_partials_at(ptrs, m, split_d, BLOCK_SG, SPLIT_PAD)
+
+
+@triton.jit
+def _expand_member(
+    hp_ptr, idx_row, row64, gl, K, n_sc, split_d, b_ptr, out_ptr, d_out, sbN, sbO, sbR, n_per,
+    R: tl.constexpr, OFF: tl.constexpr, RG: tl.constexpr, BLOCK_SG: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr, ACCUMULATE: tl.constexpr, SPLIT_PAD: tl.constexpr,
+):
+    """d_out columns [gl * n_per, (gl + 1) * n_per) of one row of one member."""
+    S = K * R
+    out_row = out_ptr + row64 * d_out
+    n_lo = gl * n_per
+    n_hi = tl.minimum(n_lo + n_per, d_out)
+    if ONE_CHUNK:
+        # independent loads together: slots | partials, then B | out
+        slot, j, valid = _slots_of(idx_row, 0, S, R, BLOCK_S)
+        h = _gather_partials(hp_ptr, row64, 0, S, n_sc, split_d, R, OFF, RG, BLOCK_SG, BLOCK_S, SPLIT_PAD)
+        b_rows = b_ptr + slot * sbN + j * sbR
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < d_out
+            bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+            if ACCUMULATE:
+                y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
+            acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
+            if ACCUMULATE:
+                acc += y.to(tl.float32)
+            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        n_c = tl.cdiv(S, BLOCK_S)
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < d_out
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for c in range(0, n_c):
+                slot, j, valid = _slots_of(idx_row, c * BLOCK_S, S, R, BLOCK_S)
+                h = _gather_partials(hp_ptr, row64, c * BLOCK_S, S, n_sc, split_d, R, OFF, RG, BLOCK_SG, BLOCK_S,
+                                     SPLIT_PAD)
+                acc += _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR)
+            if ACCUMULATE:
+                acc += tl.load(out_row + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit(do_not_specialize=["T", "K", "split_d"])
+def _gemv_expand_group_kernel(
+    hp_ptr, idx_ptr, b0, b1, b2, o0, o1, o2, T, K, split_d,
+    d0, d1, d2, sbN0, sbO0, sbR0, sbN1, sbO1, sbR1, sbN2, sbO2, sbR2, np0, np1, np2, g1, g2,
+    M: tl.constexpr, RG: tl.constexpr, BLOCK_SG: tl.constexpr, ACCUMULATE: tl.constexpr,
+    R0: tl.constexpr, OFF0: tl.constexpr, BS0: tl.constexpr, BN0: tl.constexpr, OC0: tl.constexpr, SP0: tl.constexpr,
+    R1: tl.constexpr, OFF1: tl.constexpr, BS1: tl.constexpr, BN1: tl.constexpr, OC1: tl.constexpr, SP1: tl.constexpr,
+    R2: tl.constexpr, OFF2: tl.constexpr, BS2: tl.constexpr, BN2: tl.constexpr, OC2: tl.constexpr, SP2: tl.constexpr,
+):
+    # grid (rows, groups of member 0 | of member 1 | of member 2): g1, g2 = first program of members 1, 2
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    b = row // T
+    row64 = row.to(tl.int64)
+    idx_row = idx_ptr + b * K
+    n_sc = tl.cdiv(K * RG, BLOCK_SG)
+    if M == 1:
+        _expand_member(hp_ptr, idx_row, row64, g, K, n_sc, split_d, b0, o0, d0, sbN0, sbO0, sbR0, np0,
+                       R0, OFF0, RG, BLOCK_SG, BS0, BN0, OC0, ACCUMULATE, SP0)
+    elif M == 2:
+        if g < g1:
+            _expand_member(hp_ptr, idx_row, row64, g, K, n_sc, split_d, b0, o0, d0, sbN0, sbO0, sbR0, np0,
+                           R0, OFF0, RG, BLOCK_SG, BS0, BN0, OC0, ACCUMULATE, SP0)
+        else:
+            _expand_member(hp_ptr, idx_row, row64, g - g1, K, n_sc, split_d, b1, o1, d1, sbN1, sbO1, sbR1, np1,
+                           R1, OFF1, RG, BLOCK_SG, BS1, BN1, OC1, ACCUMULATE, SP1)
+    else:
+        if g < g1:
+            _expand_member(hp_ptr, idx_row, row64, g, K, n_sc, split_d, b0, o0, d0, sbN0, sbO0, sbR0, np0,
+                           R0, OFF0, RG, BLOCK_SG, BS0, BN0, OC0, ACCUMULATE, SP0)
+        elif g < g2:
+            _expand_member(hp_ptr, idx_row, row64, g - g1, K, n_sc, split_d, b1, o1, d1, sbN1, sbO1, sbR1, np1,
+                           R1, OFF1, RG, BLOCK_SG, BS1, BN1, OC1, ACCUMULATE, SP1)
+        else:
+            _expand_member(hp_ptr, idx_row, row64, g - g2, K, n_sc, split_d, b2, o2, d2, sbN2, sbO2, sbR2, np2,
+                           R2, OFF2, RG, BLOCK_SG, BS2, BN2, OC2, ACCUMULATE, SP2)
+
+
+@triton.jit(do_not_specialize=["T", "K"])
+def _gemv_fused_group_kernel(
+    x_ptr, a_ptr, idx_ptr, w_ptr, b0, b1, b2, o0, o1, o2, T, d_in, K, saN,
+    d0, d1, d2, sbN0, sbO0, sbR0, sbN1, sbO1, sbR1, sbN2, sbO2, sbR2, np0, np1, np2, p1, p2,
+    M: tl.constexpr, ACCUMULATE: tl.constexpr,
+    R0: tl.constexpr, OFF0: tl.constexpr, BS0: tl.constexpr, BD0: tl.constexpr, BN0: tl.constexpr,
+    R1: tl.constexpr, OFF1: tl.constexpr, BS1: tl.constexpr, BD1: tl.constexpr, BN1: tl.constexpr,
+    R2: tl.constexpr, OFF2: tl.constexpr, BS2: tl.constexpr, BD2: tl.constexpr, BN2: tl.constexpr,
+):
+    # grid (rows, shares of member 0 | 1 | 2): each program is a fused GEMV program of its member,
+    # reading the member's rank slice of the group's A
+    row = tl.program_id(0)
+    p = tl.program_id(1)
+    if M == 1:
+        _gemv_fused_row(x_ptr, a_ptr + OFF0 * d_in, b0, idx_ptr, w_ptr, o0, row, p, T, d_in, d0, K,
+                        sbN0, sbO0, sbR0, np0, saN, R0, BS0, BD0, BN0, ACCUMULATE)
+    elif M == 2:
+        if p < p1:
+            _gemv_fused_row(x_ptr, a_ptr + OFF0 * d_in, b0, idx_ptr, w_ptr, o0, row, p, T, d_in, d0, K,
+                            sbN0, sbO0, sbR0, np0, saN, R0, BS0, BD0, BN0, ACCUMULATE)
+        else:
+            _gemv_fused_row(x_ptr, a_ptr + OFF1 * d_in, b1, idx_ptr, w_ptr, o1, row, p - p1, T, d_in, d1, K,
+                            sbN1, sbO1, sbR1, np1, saN, R1, BS1, BD1, BN1, ACCUMULATE)
+    else:
+        if p < p1:
+            _gemv_fused_row(x_ptr, a_ptr + OFF0 * d_in, b0, idx_ptr, w_ptr, o0, row, p, T, d_in, d0, K,
+                            sbN0, sbO0, sbR0, np0, saN, R0, BS0, BD0, BN0, ACCUMULATE)
+        elif p < p2:
+            _gemv_fused_row(x_ptr, a_ptr + OFF1 * d_in, b1, idx_ptr, w_ptr, o1, row, p - p1, T, d_in, d1, K,
+                            sbN1, sbO1, sbR1, np1, saN, R1, BS1, BD1, BN1, ACCUMULATE)
+        else:
+            _gemv_fused_row(x_ptr, a_ptr + OFF2 * d_in, b2, idx_ptr, w_ptr, o2, row, p - p2, T, d_in, d2, K,
+                            sbN2, sbO2, sbR2, np2, saN, R2, BS2, BD2, BN2, ACCUMULATE)
+
+
+# ---- host side ------------------------------------------------------------------------------
+# a cached call: device, scratch floats, output layout ((elements offset, d_out) per member, total
+# elements), launches ((fn, fixed args), grid, indices into the pointer list, other args)
+_GroupCall = namedtuple("_GroupCall", "dev n_hp out_layout launches")
+_group_calls: dict = {}
+_ALIGN = 64  # elements: every member's output starts 128-byte aligned in the shared buffer
+
+
+def _out_layout(bsz: int, T: int, d_outs: Sequence[int]):
+    offs, at = [], 0
+    for d in d_outs:
+        offs.append((at, d))
+        at += -(-bsz * T * d // _ALIGN) * _ALIGN
+    return tuple(offs), max(at, 1)
+
+
+def _alloc_outs(bsz, T, layout, dtype, device) -> list[torch.Tensor]:
+    """Fresh outputs from the caching allocator: one buffer, each member a contiguous (bsz, T, d_out) piece."""
+    offs, total = layout
+    buf = torch.empty(total, dtype=dtype, device=device)
+    return [buf.as_strided((bsz, T, d), (T * d, d, 1), o) for o, d in offs]
+
+
+def _group_key(x, A, Bs, ranks, idx, accumulate, path, capturing, outs_given):
+    return (x.shape, x.dtype, A.shape, A.stride(), A.dtype, tuple((B.shape, B.stride(), B.dtype) for B in Bs), ranks,
+            idx.shape, accumulate, path, capturing, outs_given, x.get_device(), A.get_device(),
+            tuple(B.get_device() for B in Bs), idx.get_device(), gemv_knobs())
+
+
+def _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path):
+    """Replay the cached launches of a grouped call shaped like an earlier checked one; None = take the full path."""
+    capturing = torch.cuda.is_current_stream_capturing()
+    call = _group_calls.get(_group_key(x, A, Bs, ranks, meta.idx, accumulate, path, capturing, outs is not None))
+    if call is None or capturing or meta.max_slot >= A.shape[0] or not x.is_contiguous():
+        return None
+    if torch.cuda.current_device() != call.dev or _ops._hooks_active():
+        return None
+    if outs is None:
+        outs = _alloc_outs(x.shape[0], x.shape[1], call.out_layout, x.dtype, x.device)
+    elif not all(o.is_contiguous() and o.get_device() == call.dev for o in outs):
+        return None
+    ptrs = [x.data_ptr(), A.data_ptr(), meta.idx.data_ptr(), meta.w.data_ptr(), 0]
+    ptrs += [B.data_ptr() for B in Bs]
+    ptrs += [o.data_ptr() for o in outs]
+    bad = 0
+    for p in ptrs:
+        bad |= p
+    if bad & 15:
+        return None
+    stream = torch._C._cuda_getCurrentRawStream(call.dev)
+    if call.n_hp:
+        ptrs[4] = _ops._scratch(call.n_hp, call.dev, stream).data_ptr()
+    for (fn, mid), grid, take, tail in call.launches:
+        fn(grid[0], grid[1], grid[2], stream, *mid, *[ptrs[i] for i in take], *tail)
+    return outs
+
+
+def compose_group_triton(
+    x: torch.Tensor,
+    A: torch.Tensor,
+    Bs: Sequence[torch.Tensor],
+    idx: torch.Tensor | None = None,
+    w: torch.Tensor | None = None,
+    *,
+    meta: ComposeMeta | None = None,
+    ranks: Sequence[int] | None = None,
+    outs: Sequence[torch.Tensor] | None = None,
+    accumulate: bool = False,
+    path: str | None = None,
+) -> list[torch.Tensor]:
+    """Deltas of every member of a projection group in one delta launch (two for the wide plan).
+
+    Semantics (off_m = r_0 + ... + r_{m-1}):
+        outs[m][b, t] (+)= sum_k w[b, k] * B_m[idx[b, k]] @ (A[idx[b, k], off_m:off_m + r_m] @ x[b, t]),
+    idx < 0 adds 0.
+
+    Args:
+        x:     (Bsz, T, d_in) activations in fp32/fp16/bf16. Not written (made contiguous if not).
+        A:     (N, sum r_m, d_in) the members' shrink matrices concatenated along the rank axis, x's
+               dtype, rows contiguous (strides (*, d_in, 1)). Not written.
+        Bs:    per member (N, d_out_m, r_m), contiguous or the transposed view of a contiguous
+               (N, r_m, d_out_m) (what AtomPool gives). Not written.
+        idx, w, meta: as in compose_delta_triton (meta: validated once per forward, no host sync).
+        ranks: r_m per member; default each B_m's rank. Must sum to A.shape[1].
+        outs:  optional per member contiguous (Bsz, T, d_out_m) buffers in x's dtype, WRITTEN:
+               overwritten with the delta, or with accumulate=True, += delta.
+        path:  "auto", "wide" or "fused" (module docstring); for T > 4 the per-member tile plans.
+               None: the module's `default_path` ("auto" unless changed).
+
+    Returns the list of outputs. Without `outs` they are fresh tensors of one new allocation from
+    the caching allocator (each member a contiguous piece), never buffers reused across calls.
+    """
+    if path is None:
+        path = default_path
+    M = len(Bs)
+    if M == 0:
+        raise ValueError("a group needs at least one member")
+    ranks = tuple(int(B.shape[2]) for B in Bs) if ranks is None else tuple(int(r) for r in ranks)
+    if (meta is not None and idx is None and w is None and _ops._FAST_LAUNCH and x.is_cuda
+            and len(ranks) == M and path in ("auto", "wide", "fused")):
+        got = _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path)
+        if got is not None:
+            return got
+    if meta is not None:
+        if idx is not None or w is not None:
+            raise ValueError("pass either idx/w or meta, not both")
+        idx, w, max_slot = meta.idx, meta.w, meta.max_slot
+    else:
+        if idx is None:
+            raise ValueError("idx (or meta) is required")
+        max_slot = None
+    if x.dim() != 3 or A.dim() != 3 or any(B.dim() != 3 for B in Bs):
+        raise ValueError(f"x (Bsz, T, d_in), A (N, R, d_in), B_m (N, d_out_m, r_m) expected; got "
+                         f"{tuple(x.shape)}, {tuple(A.shape)}, {[tuple(B.shape) for B in Bs]}")
+    bsz, T, d_in = x.shape
+    N, RG, a_d_in = A.shape
+    if len(ranks) != M or any(r < 0 for r in ranks) or sum(ranks) != RG:
+        raise ValueError(f"ranks {ranks} must give one rank per member and sum to A's {RG}")
+    if a_d_in != d_in:
+        raise ValueError(f"x has d_in={d_in} but A has {a_d_in}")
+    for m, (B, r) in enumerate(zip(Bs, ranks)):
+        if B.shape[0] != N or B.shape[2] != r:
+            raise ValueError(f"member {m}: B {tuple(B.shape)} must be (N={N}, d_out, r={r})")
+        if B.dtype != x.dtype:
+            raise TypeError(f"member {m}: B is {B.dtype}, x is {x.dtype}")
+        if not (B.is_contiguous() or B.transpose(1, 2).is_contiguous()):
+            raise ValueError(f"member {m}: B must be contiguous (N, d_out, r) or the transposed view of a contiguous "
+                             f"(N, r, d_out); got strides {B.stride()}")
+    if x.dtype not in _ops._FLOATS:
+        raise TypeError(f"x must be one of {_ops._FLOATS}, got {x.dtype}")
+    if A.dtype != x.dtype:
+        raise TypeError(f"A is {A.dtype}, x is {x.dtype}")
+    if not _rows_contiguous(A):
+        raise ValueError(f"A's rows must be contiguous (strides (*, d_in, 1)); got {A.stride()}")
+    if idx.dim() != 2 or idx.shape[0] != bsz or idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"idx must be an int32/int64 (Bsz={bsz}, K) tensor, got {idx.dtype} {tuple(idx.shape)}")
+    K = idx.shape[1]
+    if w is None:
+        w = torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
+    if tuple(w.shape) != tuple(idx.shape) or not w.is_floating_point():
+        raise ValueError(f"w must be a float tensor of idx's shape {tuple(idx.shape)}")
+    dev = x.device
+    if not _ops._INTERPRET and dev.type != "cuda":
+        raise ValueError(f"compose_group_triton needs CUDA tensors, got x on {dev}")
+    for name, t in [("A", A), ("idx", idx), ("w", w)] + [(f"B_{m}", B) for m, B in enumerate(Bs)]:
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but x is on {dev}")
+    if max_slot is None:
+        lo, max_slot = _slot_range(idx)
+        if lo < -1:
+            raise IndexError(f"atom slot out of range: idx min is {lo}, only -1 (padding) may be negative")
+    if max_slot >= N:
+        raise IndexError(f"atom slot out of range: idx max is {max_slot} but the pool holds {N} slots")
+    d_outs = tuple(int(B.shape[1]) for B in Bs)
+    layout = _out_layout(bsz, T, d_outs)
+    if outs is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs outs=")
+        outs = _alloc_outs(bsz, T, layout, x.dtype, dev)
+        outs_given = False
+    else:
+        outs = list(outs)
+        if len(outs) != M:
+            raise ValueError(f"outs must hold one tensor per member ({M}), got {len(outs)}")
+        for m, (o, d) in enumerate(zip(outs, d_outs)):
+            if tuple(o.shape) != (bsz, T, d) or o.dtype != x.dtype or not o.is_contiguous() or o.device != dev:
+                raise ValueError(f"outs[{m}] must be a contiguous {x.dtype} tensor of shape {(bsz, T, d)} on {dev}")
+        outs_given = True
+    if path not in ("auto", "fused", "wide"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'wide', got {path!r}")
+    if bsz == 0 or T == 0:
+        return outs
+    if K == 0 or N == 0 or RG == 0:
+        if not accumulate:
+            for o in outs:
+                o.zero_()
+        return outs
+    x_given = x
+    x = x if x.is_contiguous() else x.contiguous()
+    idx = idx if idx.is_contiguous() else idx.contiguous()
+    w = w if w.is_contiguous() else w.contiguous()
+    dev_index = dev.index if dev.index is not None else (torch.cuda.current_device() if dev.type == "cuda" else 0)
+    if dev.type == "cuda" and dev_index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return compose_group_triton(x, A, Bs, idx, w, ranks=ranks, outs=outs, accumulate=accumulate, path=path)
+    offs = [sum(ranks[:m]) for m in range(M)]
+    rows = bsz * T
+    n_sm = _num_sms(dev_index) if dev.type == "cuda" else 8
+    knobs = gemv_knobs()
+    member_plans = [_plan_gemv(rows, K, max(r, 1), d_in, max(d, 1), n_sm, None, knobs) for r, d in zip(ranks, d_outs)]
+    if T > _ops._GEMV_MAX_T or any(r == 0 or d == 0 for r, d in zip(ranks, d_outs)) or (
+            path == "fused" and any(gp.n_sc != 1 for gp in member_plans)):
+        # prefill-sized calls (and odd groups): one ungrouped call per member on its rank slice of A
+        for m in range(M):
+            if d_outs[m] == 0:
+                continue
+            if ranks[m] == 0:
+                if not accumulate:
+                    outs[m].zero_()
+                continue
+            compose_delta_triton(x, A[:, offs[m]:offs[m] + ranks[m]], Bs[m], idx, w, out=outs[m],
+                                 accumulate=accumulate, path=path)
+        return outs
+    path_asked = path
+    if path == "auto":
+        path = "fused" if all(gp.fused and gp.n_sc == 1 for gp in member_plans) else "wide"
+    in_capture = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    cache = (_ops._FAST_LAUNCH and meta is not None and x is x_given
+             and not any(p % 16 for p in [x.data_ptr(), A.data_ptr(), idx.data_ptr(), w.data_ptr()]
+                         + [B.data_ptr() for B in Bs] + [o.data_ptr() for o in outs]))
+    # the pointer list of a cached call: x, A, idx, w, hp, B_0 .. B_{M-1}, out_0 .. out_{M-1}
+    launches, n_hp, ok = [], 0, True
+    chunks = [list(range(c, min(c + _MAX_MEMBERS, M))) for c in range(0, M, _MAX_MEMBERS)]
+
+    if path == "wide":
+        gs = _plan_gemv(rows, K, RG, d_in, max(d_outs), n_sm, None, knobs)
+        n_hp = rows * gs.n_sc * gs.split_d * gs.block_s
+        if in_capture or dev.type != "cuda":  # a graph gets scratch of its own
+            hp = torch.empty(n_hp, dtype=torch.float32, device=dev)
+        else:
+            hp = _ops._scratch(n_hp, dev_index, torch._C._cuda_getCurrentRawStream(dev_index))
+        a1 = (x, A, idx, w, hp, T, d_in, K, gs.d_per, A.stride(0))
+        c1 = dict(R=RG, BLOCK_S=gs.block_s, BLOCK_D=gs.block_dw)
+        r1 = _launch(_gemv_shrink_kernel, (rows, gs.split_d, gs.n_sc), a1, c1, gs.warps_s, 2, dev_index)
+        ok = ok and bool(r1)
+        launches.append((r1, (rows, gs.split_d, gs.n_sc), (0, 1, 2, 3, 4), a1[5:] + tuple(c1.values())))
+        for ms in chunks:
+            pad = ms + [ms[0]] * (_MAX_MEMBERS - len(ms))  # unused member slots repeat member ms[0]
+            starts, g = [], 0
+            for m in ms:
+                starts.append(g)
+                g += member_plans[m].groups
+            starts += [g] * (_MAX_MEMBERS - len(ms))
+            scal = []
+            for m in pad:
+                scal.append(d_outs[m])
+            for m in pad:
+                scal += list(Bs[m].stride())
+            for m in pad:
+                scal.append(member_plans[m].n_per_w)
+            scal += [starts[1], starts[2]]
+            consts = dict(M=len(ms), RG=RG, BLOCK_SG=gs.block_s, ACCUMULATE=accumulate)
+            for i, m in enumerate(pad):
+                gp = member_plans[m]
+                sp = _pow2_at_least(gs.split_d, 1)
+                sp = sp if knobs[1] == "tile" and sp * gp.block_s <= 4096 else 0
+                consts.update({f"R{i}": ranks[m], f"OFF{i}": offs[m], f"BS{i}": gp.block_s, f"BN{i}": gp.block_nw,
+                               f"OC{i}": gp.n_sc == 1, f"SP{i}": sp})
+            a2 = (hp, idx, *[Bs[m] for m in pad], *[outs[m] for m in pad], T, K, gs.split_d, *scal)
+            warps = max(member_plans[m].warps_e for m in ms)
+            grid = (rows, g, 1)
+            r2 = _launch(_gemv_expand_group_kernel, grid, a2, consts, warps, 2, dev_index)
+            ok = ok and bool(r2)
+            take = (4, 2) + tuple(5 + m for m in pad) + tuple(5 + M + m for m in pad)
+            launches.append((r2, grid, take, a2[8:] + tuple(consts.values())))
+    else:
+        for ms in chunks:
+            pad = ms + [ms[0]] * (_MAX_MEMBERS - len(ms))  # unused member slots repeat member ms[0]
+            starts, p = [], 0
+            for m in ms:
+                starts.append(p)
+                p += member_plans[m].p
+            starts += [p] * (_MAX_MEMBERS - len(ms))
+            scal = [d_outs[m] for m in pad]
+            for m in pad:
+                scal += list(Bs[m].stride())
+            scal += [member_plans[m].n_per_f for m in pad]
+            scal += [starts[1], starts[2]]
+            consts = dict(M=len(ms), ACCUMULATE=accumulate)
+            for i, m in enumerate(pad):
+                gp = member_plans[m]
+                consts.update({f"R{i}": ranks[m], f"OFF{i}": offs[m], f"BS{i}": gp.block_s, f"BD{i}": gp.block_d,
+                               f"BN{i}": gp.block_n})
+            args = (x, A, idx, w, *[Bs[m] for m in pad], *[outs[m] for m in pad], T, d_in, K, A.stride(0), *scal)
+            warps = max(member_plans[m].warps for m in ms)
+            grid = (rows, p, 1)
+            rec = _launch(_gemv_fused_group_kernel, grid, args, consts, warps, 2, dev_index)
+            ok = ok and bool(rec)
+            take = (0, 1, 2, 3) + tuple(5 + m for m in pad) + tuple(5 + M + m for m in pad)
+            launches.append((rec, grid, take, args[10:] + tuple(consts.values())))
+    if cache and ok and not in_capture:
+        key = _group_key(x, A, Bs, ranks, idx, accumulate, path_asked, False, outs_given)
+        if len(_group_calls) > 4096:
+            _group_calls.clear()
+        _group_calls[key] = _GroupCall(dev_index, n_hp, layout, tuple(launches))
+    return outs
+
+
+__all__ = ["compose_group_triton"]
