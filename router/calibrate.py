@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 
+from router import nearmiss
 from router.learned import DEFAULT_WEIGHTS, LearnedRouter, features
 from router.oos import OUT_OF_SCOPE
 
@@ -88,10 +89,27 @@ def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS, l2: float = 0.005) -> dict | None:
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
+    if not len(pos) or not len(neg):
+        return None
+    ranks = np.concatenate([pos, neg]).argsort(kind="stable").argsort() + 1.0
+    allv = np.concatenate([pos, neg])
+    # average ranks over ties
+    _, inv, cnt = np.unique(allv, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(cnt))
+    np.add.at(sums, inv, ranks)
+    ranks = (sums / cnt)[inv]
+    return round(float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))), 4)
+
+
+def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS, l2: float = 0.005,
+              per_atom_edits: int = 3, nlp=None) -> dict | None:
     """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms.
 
-    prior, l2: the weights the fit is pulled towards, and how hard (see LearnedRouter.fit)."""
+    prior, l2: the weights the fit is pulled towards, and how hard (see LearnedRouter.fit).
+    per_atom_edits: near misses edited from each atom's questions (router/nearmiss.py; 0 = none);
+    nlp: the spaCy pipeline for their entity labels (default: the embedded en_core_web_sm)."""
     from router.router import MIN_CALIBRATION_ATOMS
 
     rng = np.random.default_rng(seed)
@@ -99,10 +117,12 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     all_ids = store.rowids()
     pick = np.sort(rng.choice(all_ids, size=min(len(all_ids), 2 * max_atoms), replace=False)) if len(all_ids) else all_ids
     atoms = []
-    for rid, key, stats in store.rows("key, stats", pick):
+    text_of = {}
+    for rid, key, text, stats in store.rows("key, text, stats", pick):
         qs = [q for q in (json.loads(stats).get("questions") or []) if isinstance(q, str) and q.strip()]
         if qs:
             atoms.append((rid, key, qs))
+            text_of[rid] = text
     if len(atoms) < MIN_CALIBRATION_ATOMS:
         return None
     atoms = [atoms[i] for i in rng.permutation(len(atoms))[:max_atoms]]
@@ -135,16 +155,22 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     qv = np.concatenate([qv, av])
     known = router.lexical.known if router.lexical is not None else router._ensure_lexical().known
     near = near_misses([atoms[a][2][0] for a in range(len(atoms))], rng, known)
-    neg_texts = list(OUT_OF_SCOPE) + near
-    nv = np.concatenate([_oos_vectors(emb), emb(near) if near else np.zeros((0, qv.shape[1]), np.float32)])
+    # near misses edited from each atom's questions with words of other atoms (router/nearmiss.py); each is
+    # held out with its atom's fold, so the fold's model never saw an edit of that atom
+    edited = nearmiss.generate([(text_of[rid], qs) for rid, _, qs in atoms], rng, per_atom=per_atom_edits,
+                               nlp=nlp) if per_atom_edits else []
+    neg_texts = list(OUT_OF_SCOPE) + near + [q for _, _, q in edited]
+    nv = np.concatenate([_oos_vectors(emb), emb(neg_texts[len(OUT_OF_SCOPE):]) if len(neg_texts) > len(OUT_OF_SCOPE)
+                         else np.zeros((0, qv.shape[1]), np.float32)])
     texts = qtexts + neg_texts
     vecs = np.concatenate([qv, nv])
     overrides = override + [{} for _ in neg_texts]
     cands = router.candidates(vecs, texts, dense_override=overrides)
     targets = pos_target + [-1] * len(neg_texts)
-    folds = pos_fold + [i % FOLDS for i in range(len(neg_texts))]
+    folds = pos_fold + [i % FOLDS for i in range(len(OUT_OF_SCOPE) + len(near))] + [a % FOLDS for a, _, _ in edited]
     n_orig = len(pos_target) - len(aug)  # augmented variants train the model but never place the threshold
-    kinds = ["pos"] * n_orig + ["aug"] * len(aug) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
+    kinds = (["pos"] * n_orig + ["aug"] * len(aug) + ["oos"] * len(OUT_OF_SCOPE) + ["near"] * len(near)
+             + [f"edit_{k}" for _, k, _ in edited])
     F, y, g, train = [], [], [], []
     for qi, c in enumerate(cands):
         if not len(c.ids):
@@ -155,7 +181,8 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         # retrieval missed the atom: nothing for the reranker to learn, but the question still counts as routed
         # (to a wrong atom) or refused when the threshold is placed
         missed = targets[qi] >= 0 and targets[qi] not in set(c.ids.tolist())
-        train.append(np.full(len(c.ids), not missed))
+        # edits no feature can tell from a paraphrase are measured, not learned from (nearmiss.REPORT_ONLY)
+        train.append(np.full(len(c.ids), not missed and kinds[qi][5:] not in nearmiss.REPORT_ONLY))
     F, y, g, train = np.concatenate(F), np.concatenate(y), np.concatenate(g), np.concatenate(train)
     fold_of_row = np.asarray(folds)[g]
     held_p = np.zeros(len(y), np.float32)
@@ -187,6 +214,12 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         "heldout_wrong_or_missed_top": missed,
         "heldout_paraphrase_like_routed": share("aug", False),
         "oos_refused": share("oos", True), "near_refused": share("near", True),
+        "edited_near_misses": len(edited),
+        "edited_refused": round(float((scores_all[np.char.startswith(kinds_a, "edit_")] < thr).mean()), 4)
+        if edited else None,
+        "edited_refused_by_kind": {k[5:]: share(k, True) for k in sorted(set(kinds)) if k.startswith("edit_")},
+        "heldout_auc_pos_vs_edited": _auc(scores_all[kinds_a == "pos"], scores_all[np.char.startswith(kinds_a, "edit_")])
+        if edited else None,
     }
     return {"format": "doc2atom-router/1", "weights": final.as_dict(), "threshold": round(thr, 6),
             "target_routed": cfg.target_routed, "calibrated_atoms": int(router.dense.ntotal), "seed": seed,

@@ -32,9 +32,16 @@ FEATURES = (
     "name_oov",     # share of the question's names and numbers that no atom in the KB has
     "word_oov",     # IDF-weighted share of the question's other content words that no atom has
     "dense_top",    # best dense among the candidates (question-level)
+    # near-miss signals (router/nearmiss.py): what a question edited from an answerable one changes
+    "name_miss_kb",  # share of the question's names and numbers the atom lacks but another atom has
+    "neg_mismatch",  # 1 when exactly one of question and atom is negated
+    "antonym",       # 1 when the question has a word the atom lacks and the atom has its antonym
 )
-# The prior (hand-set, see the module docstring); bias last.
-DEFAULT_WEIGHTS = (6.0, 8.0, 2.0, 3.0, 1.0, 1.0, -2.0, -3.0, -1.0, 4.0, -7.0)
+# Features added after the first release: weights saved without them read as 0 (the scores they gave).
+LATE_FEATURES = ("name_miss_kb", "neg_mismatch", "antonym")
+# The prior (hand-set, see the module docstring); bias last. The near-miss signals start mildly negative
+# and are learned from the near misses calibration makes.
+DEFAULT_WEIGHTS = (6.0, 8.0, 2.0, 3.0, 1.0, 1.0, -2.0, -3.0, -1.0, 4.0, 0.0, 0.0, 0.0, -7.0)
 
 
 @dataclass
@@ -50,6 +57,10 @@ class Candidates:
     lex_rank: np.ndarray  # (m,) int, 1-based; 0 = not in the BM25 list
     name_oov: float
     word_oov: float
+    # near-miss signals per candidate (m,) float32; None = 0 (callers that predate them)
+    name_miss_kb: np.ndarray | None = None
+    neg_mismatch: np.ndarray | None = None
+    antonym: np.ndarray | None = None
 
 
 def rrf(dense_rank: np.ndarray, lex_rank: np.ndarray, k: int = 60) -> np.ndarray:
@@ -68,6 +79,8 @@ def features(c: Candidates, rrf_k: int = 60) -> np.ndarray:
     if m == 0:
         return np.zeros((0, len(FEATURES)), dtype=np.float32)
     top_bm25 = float(c.bm25.max())
+    z = np.zeros(m, np.float32)
+    late = [z if (v := getattr(c, name)) is None else v for name in LATE_FEATURES]
     f = np.stack([
         c.dense,
         c.dense - c.dense.max(),
@@ -79,6 +92,7 @@ def features(c: Candidates, rrf_k: int = 60) -> np.ndarray:
         np.full(m, c.name_oov, np.float32),
         np.full(m, c.word_oov, np.float32),
         np.full(m, float(c.dense.max()), np.float32),
+        *late,
     ], axis=1)
     return f.astype(np.float32)
 
@@ -104,21 +118,22 @@ class LearnedRouter:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LearnedRouter":
-        missing = [k for k in (*FEATURES, "bias") if k not in d]
+        missing = [k for k in (*FEATURES, "bias") if k not in d and k not in LATE_FEATURES]
         if missing:
             raise ValueError(f"learned router weights lack {', '.join(missing)}; re-run calibrate")
-        return cls([d[k] for k in (*FEATURES, "bias")])
+        return cls([d.get(k, 0.0) for k in (*FEATURES, "bias")])
 
     @classmethod
     def fit(cls, F: np.ndarray, y: np.ndarray, groups: np.ndarray, prior=DEFAULT_WEIGHTS, l2: float = 0.005,
-            iters: int = 50) -> "LearnedRouter":
+            iters: int = 50, late_l2: float | None = None) -> "LearnedRouter":
         """Weighted logistic regression by Newton's method, L2 towards `prior`.
 
         F (n, len(FEATURES)); y (n,) 0/1; groups (n,) question index of each row. Every question
         weighs the same (its rows share weight 1), and questions with an answer weigh as much in
         total as those without, so many candidates or many negatives do not swamp the rest.
         l2 is per question: the pull towards the prior grows with the data, so the prior keeps
-        the same say in a KB of 20 atoms and one of 20,000."""
+        the same say in a KB of 20 atoms and one of 20,000. late_l2 (default l2 / 10): the pull on the
+        near-miss features (LATE_FEATURES), whose prior is 0 (no hand-set belief): the data decide them."""
         F = np.asarray(F, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         X = np.concatenate([F, np.ones((len(F), 1))], axis=1)
@@ -133,6 +148,8 @@ class LearnedRouter:
         w0 = np.asarray(prior, dtype=np.float64)
         w = w0.copy()
         reg = np.full(len(w), l2 * len(counts))
+        late = [FEATURES.index(n) for n in LATE_FEATURES]
+        reg[late] = (l2 / 10 if late_l2 is None else late_l2) * len(counts)
         for _ in range(iters):
             p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -40, 40)))
             g = X.T @ (sw * (p - y)) + reg * (w - w0)

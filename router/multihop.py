@@ -63,7 +63,8 @@ def second_round(router, questions: list[str], routes) -> None:
     for (q, _, residual, bridge), c in zip(todo, cands):
         if not len(c.ids):
             continue
-        p = router.score(c)
+        # the question's names that this atom lacks are the first atom's to supply: not a swapped name
+        p = router.score_names_covered(c)
         has_bridge = (router.lexical.term_scores(bridge, c.ids) > 0).any(axis=0)
         has_resid = (router.lexical.term_scores(residual, c.ids) > 0).any(axis=0)
         ok = has_bridge & has_resid & (p >= thr)

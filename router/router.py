@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from router import nearmiss
 from router.index import KeyIndex
-from router.learned import DEFAULT_WEIGHTS, Candidates, LearnedRouter, features, rrf
+from router.learned import DEFAULT_WEIGHTS, FEATURES, Candidates, LearnedRouter, features, rrf
 from router.lexical import LexicalIndex, special_tokens, tokenize
 from router.select import AtomScore, Route, RouterConfig
 
@@ -94,6 +95,7 @@ class Router:
         self.model = LearnedRouter.from_dict(state["weights"]) if "weights" in state else LearnedRouter()
         self.write = write
         self._texts: dict[int, str] = {}  # rowid -> atom text, for multi-hop (small LRU-less cache)
+        self._words: dict[int, tuple[set[str], bool]] = {}  # rowid -> (lower-cased words, negated), near-miss signals
 
     # -- opening and persistence ------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Router:
             self.dense.add(added, np.asarray(vecs, dtype=np.float32).reshape(len(added), -1))
         for r in removed:
             self._texts.pop(int(r), None)
+            self._words.pop(int(r), None)
         if self.dense.wants_rebuild(self.config.exact_max):
             ids, v = self.store.embeddings()
             self.dense = KeyIndex.build(ids, v if len(ids) else np.zeros((0, self.embedder.dim), np.float32),
@@ -253,18 +256,21 @@ class Router:
 
     def _signals(self, ids, dense, drank, lrank, qtok: list[str], qtext: str) -> Candidates:
         lex = self.lexical
+        m = len(ids)
         toks = list(dict.fromkeys(qtok))
         names = special_tokens(qtext)
         ts = lex.term_scores(toks, ids)  # (T, m)
         idf = lex.idf(toks)
         present = ts > 0
-        cover = (idf @ present) / idf.sum() if len(toks) and idf.sum() > 0 else np.zeros(len(ids), np.float32)
+        cover = (idf @ present) / idf.sum() if len(toks) and idf.sum() > 0 else np.zeros(m, np.float32)
         if names:
             nts = lex.term_scores(names, ids) > 0
+            known_n = lex.known(names)
             name_miss = 1.0 - nts.mean(axis=0)
-            name_oov = float(1.0 - lex.known(names).mean())
+            name_miss_kb = (~nts & known_n[:, None]).mean(axis=0)
+            name_oov = float(1.0 - known_n.mean())
         else:
-            name_miss = np.zeros(len(ids), np.float32)
+            name_miss = name_miss_kb = np.zeros(m, np.float32)
             name_oov = 0.0
         other = [t for t in toks if t not in names]
         if other:
@@ -272,9 +278,24 @@ class Router:
             word_oov = float((oidf * ~lex.known(other)).sum() / max(oidf.sum(), 1e-9))
         else:
             word_oov = 0.0
-        return Candidates(ids=ids, dense=dense, bm25=ts.sum(axis=0).astype(np.float32),
-                          cover=np.asarray(cover, np.float32), name_miss=np.asarray(name_miss, np.float32),
-                          dense_rank=drank, lex_rank=lrank, name_oov=name_oov, word_oov=word_oov)
+        qw, qneg = nearmiss.words(qtext), nearmiss.negated(qtext)
+        aw = self.atom_words(ids)
+        neg = np.array([aw[int(i)][1] != qneg for i in ids], np.float32)
+        ant = np.array([nearmiss.antonym_clash(qw, aw[int(i)][0]) for i in ids], np.float32)
+        f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+        return Candidates(ids=ids, dense=dense, bm25=ts.sum(axis=0).astype(np.float32), cover=f32(cover),
+                          name_miss=f32(name_miss), dense_rank=drank, lex_rank=lrank, name_oov=name_oov,
+                          word_oov=word_oov, name_miss_kb=f32(name_miss_kb), neg_mismatch=neg, antonym=ant)
+
+    def atom_words(self, rowids) -> dict[int, tuple[set[str], bool]]:
+        """(lower-cased words, negated) of each atom's text, cached: the near-miss signals' view of an atom."""
+        want = [int(r) for r in rowids if int(r) not in self._words]
+        if want:
+            if len(self._words) > 100_000:
+                self._words.clear()
+            for rid, text in self.store.rows("text", want):
+                self._words[rid] = (nearmiss.words(text), nearmiss.negated(text))
+        return {int(r): self._words.get(int(r), (set(), False)) for r in rowids}
 
     def score(self, c: Candidates) -> np.ndarray:
         """Learned probability per candidate (m,) float32."""
@@ -291,6 +312,8 @@ class Router:
         qv = self.embedder(questions)
         cands = self.candidates(qv, questions)
         routes = []
+        pending = {}  # question -> its refused Route, kept only if the second round finds the missing names
+        hop = self.config.multihop and self.config.max_hop_atoms
         for q, c in enumerate(cands):
             p = self.score(c)
             if not len(p):
@@ -300,18 +323,42 @@ class Router:
             best = float(p[order[0]])
             if best < thr:
                 j = order[0]
-                routes.append(Route([], [], [], True, best, self.config.allow_base, thr,
-                                    [self._detail(c, p, j, 0.0)]))
-                continue
-            keep = [j for j in order[:k] if p[j] >= best - self.config.margin]
+                refusal = Route([], [], [], True, best, self.config.allow_base, thr, [self._detail(c, p, j, 0.0)])
+                # A question may name things that live in two atoms ("home to both the Korrin Bridge and the
+                # Mirefield Otters"): for one atom that looks like a swapped name. Scored as if its names were
+                # covered, it is routed, provided the second round then finds an atom, linked to the first by
+                # a bridge word, that has the missing words; otherwise it stays refused.
+                pp = self.score_names_covered(c) if hop else p
+                if float(pp.max()) >= thr:
+                    p = pp
+                    order = np.lexsort((-rrf(c.dense_rank, c.lex_rank, self.config.rrf_k), -p))
+                    best = float(p[order[0]])
+                    pending[q] = refusal
+                else:
+                    routes.append(refusal)
+                    continue
+            # a rescued question is answered by its best atom and the second round's partner, nothing else
+            keep = [order[0]] if q in pending else [j for j in order[:k] if p[j] >= best - self.config.margin]
             details = [self._detail(c, p, j, float(p[j]) / best) for j in keep]
             routes.append(Route([int(c.ids[j]) for j in keep], [float(p[j]) for j in keep],
                                 [d.weight for d in details], False, best, False, thr, details))
-        if self.config.multihop and self.config.max_hop_atoms:
+        if hop:
             from router.multihop import second_round
 
             second_round(self, questions, routes)
+        for q, refusal in pending.items():
+            if not any(d.hop == 2 for d in routes[q].details):
+                routes[q] = refusal
         return routes
+
+    def score_names_covered(self, c: Candidates) -> np.ndarray:
+        """Learned probability per candidate (m,) with the in-KB missing-name signal off (`route` uses it only
+        when the second round supplies the missing names)."""
+        if not len(c.ids) or c.name_miss_kb is None:
+            return self.score(c)
+        F = features(c, self.config.rrf_k)
+        F[:, FEATURES.index("name_miss_kb")] = 0.0
+        return self.model.prob(F)
 
     @staticmethod
     def _detail(c: Candidates, p: np.ndarray, j: int, weight: float, hop: int = 1) -> AtomScore:
