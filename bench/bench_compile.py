@@ -22,7 +22,8 @@ machine without spaCy, FAISS or the embedder):
 
     .venv/bin/python bench/bench_compile.py prepare
     flock /tmp/doc2atom-cpu.lock .venv/bin/python bench/bench_compile.py run --tasks sample --recipes default,kl
-Results: bench/results/compile_recipes_<device>.json (rows are replaced per (task, recipe)).
+Results: bench/results/compile_recipes_<device>.json (the newest row per (task, recipe) is in "recipes"; a row it
+replaces moves to "superseded"; each row records its git commit and machine).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ RHINE = ROOT.parent / "shared" / "datasets" / "squad2_dev_rhine.json"
 
 RECIPES: dict[str, dict] = {
     "default": {},
+    # the default before the CPU throughput work: fp32 on the CPU, rows in atom order, 2 questions a step, 8 atoms
+    "default_v1": {"sort_rows": False, "cpu_bf16": False, "questions_per_step": 2, "batch_atoms": 8},
+    "v1_sorted_bf16": {"cpu_bf16": True, "questions_per_step": 2, "batch_atoms": 8},
+    "default_extra1": {"extra_steps": 1, "questions_per_step": 1},  # measured while 1 question a step was default
+    "qps1": {"questions_per_step": 1},
+    "warm3x3": {"warm_lr_factor": 3.0, "warm_lr_steps": 3},
+    "warm2x4": {"warm_lr_factor": 2.0, "warm_lr_steps": 4},
+    "qps1_warm3x3": {"questions_per_step": 1, "warm_lr_factor": 3.0, "warm_lr_steps": 3},
     "distill": {"objective": "distill"},
     "kl": {"locality_weight": 10.0, "locality_prompts": 2},
     "compose": {"compose_prob": 0.5, "compose_others": 3},
@@ -346,7 +355,12 @@ def run(args) -> None:
                    "versions": _versions(), "seed": args.seed, "ks": args.ks})
     rows = {(r["task"], r["recipe"]): r for r in result.get("recipes", [])}
     tp = {(r["task"], r["recipe"], r["atoms"]): r for r in result.get("throughput", [])}
+    superseded = result.setdefault("superseded", [])  # rows replaced by a newer run of the same key, kept
     ks = [int(k) for k in args.ks.split(",")]
+
+    def keep_old(old: dict | None, key: str) -> None:
+        if old is not None:
+            superseded.append(dict(old, superseded_kind=key, git=old.get("git", result.get("git"))))
 
     def save():
         result["recipes"] = list(rows.values())
@@ -360,16 +374,23 @@ def run(args) -> None:
             keep = set(range(args.limit_atoms))
             task["eval"] = [q for q in task["eval"] if q["gold"] in keep]
             task["atoms"] = task["atoms"][:args.limit_atoms]
+            tname = task["task"] = f"{tname}{args.limit_atoms}"  # e.g. rhine60: its own rows
         for recipe in (args.recipes.split(",") if args.recipes else []):
             t = time.perf_counter()
             row = run_recipe(b, task, recipe, ks, args.seed, args.limit)
             row["wall_s"] = round(time.perf_counter() - t, 1)
+            row["git"] = result["git"]
+            row["machine"] = result["machine"]
+            keep_old(rows.get((tname, recipe)), "recipes")
             rows[(tname, recipe)] = row
             print(json.dumps({k: v for k, v in row.items() if k != "examples_k1"}), flush=True)
             save()
         for n in ([int(x) for x in args.throughput.split(",")] if args.throughput else []):
             for recipe in (args.throughput_recipes or "default").split(","):
                 r = throughput(b, task, recipe, n)
+                r["git"] = result["git"]
+                r["machine"] = result["machine"]
+                keep_old(tp.get((tname, recipe, n)), "throughput")
                 tp[(tname, recipe, n)] = r
                 print(json.dumps(r), flush=True)
                 save()

@@ -20,13 +20,16 @@ class CompileConfig(BaseModel):
     rank: int = Field(default=2, ge=1, le=16, description="LoRA rank per atom")
     scale: float = Field(default=2.0, gt=0, le=64, description="Multiplier on B (alpha / r)")
     lr: float = Field(default=1e-2, gt=0, le=1.0, description="Adam learning rate")
+    warm_lr_factor: float = Field(default=1.0, gt=0, le=100, description="lr multiplier for each atom's first "
+                                  "warm_lr_steps steps (B starts at zero: the first steps only grow the delta)")
+    warm_lr_steps: int = Field(default=0, ge=0, le=1000, description="How many first steps get warm_lr_factor")
     max_steps: int = Field(default=24, ge=1, le=1000, description="Most optimiser steps per atom")
     min_steps: int = Field(default=4, ge=0, le=1000, description="Fewest optimiser steps per atom")
     target_prob: float = Field(default=0.6, gt=0, lt=1, description="An atom is done when every answer token has p >= this")
     extra_steps: int = Field(default=2, ge=0, le=100, description="Steps after an atom first reaches target_prob")
     questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
     questions_per_step: int = Field(default=2, ge=1, le=64, description="Questions per atom in each step")
-    batch_atoms: int = Field(default=8, ge=1, le=4096, description="Atoms trained together in one batched step")
+    batch_atoms: int = Field(default=16, ge=1, le=4096, description="Atoms trained together in one batched step")
     locality_weight: float = Field(default=0.0, ge=0, le=1000,
                                    description="Weight of KL(base || atom) on unrelated prompts (0 = off)")
     locality_prompts: int = Field(default=2, ge=1, le=64, description="Unrelated prompts per atom per step")
@@ -36,6 +39,11 @@ class CompileConfig(BaseModel):
     compose_others: int = Field(default=3, ge=1, le=63, description="How many other atoms are summed in then")
     max_tokens_per_step: int = Field(default=1536, ge=64, le=1 << 20,
                                      description="Padded tokens per forward pass; bounds compile memory")
+    sort_rows: bool = Field(default=True, description="Group each step's rows by length before splitting them into "
+                            "forward passes (less padding; the same loss up to float rounding)")
+    cpu_bf16: bool = Field(default=True, description="On a CPU, multiply by the frozen base's weights in bf16 "
+                           "(compiler.layers.Bf16Linears: activations, attention, norms, the atoms' weights, optimiser "
+                           "state and losses stay fp32). No effect on a GPU")
     nullspace_energy: float = Field(default=0.0, ge=0, lt=1, description="Keep each atom's A orthogonal to the "
                                     "principal input directions (this share of energy) of generic prompts (0 = off)")
     objective: Literal["statement", "distill"] = Field(

@@ -71,3 +71,49 @@ def stack_right(rows: list[torch.Tensor]) -> torch.Tensor:
     for j, r in enumerate(rows):
         h[j, :r.shape[0]] = r
     return h
+
+
+class Bf16Linears(torch.overrides.TorchFunctionMode):
+    """Inside this mode, a linear layer with a frozen fp32 weight multiplies in bf16 and hands back fp32.
+
+    For compiling on a CPU with bf16 matrix units (AMX): the weight's bf16 copy is made once and
+    kept for the life of the mode (the model itself is not touched), the input is rounded to bf16
+    for the product, and the output (and, through autograd, the input gradient) returns to fp32,
+    so norms, attention, residual sums, the atoms' own low-rank products and every loss stay fp32.
+    Weights that require grad are left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last: tuple | None = None  # (input, version, bf16 copy, grad mode): q/k/v and gate/up share an input
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        grad = torch.is_grad_enabled()
+        if last is not None and last[0] is x and last[1] == x._version and last[3] == grad:
+            return last[2]
+        xb = x.to(torch.bfloat16)
+        self._last = (x, x._version, xb, grad)
+        return xb
+
+    def _bf16(self, t: torch.Tensor) -> torch.Tensor:
+        hit = self._cache.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = (t, t.detach().to(torch.bfloat16))
+            self._cache[id(t)] = hit
+        return hit[1]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if x.dtype == torch.float32 and w.dtype == torch.float32 and not w.requires_grad and (
+                    b is None or not b.requires_grad):
+                out = func(self._input(x), self._bf16(w), None if b is None else self._bf16(b))
+                return out.to(torch.float32)
+        return func(*args, **kwargs)
+
+    def __exit__(self, *exc):
+        self._last = None  # do not keep the last activation alive between uses
+        return super().__exit__(*exc)

@@ -8,6 +8,7 @@ This module must never modify the base model's weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import lower_states, run_layers, stack_right
+from compiler.layers import Bf16Linears, lower_states, run_layers, stack_right
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -67,10 +68,11 @@ class _MaskedAdam:
         self.v = [torch.zeros_like(p) for p in params]
 
     @torch.no_grad()
-    def step(self, active: torch.Tensor, t: torch.Tensor) -> None:
-        """active: (M,) bool; t: (M,) per-atom step count (after this step)."""
+    def step(self, active: torch.Tensor, t: torch.Tensor, lr_scale: torch.Tensor | None = None) -> None:
+        """active: (M,) bool; t: (M,) per-atom step count (after this step); lr_scale: (M,) per-atom lr factor."""
         bc1 = (1 - self.b1 ** t.float()).clamp(min=1e-8)
         bc2 = (1 - self.b2 ** t.float()).clamp(min=1e-8)
+        act = active.float() if lr_scale is None else active.float() * lr_scale
         for p, m, v in zip(self.params, self.m, self.v):
             if p.grad is None:
                 continue
@@ -80,12 +82,16 @@ class _MaskedAdam:
             m.mul_(1 - a * (1 - self.b1)).add_(a * (1 - self.b1) * g)
             v.mul_(1 - a * (1 - self.b2)).add_(a * (1 - self.b2) * g * g)
             upd = (m / bc1.view(shape)) / ((v / bc2.view(shape)).sqrt() + self.eps)
-            p.sub_(a * self.lr * upd)
+            p.sub_(act.view(shape).to(p.dtype) * self.lr * upd)
             p.grad = None
 
 
-def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_tokens: int):
-    """Split a step's rows so that no forward pass holds more than max_tokens (padded) tokens."""
+def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_tokens: int, sort: bool = False):
+    """Split a step's rows so that no forward pass holds more than max_tokens (padded) tokens.
+
+    sort: take the rows longest first, so that each pass pads its rows to a similar length."""
+    if sort:
+        rows = sorted(rows, key=lambda aq: -(len(chunk[aq[0]].prompts[aq[1]]) + len(chunk[aq[0]].target(aq[1]))))
     out, cur, longest = [], [], 0
     for a, q in rows:
         n = len(chunk[a].prompts[q]) + len(chunk[a].target(q))
@@ -97,6 +103,11 @@ def _micro_batches(chunk: list[AtomExample], rows: list[tuple[int, int]], max_to
     if cur:
         out.append(cur)
     return out
+
+
+def _matmul_mode(fast: Bf16Linears | None):
+    """The frozen linears in bf16 (cfg.cpu_bf16 on a CPU), else fp32 as the model is."""
+    return fast if fast is not None else contextlib.nullcontext()
 
 
 def _pools(params, scale: float, frozen_copy: bool):
@@ -205,7 +216,7 @@ class _Negatives:
         return sorted(out)
 
 
-def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int) -> None:
+def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int, fast=None) -> None:
     """Accumulate grads of locality_weight * KL(base || base+atom) on unrelated prompts."""
     rows = [(a, i) for a in act for i in negatives.sample(a, cfg.locality_prompts, rnd)]
     n = cfg.locality_tokens
@@ -220,7 +231,7 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int
         ri = torch.tensor([i for _, i in part], device=dev)
         h0, pos, _, _ = bank.batch(ri, max(bank.seq_cpu[i] for _, i in part))
         state.set(torch.tensor([a for a, _ in part], device=dev)[:, None], torch.ones(len(part), 1, device=dev))
-        with torch.enable_grad():
+        with torch.enable_grad(), _matmul_mode(fast):
             state.pools = _pools(params, cfg.scale, frozen_copy=False)
             h = run_layers(model, h0, L, None, final_norm=True)
             student = torch.log_softmax(model.lm_head(h[pos[:, 0], pos[:, 1]]).float(), -1)
@@ -243,10 +254,13 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     gen = torch.Generator().manual_seed(cfg.seed)
     rnd = random.Random(cfg.seed)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    dev = next(model.parameters()).device
+    # bf16 copies of the frozen weights, made once per call and dropped with it
+    fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" else None
     try:
         for start in range(0, len(examples), cfg.batch_atoms):
             chunk = examples[start:start + cfg.batch_atoms]
-            out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id))
+            out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast))
             if progress:
                 progress(len(chunk))
     finally:
@@ -270,7 +284,7 @@ def compile_statements(model, tok, texts: list[str], questions: list[list[str]],
     return out
 
 
-def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id) -> list[CompiledAtom]:
+def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast=None) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
     dev = next(model.parameters()).device
@@ -301,9 +315,10 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
     key_row = {k: j for j, k in enumerate(keys)}
-    bank = _RowBank(lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
-                                 cfg.max_tokens_per_step),
-                    [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
+    with _matmul_mode(fast):
+        lower = lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
+                             cfg.max_tokens_per_step)
+    bank = _RowBank(lower, [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
     negatives = _Negatives(model, tok, state, chunk, cfg, pad_id, L) if cfg.locality_weight > 0 else None
     while bool(active.any()):
         act = active.nonzero().flatten().tolist()
@@ -319,7 +334,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             counts[a] += len(chunk[a].target(q))
         counts = counts.to(dev)
         composing = M > 1 and rnd.random() < cfg.compose_prob
-        for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step):
+        for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step, cfg.sort_rows):
             bank_rows = [key_row[r] for r in mb]
             h0, pos, tgt, trow = bank.batch(torch.tensor(bank_rows, device=dev),
                                             max(bank.seq_cpu[j] for j in bank_rows))
@@ -327,7 +342,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
             state.set(idx.to(dev), w.to(dev))
             row_atom = row_atom.to(dev)
-            with torch.enable_grad():
+            with torch.enable_grad(), _matmul_mode(fast):
                 state.pools = _pools(params, cfg.scale, frozen_copy=composing)
                 h = run_layers(model, h0, L, None, final_norm=True)
                 logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
@@ -340,13 +355,16 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
                 per_atom.index_add_(0, tok_atom, -logp.detach())
                 pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
         if cfg.locality_weight > 0:
-            _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L)
+            _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L, fast)
         state.clear()
         with torch.no_grad():
             last_p[act] = pmin[act].cpu()
             last_loss[act] = (per_atom[act] / counts[act]).cpu()
         steps[act] += 1
-        opt.step(active.to(dev), steps.to(dev))
+        boost = None
+        if cfg.warm_lr_steps > 0 and cfg.warm_lr_factor != 1.0:
+            boost = torch.where(steps <= cfg.warm_lr_steps, cfg.warm_lr_factor, 1.0).to(dev)
+        opt.step(active.to(dev), steps.to(dev), boost)
         if bases is not None:
             for n, (A, _) in params.items():
                 project_out(A.data, bases[n])

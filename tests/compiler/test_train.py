@@ -166,3 +166,44 @@ def test_nullspace_keeps_atoms_orthogonal_to_generic_inputs(tiny_base):
             A = c.weights[n][0]
             assert A.abs().max() > 0  # the atom still has a shrink matrix ...
             assert (A @ U).abs().max() < 1e-4 * max(1.0, float(A.abs().max()))  # ... blind to generic directions
+
+
+def test_rows_sorted_by_length_give_the_same_atoms_as_atom_order(tiny_base):
+    """sort_rows changes only which rows share a forward pass (padding), not what each atom learns."""
+    model, tok = load_base(str(tiny_base))
+    ex = make_examples(tok, ["Alpha is a letter.", "Beta is a much longer letter of the alphabet.", "Ga."],
+                       [["What is alpha?", "Tell me everything about alpha now."], ["Beta?", "What is beta?"],
+                        ["What is gamma, the third one?", "Ga?"]])
+    rows = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    mbs = _micro_batches(ex, rows, 120, sort=True)
+    assert sorted(r for m in mbs for r in m) == rows
+    lens = [len(ex[a].prompts[q]) + len(ex[a].answer) for m in mbs for a, q in m]
+    assert lens == sorted(lens, reverse=True)
+    kw = dict(max_steps=3, min_steps=3, questions=2, questions_per_step=2, batch_atoms=3, seed=3, cpu_bf16=False,
+              max_tokens_per_step=120)
+    plain = compile_atoms(model, tok, ex, CompileConfig(sort_rows=False, **kw))
+    fast = compile_atoms(model, tok, ex, CompileConfig(sort_rows=True, **kw))
+    for a, b in zip(plain, fast):
+        for n in a.weights:
+            torch.testing.assert_close(a.weights[n][0], b.weights[n][0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a.weights[n][1], b.weights[n][1], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_bf16_compile_tracks_the_fp32_compile(tiny_base):
+    """The bf16 matmul path against the plain fp32 path over whole compiles: the same steps, close weights."""
+    model, tok = load_base(str(tiny_base))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ex = make_examples(tok, ["Alpha is a letter.", "Beta is a letter too."],
+                       [["What is alpha?", "Tell me of alpha."], ["What is beta?", "Tell me of beta."]])
+    kw = dict(max_steps=3, min_steps=3, questions=2, questions_per_step=2, batch_atoms=2, seed=3)
+    plain = compile_atoms(model, tok, ex, CompileConfig(cpu_bf16=False, **kw))
+    fast = compile_atoms(model, tok, ex, CompileConfig(cpu_bf16=True, **kw))
+    for a, b in zip(plain, fast):
+        assert a.stats["steps"] == b.stats["steps"]
+        assert abs(a.stats["loss"] - b.stats["loss"]) < 0.05 * abs(a.stats["loss"]) + 0.05, (a.stats, b.stats)
+        for n in a.weights:
+            Bp, Bf = a.weights[n][1].flatten(), b.weights[n][1].flatten()
+            assert torch.nn.functional.cosine_similarity(Bp, Bf, dim=0) > 0.95, n
+            assert a.weights[n][0].dtype == torch.float32 and b.weights[n][0].dtype == torch.float32
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
