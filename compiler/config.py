@@ -41,7 +41,7 @@ class CompileConfig(BaseModel):
                                      description="Padded tokens per forward pass; bounds compile memory")
     sort_rows: bool = Field(default=True, description="Group each step's rows by length before splitting them into "
                             "forward passes (less padding; the same loss up to float rounding)")
-    cpu_bf16: bool = Field(default=True, description="On a CPU, multiply by the frozen base's weights in bf16 "
+    cpu_bf16: bool = Field(default=True, description="On a CPU with bf16 units (AVX512-BF16/AMX), multiply by the frozen base's weights in bf16 "
                            "(compiler.layers.Bf16Linears: activations, attention, norms, the atoms' weights, optimiser "
                            "state and losses stay fp32). No effect on a GPU")
     nullspace_energy: float = Field(default=0.0, ge=0, lt=1, description="Keep each atom's A orthogonal to the "

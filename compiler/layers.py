@@ -10,6 +10,10 @@ is left out and SDPA's own causal flag does the same.
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -71,6 +75,22 @@ def stack_right(rows: list[torch.Tensor]) -> torch.Tensor:
     for j, r in enumerate(rows):
         h[j, :r.shape[0]] = r
     return h
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_units() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX; Linux /proc/cpuinfo flags).
+
+    Without them oneDNN emulates bf16 products, which is slower than fp32: Bf16Linears is then skipped.
+    `DOC2ATOM_CPU_BF16=0/1` overrides the detection."""
+    env = os.environ.get("DOC2ATOM_CPU_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class Bf16Linears(torch.overrides.TorchFunctionMode):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import Bf16Linears, lower_states, run_layers, stack_right
+from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_states, run_layers, stack_right
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -256,7 +256,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     dev = next(model.parameters()).device
     # bf16 copies of the frozen weights, made once per call and dropped with it
-    fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" else None
+    fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
     try:
         for start in range(0, len(examples), cfg.batch_atoms):
             chunk = examples[start:start + cfg.batch_atoms]

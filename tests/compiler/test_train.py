@@ -1,3 +1,4 @@
+import os
 import pytest
 import torch
 
@@ -189,8 +190,12 @@ def test_rows_sorted_by_length_give_the_same_atoms_as_atom_order(tiny_base):
             torch.testing.assert_close(a.weights[n][1], b.weights[n][1], rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_bf16_compile_tracks_the_fp32_compile(tiny_base):
+def test_cpu_bf16_compile_tracks_the_fp32_compile(tiny_base, monkeypatch):
     """The bf16 matmul path against the plain fp32 path over whole compiles: the same steps, close weights."""
+    from compiler import layers
+
+    monkeypatch.setenv("DOC2ATOM_CPU_BF16", "1")  # exercise the bf16 path even on a CPU without bf16 units
+    layers.cpu_has_bf16_units.cache_clear()
     model, tok = load_base(str(tiny_base))
     before = {n: p.clone() for n, p in model.named_parameters()}
     ex = make_examples(tok, ["Alpha is a letter.", "Beta is a letter too."],
@@ -207,3 +212,18 @@ def test_cpu_bf16_compile_tracks_the_fp32_compile(tiny_base):
             assert a.weights[n][0].dtype == torch.float32 and b.weights[n][0].dtype == torch.float32
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
+    layers.cpu_has_bf16_units.cache_clear()  # later tests detect the CPU again
+
+
+def test_bf16_units_detection_follows_the_override(monkeypatch):
+    from compiler import layers
+
+    for val, want in (("0", False), ("1", True)):
+        monkeypatch.setenv("DOC2ATOM_CPU_BF16", val)
+        layers.cpu_has_bf16_units.cache_clear()
+        assert layers.cpu_has_bf16_units() is want
+    monkeypatch.delenv("DOC2ATOM_CPU_BF16")
+    layers.cpu_has_bf16_units.cache_clear()
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert layers.cpu_has_bf16_units() is ("avx512_bf16" in flags or "amx_bf16" in flags)
+    layers.cpu_has_bf16_units.cache_clear()
