@@ -14,7 +14,9 @@ class Embedder:
 
             model = load_embedder()
         self.model = model
-        self.dim = int(model.get_sentence_embedding_dimension())
+        # sentence-transformers renamed the method (the old name warns); accept both, >= 3.0 is pinned
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
