@@ -273,9 +273,9 @@ def synthetic_items(router, n_pos: int, n_para: int, n_per_kind: int, rng) -> li
 # -- measures ------------------------------------------------------------------------------------
 
 def auc(pos, neg) -> float | None:
-    from router.calibrate import _auc
+    from router.calibrate import auc as mann_whitney_auc
 
-    return _auc(np.asarray(pos, float), np.asarray(neg, float))
+    return mann_whitney_auc(pos, neg)
 
 
 def oracle(pos, neg, routed: float = 0.95) -> float | None:

@@ -328,14 +328,6 @@ def read_squad(path: Path):
     return docs, qs
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    if not len(pos) or not len(neg):
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    ranks = allv.argsort().argsort() + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def eval_routes(router, store, qs: list[tuple[str, list[str], str]]) -> dict:
     """qs: (question, gold doc ids, kind) with kind in answerable/unanswerable/direct/paraphrase/multihop/out_of_scope."""
     doc_of = store.atom_rowids_of_docs()
@@ -414,7 +406,9 @@ def route_latency(router, questions: list[str], n: int = 100) -> dict:
 def refusal_tradeoff(pos: np.ndarray, neg: np.ndarray, routed: float = 0.95) -> dict:
     """What the best possible threshold on the same score would give: refusals at >= `routed` answerable routed."""
     t = float(np.quantile(pos, 1 - routed, method="lower"))
-    return {"auc_answerable_vs_unanswerable": round(_auc(pos, neg), 4), "oracle_threshold": round(t, 4),
+    from router.calibrate import auc
+
+    return {"auc_answerable_vs_unanswerable": auc(pos, neg), "oracle_threshold": round(t, 4),
             "oracle_refused_unanswerable": round(float((neg < t).mean()), 4)}
 
 

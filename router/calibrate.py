@@ -89,17 +89,13 @@ def _loo(key: np.ndarray, qv: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
+def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """P(score of a positive > score of a negative), ties half (Mann-Whitney U over average ranks)."""
     if not len(pos) or not len(neg):
         return None
-    ranks = np.concatenate([pos, neg]).argsort(kind="stable").argsort() + 1.0
-    allv = np.concatenate([pos, neg])
-    # average ranks over ties
+    allv = np.concatenate([np.asarray(pos, float), np.asarray(neg, float)])
     _, inv, cnt = np.unique(allv, return_inverse=True, return_counts=True)
-    sums = np.zeros(len(cnt))
-    np.add.at(sums, inv, ranks)
-    ranks = (sums / cnt)[inv]
+    ranks = (np.cumsum(cnt) - (cnt - 1) / 2.0)[inv]  # the average 1-based rank of each value's run of ties
     return round(float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))), 4)
 
 
@@ -218,7 +214,7 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         "edited_refused": round(float((scores_all[np.char.startswith(kinds_a, "edit_")] < thr).mean()), 4)
         if edited else None,
         "edited_refused_by_kind": {k[5:]: share(k, True) for k in sorted(set(kinds)) if k.startswith("edit_")},
-        "heldout_auc_pos_vs_edited": _auc(scores_all[kinds_a == "pos"], scores_all[np.char.startswith(kinds_a, "edit_")])
+        "heldout_auc_pos_vs_edited": auc(scores_all[kinds_a == "pos"], scores_all[np.char.startswith(kinds_a, "edit_")])
         if edited else None,
     }
     return {"format": "doc2atom-router/1", "weights": final.as_dict(), "threshold": round(thr, 6),

@@ -75,3 +75,17 @@ def test_old_weights_without_near_miss_features_still_load():
     old = {k: 1.0 for k in (*FEATURES, "bias") if k not in LATE_FEATURES}
     m = LearnedRouter.from_dict(old)
     assert all(m.as_dict()[k] == 0.0 for k in LATE_FEATURES)
+
+
+def test_auc_matches_pairwise_counting_with_ties():
+    import numpy as np
+
+    from router.calibrate import auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        pos = rng.integers(0, 5, rng.integers(1, 9)).astype(float)  # small integers: many ties
+        neg = rng.integers(0, 5, rng.integers(1, 9)).astype(float)
+        pairs = [[1.0 if a > b else 0.5 if a == b else 0.0 for b in neg] for a in pos]
+        assert auc(pos, neg) == round(float(np.mean(pairs)), 4)
+    assert auc(np.array([]), np.array([1.0])) is None
