@@ -241,6 +241,25 @@ def _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path):
     return outs
 
 
+def _member_args(ms: list[int], programs: list[int], d_outs: list[int], Bs: list[torch.Tensor],
+                 n_per: list[int]) -> tuple[list[int], int, list[int]]:
+    """One launch's member layout for the group kernels: the members padded to _MAX_MEMBERS (unused slots
+    repeat member ms[0]), the grid's program count (members' programs side by side), and the kernels'
+    scalar arguments: d_out per member, B's three strides per member, each member's columns per
+    program, then where members 1 and 2 start in the grid."""
+    pad = ms + [ms[0]] * (_MAX_MEMBERS - len(ms))
+    starts, total = [], 0
+    for m in ms:
+        starts.append(total)
+        total += programs[m]
+    starts += [total] * (_MAX_MEMBERS - len(ms))
+    scal = [d_outs[m] for m in pad]
+    for m in pad:
+        scal += list(Bs[m].stride())
+    scal += [n_per[m] for m in pad]
+    return pad, total, scal + starts[1:3]
+
+
 def compose_group_triton(
     x: torch.Tensor,
     A: torch.Tensor,
@@ -411,20 +430,8 @@ def compose_group_triton(
         ok = ok and bool(r1)
         launches.append((r1, (rows, gs.split_d, gs.n_sc), (0, 1, 2, 3, 4), a1[5:] + tuple(c1.values())))
         for ms in chunks:
-            pad = ms + [ms[0]] * (_MAX_MEMBERS - len(ms))  # unused member slots repeat member ms[0]
-            starts, g = [], 0
-            for m in ms:
-                starts.append(g)
-                g += member_plans[m].groups
-            starts += [g] * (_MAX_MEMBERS - len(ms))
-            scal = []
-            for m in pad:
-                scal.append(d_outs[m])
-            for m in pad:
-                scal += list(Bs[m].stride())
-            for m in pad:
-                scal.append(member_plans[m].n_per_w)
-            scal += [starts[1], starts[2]]
+            pad, g, scal = _member_args(ms, [gp.groups for gp in member_plans], d_outs, Bs,
+                                        [gp.n_per_w for gp in member_plans])
             consts = dict(M=len(ms), RG=RG, BLOCK_SG=gs.block_s, ACCUMULATE=accumulate)
             for i, m in enumerate(pad):
                 gp = member_plans[m]
@@ -441,17 +448,8 @@ def compose_group_triton(
             launches.append((r2, grid, take, a2[8:] + tuple(consts.values())))
     else:
         for ms in chunks:
-            pad = ms + [ms[0]] * (_MAX_MEMBERS - len(ms))  # unused member slots repeat member ms[0]
-            starts, p = [], 0
-            for m in ms:
-                starts.append(p)
-                p += member_plans[m].p
-            starts += [p] * (_MAX_MEMBERS - len(ms))
-            scal = [d_outs[m] for m in pad]
-            for m in pad:
-                scal += list(Bs[m].stride())
-            scal += [member_plans[m].n_per_f for m in pad]
-            scal += [starts[1], starts[2]]
+            pad, p, scal = _member_args(ms, [gp.p for gp in member_plans], d_outs, Bs,
+                                        [gp.n_per_f for gp in member_plans])
             consts = dict(M=len(ms), ACCUMULATE=accumulate)
             for i, m in enumerate(pad):
                 gp = member_plans[m]
