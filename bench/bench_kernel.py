@@ -231,6 +231,15 @@ def _knobs(wide_tiles=None, partials=None):
 WIDE_KNOBS = [("", "max", "tile"), ("_sm", "sm", "tile"), ("_loop", "max", "loop"), ("_sm_loop", "sm", "loop")]
 
 
+def atom_slots(pattern: str, bsz: int, K: int, n_atoms: int) -> torch.Tensor:
+    """(bsz, K) slots on the GPU: every request its own atoms ("distinct", n_atoms = bsz * K), or drawn
+    without replacement from a zipf(1.1) popularity over n_atoms ("zipf": popular atoms shared)."""
+    if pattern == "distinct":
+        return torch.randperm(n_atoms, device="cuda").reshape(bsz, K)
+    p = 1.0 / torch.arange(1, n_atoms + 1, dtype=torch.float64) ** 1.1
+    return torch.stack([torch.multinomial(p, K, replacement=False) for _ in range(bsz)]).cuda()
+
+
 def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits: bool = False,
                 batches=(32, 128), patterns=("distinct", "zipf"), t_start: float | None = None,
                 budget: float | None = None) -> None:
@@ -266,11 +275,7 @@ def shape_sweep(res: dict, copy_bw: float, K: int = 8, r: int = 2, sweep_splits:
                 g = torch.Generator(device="cuda").manual_seed(bsz + d_out)
                 pools = [(torch.randn(n_atoms, r, d_in, dtype=DT, device="cuda") / 64,
                           pool_b(n_atoms, d_out, r, 1 / 8)) for _ in range(M)]
-                if pattern == "distinct":
-                    idx = torch.randperm(n_atoms, device="cuda").reshape(bsz, K)
-                else:
-                    p = 1.0 / torch.arange(1, n_atoms + 1, dtype=torch.float64) ** 1.1
-                    idx = torch.stack([torch.multinomial(p, K, replacement=False) for _ in range(bsz)]).cuda()
+                idx = atom_slots(pattern, bsz, K, n_atoms)
                 n_dist = int(torch.unique(idx).numel())
                 meta = ComposeMeta(idx, torch.rand(bsz, K, device="cuda") + 0.5, n_slots=n_atoms)
                 x = torch.randn(bsz, 1, d_in, dtype=DT, device="cuda", generator=g)
@@ -324,11 +329,7 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
         n_atoms = bsz * K if pattern == "distinct" else 64
         pool_bytes = n_atoms * r * (M * d_in + sum(d_outs)) * 2
         copies = max(8, min(48, math.ceil(200e6 / pool_bytes)))
-        if pattern == "distinct":
-            idx = torch.randperm(n_atoms, device="cuda").reshape(bsz, K)
-        else:
-            p = 1.0 / torch.arange(1, n_atoms + 1, dtype=torch.float64) ** 1.1
-            idx = torch.stack([torch.multinomial(p, K, replacement=False) for _ in range(bsz)]).cuda()
+        idx = atom_slots(pattern, bsz, K, n_atoms)
         n_dist = int(torch.unique(idx).numel())
         meta = ComposeMeta(idx, torch.rand(bsz, K, device="cuda") + 0.5, n_slots=n_atoms)
         x = torch.randn(bsz, 1, d_in, dtype=DT, device="cuda")
