@@ -324,7 +324,7 @@ class KnowledgeBase:
                 score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)}
                 w = self._weights_for(r, fired[i])
                 atoms = self.store.atoms_out(fired[i], [score_of.get(a, 0.0) for a in fired[i]], w)
-                sig = {atom_id(d.id): d for d in (getattr(r, "details", None) or [])}
+                sig = {atom_id(d.id): d for d in r.details}
                 for a in atoms:
                     d = sig.get(a.id)
                     if d is not None:
