@@ -62,8 +62,10 @@ def make_examples(tok, texts: list[str], questions: list[list[str]],
 class _MaskedAdam:
     """Adam whose update touches only the rows (atoms) that are still training."""
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8,
+                 lr_mult: list[float] | None = None):
         self.params, self.lr, self.b1, self.b2, self.eps = params, lr, betas[0], betas[1], eps
+        self.lr_mult = lr_mult or [1.0] * len(params)  # per tensor (LoRA+: B's lr a multiple of A's)
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
@@ -73,7 +75,7 @@ class _MaskedAdam:
         bc1 = (1 - self.b1 ** t.float()).clamp(min=1e-8)
         bc2 = (1 - self.b2 ** t.float()).clamp(min=1e-8)
         act = active.float() if lr_scale is None else active.float() * lr_scale
-        for p, m, v in zip(self.params, self.m, self.v):
+        for p, m, v, mult in zip(self.params, self.m, self.v, self.lr_mult):
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
@@ -82,7 +84,7 @@ class _MaskedAdam:
             m.mul_(1 - a * (1 - self.b1)).add_(a * (1 - self.b1) * g)
             v.mul_(1 - a * (1 - self.b2)).add_(a * (1 - self.b2) * g * g)
             upd = (m / bc1.view(shape)) / ((v / bc2.view(shape)).sqrt() + self.eps)
-            p.sub_(act.view(shape).to(p.dtype) * self.lr * upd)
+            p.sub_(act.view(shape).to(p.dtype) * (self.lr * mult) * upd)
             p.grad = None
 
 
@@ -284,6 +286,79 @@ def compile_statements(model, tok, texts: list[str], questions: list[list[str]],
     return out
 
 
+@torch.no_grad()
+def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r: int, max_tokens: int, L: int,
+                      fast=None) -> dict[str, torch.Tensor]:
+    """Per target module, (M, r, d_in): the top-r right singular vectors of each atom's inputs to that module
+    at the positions that predict its answer tokens (base model, no atoms), for cfg.init_a == "data"."""
+    cur: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(_mod, inp):
+            cur[name] = inp[0]
+        return fn
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    per: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in range(M)] for n in names}
+    dev = bank.h.device
+    order = sorted(range(len(row_atom)), key=lambda j: -bank.seq_cpu[j])
+    groups, cur_rows = [], []
+    for j in order:  # token-bounded passes, longest rows first
+        if cur_rows and bank.seq_cpu[cur_rows[0]] * (len(cur_rows) + 1) > max_tokens:
+            groups.append(cur_rows)
+            cur_rows = []
+        cur_rows.append(j)
+    if cur_rows:
+        groups.append(cur_rows)
+    state.clear()
+    try:
+        with _matmul_mode(fast):
+            for part in groups:
+                h0, pos, _, trow = bank.batch(torch.tensor(part, device=dev), max(bank.seq_cpu[j] for j in part))
+                run_layers(model, h0, L, None)
+                tok_atom = torch.tensor([row_atom[j] for j in part], device=dev)[trow]
+                for n in names:
+                    x = cur[n][pos[:, 0], pos[:, 1]].float()
+                    for a in tok_atom.unique().tolist():
+                        per[n][a].append(x[tok_atom == a])
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n in names:
+        xs = [torch.cat(per[n][a]) for a in range(M)]
+        d_in = xs[0].shape[1]
+        X = xs[0].new_zeros(M, max(max(x.shape[0] for x in xs), r), d_in)  # zero rows leave the directions alone
+        for a, x in enumerate(xs):
+            X[a, :x.shape[0]] = x
+        Vh = torch.linalg.svd(X, full_matrices=False).Vh[:, :r]  # (M, r, d_in), unit rows
+        out[n] = Vh / math.sqrt(3.0)  # the expected row norm of the uniform init
+    return out
+
+
+def _next_questions(chunk, a: int, cfg: CompileConfig, rnd: random.Random, order, cursor) -> list[int]:
+    """This step's questions of atom a: a fresh random draw (stop_questions 0), or the next ones of its cycle."""
+    nq = len(chunk[a].prompts)
+    if cfg.stop_questions == 0:
+        qs = list(range(nq))
+        rnd.shuffle(qs)
+        return qs[:cfg.questions_per_step]
+    k = min(cfg.questions_per_step, nq)
+    qs = [order[a][(cursor[a] + i) % nq] for i in range(k)]
+    cursor[a] += k
+    return qs
+
+
+def _recent_above(chunk, a: int, cfg: CompileConfig, order, cursor, latest) -> bool:
+    """stop_questions > 0: the latest p of each of atom a's last stop_questions questions (of its cycle) >= target."""
+    nq = len(chunk[a].prompts)
+    k = min(cfg.stop_questions, nq)
+    if cursor[a] < k:
+        return False
+    recent = [order[a][(cursor[a] - 1 - j) % nq] for j in range(k)]
+    return all(latest[a].get(q, 0.0) >= cfg.target_prob for q in recent)
+
+
 def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast=None) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
@@ -293,7 +368,10 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
         d_in, d_out = shapes[name]
         bound = 1.0 / math.sqrt(d_in)
         A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).to(dev).requires_grad_(True)
-        B = torch.zeros(M, d_out, r, device=dev, requires_grad=True)
+        if cfg.init_b_std > 0:
+            B = (torch.randn(M, d_out, r, generator=gen) * cfg.init_b_std).to(dev).requires_grad_(True)
+        else:
+            B = torch.zeros(M, d_out, r, device=dev, requires_grad=True)
         params[name] = (A, B)
     bases = None
     if cfg.nullspace_energy > 0:
@@ -304,7 +382,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
         for n, (A, _) in params.items():
             project_out(A.data, bases[n])
     flat = [t for ab in params.values() for t in ab]
-    opt = _MaskedAdam(flat, cfg.lr)
+    opt = _MaskedAdam(flat, cfg.lr, lr_mult=[1.0, cfg.lr_b_ratio] * len(params))
     active = torch.ones(M, dtype=torch.bool)
     steps = torch.zeros(M, dtype=torch.long)
     reached = torch.full((M,), -1, dtype=torch.long)
@@ -319,14 +397,24 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
         lower = lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
                              cfg.max_tokens_per_step)
     bank = _RowBank(lower, [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
+    if cfg.init_a == "data":
+        dirs = _input_directions(model, state, names, bank, [a for a, _ in keys], M, r, cfg.max_tokens_per_step, L,
+                                 fast)
+        for n, (A, _) in params.items():
+            A.data.copy_(dirs[n])
+        if bases is not None:
+            for n, (A, _) in params.items():
+                project_out(A.data, bases[n])
     negatives = _Negatives(model, tok, state, chunk, cfg, pad_id, L) if cfg.locality_weight > 0 else None
+    # stop_questions > 0: each atom's fixed question cycle, its position, and each question's latest min p
+    order = [rnd.sample(range(len(ex.prompts)), len(ex.prompts)) for ex in chunk] if cfg.stop_questions else []
+    cursor = [0] * M
+    latest: list[dict[int, float]] = [{} for _ in range(M)]
     while bool(active.any()):
         act = active.nonzero().flatten().tolist()
         rows = []
         for a in act:
-            qs = list(range(len(chunk[a].prompts)))
-            rnd.shuffle(qs)
-            rows += [(a, q) for q in qs[:cfg.questions_per_step]]
+            rows += [(a, q) for q in _next_questions(chunk, a, cfg, rnd, order, cursor)]
         per_atom = torch.zeros(M, device=dev)
         pmin = torch.ones(M, device=dev)
         counts = torch.zeros(M)
@@ -354,6 +442,11 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             with torch.no_grad():
                 per_atom.index_add_(0, tok_atom, -logp.detach())
                 pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
+                if cfg.stop_questions:
+                    prow = torch.ones(len(mb), device=dev).scatter_reduce(0, trow, logp.detach().exp(), reduce="amin",
+                                                                          include_self=True).tolist()
+                    for (a, q), p in zip(mb, prow):
+                        latest[a][q] = p
         if cfg.locality_weight > 0:
             _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L, fast)
         state.clear()
@@ -369,7 +462,9 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             for n, (A, _) in params.items():
                 project_out(A.data, bases[n])
         for a in act:
-            if reached[a] < 0 and last_p[a] >= cfg.target_prob and steps[a] >= cfg.min_steps:
+            above = (_recent_above(chunk, a, cfg, order, cursor, latest) if cfg.stop_questions
+                     else last_p[a] >= cfg.target_prob)
+            if reached[a] < 0 and above and steps[a] >= cfg.min_steps:
                 reached[a] = steps[a]
             done_extra = reached[a] >= 0 and steps[a] >= reached[a] + cfg.extra_steps
             if done_extra or steps[a] >= cfg.max_steps:
