@@ -44,6 +44,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -383,6 +384,133 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
 
 
 # ------------------------------------------------------------------------------------------
+def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2) -> None:
+    """Llama-8B layers' 7 projections through compiler.lora.AtomLinear alone (no attention), b32, T=1.
+
+    Per variant: GPU us per layer (n_layers layers captured in one graph, replays timed with
+    events; weights and atoms from HBM: the layers' weights are 4 x 0.44 GB) and host us per
+    module in eager (enqueue time of a few passes between syncs, so the GPU queue never fills).
+    Variants: base (plain nn.Linear), grouped / ungrouped composition with the delta on the side
+    stream (overlap "always") or on the current stream ("never"), and the side stream at normal
+    priority."""
+    import compiler.compose.grouped as grouped
+    from compiler.lora import AtomLinear, ComposeState
+    from serving.atom_pool import AtomPool
+
+    dims = {"q_proj": (4096, 4096), "k_proj": (4096, 1024), "v_proj": (4096, 1024), "o_proj": (4096, 4096),
+            "gate_proj": (4096, 14336), "up_proj": (4096, 14336), "down_proj": (14336, 4096)}
+    shapes = {f"model.layers.{i}.{'mlp' if p in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{p}": d
+              for i in range(n_layers) for p, d in dims.items()}
+    g = torch.Generator(device="cuda").manual_seed(5)
+    bases = {}
+    for n, (d_in, d_out) in shapes.items():
+        lin = torch.nn.Linear(d_in, d_out, bias=False, device="cuda", dtype=DT)
+        with torch.no_grad():
+            lin.weight.normal_(generator=g).mul_(d_in ** -0.5)
+        bases[n] = lin
+    n_atoms = bsz * K
+    pool = AtomPool(shapes, rank=r, capacity=n_atoms, dtype=DT, device="cuda")
+    ids = [f"a{i}" for i in range(n_atoms)]
+    for n, (d_in, d_out) in shapes.items():
+        pool.add_many(ids, {n: (torch.randn(n_atoms, r, d_in, device="cuda", dtype=DT, generator=g) / 64,
+                                torch.randn(n_atoms, d_out, r, device="cuda", dtype=DT, generator=g) / 8)})
+    idx, w = pool.slots([ids[b * K:(b + 1) * K] for b in range(bsz)], [[1.0 / math.sqrt(K)] * K] * bsz)
+    xa = torch.randn(bsz, 1, 4096, device="cuda", dtype=DT)
+    xd = torch.randn(bsz, 1, 14336, device="cuda", dtype=DT)
+    st = ComposeState()
+    st.pools = pool.pools()
+    st.set(idx, w)
+    mods = {n: AtomLinear(bases[n], n, st) for n in shapes}
+    layers = [[n for n in shapes if n.startswith(f"model.layers.{i}.")] for i in range(n_layers)]
+
+    def run_plain():
+        for names in layers:
+            for n in names:
+                bases[n](xd if n.endswith("down_proj") else xa)
+
+    def run_wrapped():
+        for names in layers:
+            for n in names:
+                mods[n](xd if n.endswith("down_proj") else xa)
+
+    def gpu_us_per_layer(fn, reps=20):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            ev[0].record()
+            graph.replay()
+            ev[1].record()
+            torch.cuda.synchronize()
+            ts.append(ev[0].elapsed_time(ev[1]) * 1e3 / n_layers)
+        del graph
+        return sorted(ts)[len(ts) // 2]
+
+    def host_us_per_module(fn, windows=15, passes=3):
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(windows):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                fn()
+            ts.append((time.perf_counter() - t0) * 1e6 / (passes * 7 * n_layers))
+        torch.cuda.synchronize()
+        return sorted(ts)[len(ts) // 2]
+
+    out = res["serving_layers"] = {
+        "what": f"{n_layers} Llama-8B layers' 7 projections via AtomLinear, b{bsz}, T=1, K={K}, r={r}, "
+                "distinct atoms; gpu: us per layer in one captured graph; host: eager enqueue us per module",
+        "variants": {}}
+    groups = pool.compose_groups()
+    variants = [("base", None, None), ("grouped_never", True, "never"), ("grouped_always", True, "always"),
+                ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
+                ("grouped_always_prio0", True, "always")]
+    old_mode, old_prio = grouped.overlap, grouped.side_priority
+    with torch.no_grad():
+        for key, grouped_on, mode in variants:
+            try:
+                if grouped_on is None:
+                    fn = run_plain
+                else:
+                    st.set_groups(groups if grouped_on else [])
+                    grouped.overlap = mode
+                    if key.endswith("prio0"):
+                        grouped.side_priority = 0
+                        grouped._sides.clear()
+                    fn = run_wrapped
+                row = {"gpu_us_per_layer": gpu_us_per_layer(fn), "host_us_per_module": host_us_per_module(fn)}
+            except Exception as e:
+                row = {"error": f"{type(e).__name__}: {e}"[:400]}
+                traceback.print_exc()
+            out["variants"][key] = row
+            log(f"serving layers {key}: {row}")
+    grouped.overlap, grouped.side_priority = old_mode, old_prio
+    grouped._sides.clear()
+    v = out["variants"]
+    if "gpu_us_per_layer" in v.get("base", {}):
+        for key, row in v.items():
+            if key != "base" and "gpu_us_per_layer" in row:
+                row["gpu_delta_us_per_layer"] = row["gpu_us_per_layer"] - v["base"]["gpu_us_per_layer"]
+                row["host_delta_us_per_module"] = row["host_us_per_module"] - v["base"]["host_us_per_module"]
+    atom_bytes = bsz * K * r * 2 * sum(d_in + d_out for d_in, d_out in dims.values())
+    out["atom_bytes_per_layer"] = atom_bytes
+    out["atom_bound_us_per_layer"] = atom_bytes / copy_bw * 1e6
+    del mods, bases, pool, st
+    torch.cuda.empty_cache()
+
+
 def build_model(n_layers: int, tiny: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -595,7 +723,11 @@ def decode_section(res: dict, args, t_start: float) -> None:
     dec["pool_fill_s"] = time.perf_counter() - t0
     wiring = Wiring()
 
+    only = re.compile(args.only) if args.only else None
+
     def record(key, fn):
+        if only is not None and not only.search(key):
+            return
         try:
             out = fn()
             dec["results"][key] = out
@@ -667,9 +799,25 @@ def decode_section(res: dict, args, t_start: float) -> None:
             record(f"b{bsz}_grouped_eager{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
             record(f"b{bsz}_grouped_graphed{pattern}",
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        # the same with the delta on the current stream (no side-stream overlap): before/after in one run
+        import compiler.compose.grouped as grouped_mod
+
+        grouped_mod.overlap = "never"
+        for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
+            state.set(gi, gw)
+            record(f"b{bsz}_grouped_eager_nooverlap{pattern}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens))
+            record(f"b{bsz}_grouped_graphed_nooverlap{pattern}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        grouped_mod.overlap = "always"
         state.set(idx_d, w_d)
+        # eager noise check: base and grouped eager again, back to back
+        for rep in range(args.eager_repeats):
+            unwrap(model, names)
+            record(f"b{bsz}_base_eager_rep{rep}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+            attach(model, names)
+            record(f"b{bsz}_grouped_eager_rep{rep}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
         if bsz == batches[0]:
-            import compiler.compose.grouped as grouped_mod
 
             for gpath in ("wide", "fused"):
                 grouped_mod.default_path = gpath
@@ -715,7 +863,15 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_sm": ratio(f"b{bsz}_grouped_graphed_sm", f"b{bsz}_base_graphed"),
             "grouped_eager_zipf": ratio(f"b{bsz}_grouped_eager_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_zipf": ratio(f"b{bsz}_grouped_graphed_zipf", f"b{bsz}_base_graphed"),
+            "grouped_eager_nooverlap": ratio(f"b{bsz}_grouped_eager_nooverlap", f"b{bsz}_base_eager"),
+            "grouped_graphed_nooverlap": ratio(f"b{bsz}_grouped_graphed_nooverlap", f"b{bsz}_base_graphed"),
+            "grouped_eager_nooverlap_zipf": ratio(f"b{bsz}_grouped_eager_nooverlap_zipf", f"b{bsz}_base_eager"),
+            "grouped_graphed_nooverlap_zipf": ratio(f"b{bsz}_grouped_graphed_nooverlap_zipf",
+                                                    f"b{bsz}_base_graphed"),
         }
+        for rep in range(args.eager_repeats):
+            dec[f"ratios_b{bsz}"][f"grouped_eager_rep{rep}"] = ratio(f"b{bsz}_grouped_eager_rep{rep}",
+                                                                     f"b{bsz}_base_eager_rep{rep}")
 
     def best(keys):
         """(ratio, path name) of the best measured of `keys` in ratios_b32 (b32, K=8, r=2, all 7 projections)."""
@@ -831,6 +987,10 @@ def main() -> None:
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--time-budget", type=float, default=420.0)
     ap.add_argument("--tiny", action="store_true", help="tiny model (smoke test of the plumbing, CPU ok)")
+    ap.add_argument("--only", default="", help="regex: run only the decode rows whose key matches (e.g. 'base|grouped')")
+    ap.add_argument("--eager-repeats", type=int, default=2,
+                    help="extra back-to-back base/grouped eager pairs per batch (eager noise)")
+    ap.add_argument("--skip-serving", action="store_true", help="skip the AtomLinear serving-layer section")
     args = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -866,6 +1026,9 @@ def main() -> None:
                 shape_sweep(res, bw, args.atoms, args.rank, args.sweep_splits,
                             [int(b) for b in args.shape_batches.split(",")], args.shape_patterns.split(","),
                             t_start, args.time_budget)
+            save(res, args.out)
+        if not args.skip_serving and DEV == "cuda":
+            serving_layers(res, bw)
             save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():

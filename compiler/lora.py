@@ -7,10 +7,12 @@ per-step metadata is built once and not per layer.
 On the GPU serving path (ComposeState.meta set, no gradients) projections that read the same
 input (q/k/v of a layer, gate/up) can share one delta launch: `ComposeState.set_groups` names
 the groups and their concatenated A (AtomPool.compose_groups() gives them). The first member's
-AtomLinear then computes every member's delta into fresh tensors, and each member returns its
-delta plus its base output in one GEMM (`delta.addmm_(x, W.T)`). A sibling takes the precomputed
-delta only when its input is the very same tensor object, else it launches its own. Training
-and the CPU path never take this branch.
+AtomLinear then computes every member's delta (compiler.compose.grouped.serve_group): on a side
+CUDA stream while the current stream runs the members' base GEMMs, then one add; or, without
+the side stream, into fresh tensors that each member adds its base GEMM to (`delta.addmm_(x, W.T)`).
+A sibling takes the precomputed result only when its input is the very same tensor object,
+else it launches its own. Ungrouped projections run their delta on the side stream under their
+base GEMM too (grouped.serve_linear). Training and the CPU path never take these branches.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ class ComposeState:
 class ComposeGroup:
     """Projections that read one input; their A concatenated along the rank axis, (N, sum r_m, d_in).
 
-    `pending` holds (input, meta, {member: delta}) between the first member's call, which
-    computed every member's delta, and the siblings' calls that take theirs.
+    `pending` holds (input, meta, {member: (tensor, weight)}) between the first member's call, which
+    computed every member's delta (weight None) or whole output (made with that weight), and the
+    siblings' calls that take theirs; `weights` the members' base weights as last seen
+    (compiler.compose.grouped.serve_group does the work).
     """
 
     def __init__(self, names: tuple[str, ...], A: torch.Tensor, ranks: tuple[int, ...]):
@@ -89,17 +93,10 @@ class ComposeGroup:
         self.names, self.A, self.ranks = names, A, ranks
         self.offsets = tuple(sum(ranks[:m]) for m in range(len(ranks)))
         self.pending: tuple | None = None
+        self.weights: dict = {}
 
-    def delta(self, name: str, x: torch.Tensor, state: ComposeState) -> torch.Tensor | None:
-        """Member `name`'s delta for input x (Bsz, T, d_in), or None: the caller launches its own."""
-        pend = self.pending
-        if pend is not None and pend[0] is x and pend[1] is state.meta and name in pend[2]:
-            d = pend[2].pop(name)
-            if not pend[2]:
-                self.pending = None
-            return d
-        if name != self.names[0]:
-            return None
+    def member_B(self, state: ComposeState) -> list[torch.Tensor] | None:
+        """Every member's B from state.pools, or None when the pools are not this group's A slices."""
         Bs = []
         A = self.A
         step = A.stride(1) * A.element_size()
@@ -112,12 +109,7 @@ class ComposeGroup:
                     or a.data_ptr() != A.data_ptr() + off * step or a.device != A.device):
                 return None  # the pools are not this group's slices (replaced, or grown since set_groups)
             Bs.append(b)
-        from compiler.compose.grouped import compose_group_triton
-
-        outs = compose_group_triton(x, A, Bs, meta=state.meta, ranks=self.ranks)
-        rest = {n: o for n, o in zip(self.names[1:], outs[1:])}
-        self.pending = (x, state.meta, rest) if rest else None
-        return outs[0]
+        return Bs
 
 
 class AtomLinear(nn.Module):
@@ -147,19 +139,23 @@ class AtomLinear(nn.Module):
             y = self._grouped(x)
             if y is not None:
                 return y
-        y = self.base(x)
         if st.idx is None or self.name not in st.pools:
-            return y
+            return self.base(x)
         A, B = st.pools[self.name]
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1]) if x.dim() != 3 else x
         if st.meta is not None and not (torch.is_grad_enabled() and (A.requires_grad or x.requires_grad)):
+            from compiler.compose.grouped import serve_linear
             from compiler.compose.triton_ops import compose_delta_triton
 
+            y = serve_linear(self.base, x, A, B, st.meta)  # the delta on a side stream under the GEMM
+            if y is not None:
+                return y
             # the kernel adds the delta into the base output in place: no extra buffer, no sync
-            y3 = y.reshape(x3.shape[0], x3.shape[1], -1)
+            y3 = self.base(x).reshape(x3.shape[0], x3.shape[1], -1)
             compose_delta_triton(x3, A, B, meta=st.meta, out=y3, accumulate=True)
             return y3.reshape(*shape[:-1], y3.shape[-1])
+        y = self.base(x)
         N = A.shape[0]
         first = st.checked is None or st.checked[0] is not st.idx or st.checked[1] != N
         delta = compose_delta(x3, A, B, st.idx, st.w, check_range=first)
@@ -168,7 +164,7 @@ class AtomLinear(nn.Module):
         return y + delta.reshape(*shape[:-1], delta.shape[-1])
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor | None:
-        """GPU serving path of a grouped projection: delta (own or the group's) + x W^T in one GEMM; None = not here."""
+        """GPU serving path of a grouped projection: x W^T + the group's delta (grouped.serve_group); None = not here."""
         st = self.state
         base = self.base
         W = base.weight
@@ -180,11 +176,10 @@ class AtomLinear(nn.Module):
             return None
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1]) if x.dim() != 3 else x
-        d = st.groups[self.name].delta(self.name, x3, st)
-        if d is None:
-            return None
-        y = d.view(-1, d.shape[-1]).addmm_(x3.reshape(-1, shape[-1]), W.t())  # beta = 1: y = delta + x W^T
-        return y.view(*shape[:-1], y.shape[-1])
+        from compiler.compose.grouped import serve_group
+
+        y = serve_group(st.groups[self.name], self.name, x3, W, st)  # (Bsz, T, d_out) or None
+        return None if y is None else y.view(*shape[:-1], y.shape[-1])
 
 
 def default_layers(model: nn.Module) -> list[int]:

@@ -213,8 +213,10 @@ def _group_key(x, A, Bs, ranks, idx, accumulate, path, capturing, outs_given):
             tuple(B.get_device() for B in Bs), idx.get_device(), gemv_knobs())
 
 
-def _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path):
-    """Replay the cached launches of a grouped call shaped like an earlier checked one; None = take the full path."""
+def _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path, stream=None):
+    """Replay the cached launches of a grouped call shaped like an earlier checked one; None = take the full path.
+
+    stream: a raw CUDA stream to launch on instead of the current one."""
     capturing = torch.cuda.is_current_stream_capturing()
     call = _group_calls.get(_group_key(x, A, Bs, ranks, meta.idx, accumulate, path, capturing, outs is not None))
     if call is None or capturing or meta.max_slot >= A.shape[0] or not x.is_contiguous():
@@ -233,7 +235,8 @@ def _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path):
         bad |= p
     if bad & 15:
         return None
-    stream = torch._C._cuda_getCurrentRawStream(call.dev)
+    if stream is None:
+        stream = torch._C._cuda_getCurrentRawStream(call.dev)
     if call.n_hp:
         ptrs[4] = _ops._scratch(call.n_hp, call.dev, stream).data_ptr()
     for (fn, mid), grid, take, tail in call.launches:
@@ -272,6 +275,7 @@ def compose_group_triton(
     outs: Sequence[torch.Tensor] | None = None,
     accumulate: bool = False,
     path: str | None = None,
+    stream: torch.cuda.Stream | None = None,
 ) -> list[torch.Tensor]:
     """Deltas of every member of a projection group in one delta launch (two for the wide plan).
 
@@ -291,6 +295,8 @@ def compose_group_triton(
                overwritten with the delta, or with accumulate=True, += delta.
         path:  "auto", "wide" or "fused" (module docstring); for T > 4 the per-member tile plans.
                None: the module's `default_path` ("auto" unless changed).
+        stream: launch on this stream instead of the current one (the caller orders it against
+               the current stream and allocates `outs` beforehand: serve_group does).
 
     Returns the list of outputs. Without `outs` they are fresh tensors of one new allocation from
     the caching allocator (each member a contiguous piece), never buffers reused across calls.
@@ -301,11 +307,18 @@ def compose_group_triton(
     if M == 0:
         raise ValueError("a group needs at least one member")
     ranks = tuple(int(B.shape[2]) for B in Bs) if ranks is None else tuple(int(r) for r in ranks)
+    if stream is not None and outs is None:  # allocated on the side stream, a buffer read on the current one
+        raise ValueError("stream= needs outs= (allocated on the current stream)")  # could be reused too early
     if (meta is not None and idx is None and w is None and _ops._FAST_LAUNCH and x.is_cuda
             and len(ranks) == M and path in ("auto", "wide", "fused")):
-        got = _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path)
+        got = _fast_group_call(x, A, Bs, ranks, meta, outs, accumulate, path,
+                               None if stream is None else stream.cuda_stream)
         if got is not None:
             return got
+    if stream is not None:
+        with torch.cuda.stream(stream):
+            return compose_group_triton(x, A, Bs, idx, w, meta=meta, ranks=ranks, outs=outs, accumulate=accumulate,
+                                        path=path)
     if meta is not None:
         if idx is not None or w is not None:
             raise ValueError("pass either idx/w or meta, not both")
@@ -470,4 +483,142 @@ def compose_group_triton(
     return outs
 
 
-__all__ = ["compose_group_triton"]
+# ---- serving: the delta on a side stream, under the base GEMMs -------------------------------
+# The delta needs only x, so on the GPU serving path (AtomLinear with ComposeState.meta) it runs
+# on a side stream, forked from the current stream once x is ready, while the current stream
+# runs the base GEMM(s); the current stream joins the side stream before the one add
+# y += delta. At decode sizes the base GEMMs are memory-bound and the delta kernels
+# latency-bound, so the delta's fixed cost hides under the GEMMs. Fork and join are event
+# record/wait pairs, which a CUDA-graph capture turns into graph edges (the side stream joins
+# the capture at the fork). Every buffer the current stream reads afterwards (outputs, deltas)
+# is allocated on the current stream before the fork; the side stream's own scratch is per
+# stream (eager) or the graph's (capture).
+# `overlap`: "always", "capture" (only while a CUDA graph is being captured) or "never"
+# (DOC2ATOM_OVERLAP sets it for a process; the bench switches it to compare).
+overlap = os.environ.get("DOC2ATOM_OVERLAP", "always")
+# priority of the side stream (lower = higher priority; -1 is CUDA's high priority), so that
+# the short delta programs are scheduled ahead of the GEMM's when both wait for an SM
+side_priority = int(os.environ.get("DOC2ATOM_SIDE_PRIORITY", "-1"))
+_OVERLAP_MODES = ("always", "capture", "never")
+_sides: dict = {}  # device index -> _Side
+
+
+class _Side:
+    """A device's side stream with its two reusable events (fork: current -> side, join: side -> current)."""
+
+    __slots__ = ("stream", "fork", "join")
+
+    def __init__(self, dev_index: int):
+        self.stream = torch.cuda.Stream(dev_index, priority=side_priority)
+        self.fork = torch.cuda.Event()
+        self.join = torch.cuda.Event()
+
+
+def _side_for(x: torch.Tensor) -> _Side | None:
+    """The side stream to overlap on for a call with input x, or None (no overlap for this call)."""
+    mode = overlap
+    if mode == "never" or not x.is_cuda or x.shape[1] > _ops._GEMV_MAX_T:
+        return None  # prefill-sized calls keep the plain path (not measured with overlap)
+    capturing = torch.cuda.is_current_stream_capturing()
+    dev = x.get_device()
+    side = _sides.get(dev)
+    if side is None:
+        if capturing:
+            return None  # streams are made outside a capture (by the warm-up steps before it)
+        side = _sides[dev] = _Side(dev)
+    if mode == "always" or (mode == "capture" and capturing):
+        return side
+    if mode not in _OVERLAP_MODES:
+        raise ValueError(f"grouped.overlap must be one of {_OVERLAP_MODES}, got {mode!r}")
+    return None
+
+
+def _fork(side: _Side) -> torch.cuda.Stream:
+    main = torch.cuda.current_stream(side.stream.device)
+    side.fork.record(main)
+    side.stream.wait_event(side.fork)
+    return main
+
+
+def _join(side: _Side, main: torch.cuda.Stream) -> None:
+    side.join.record(side.stream)
+    main.wait_event(side.join)
+
+
+def _alloc_buf(bsz, T, layout, dtype, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    offs, total = layout
+    buf = torch.empty(total, dtype=dtype, device=device)
+    return buf, [buf.as_strided((bsz, T, d), (T * d, d, 1), o) for o, d in offs]
+
+
+def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: ComposeMeta) -> torch.Tensor | None:
+    """base(x) + delta with the delta on a side stream under the base GEMM; None: the caller takes its own path.
+
+    base: the frozen nn.Linear; x (..., d_in) on CUDA in base's dtype; A, B, meta as in
+    compose_delta_triton. Used by AtomLinear on the GPU serving path (no gradients)."""
+    if type(base) is not torch.nn.Linear or x.dtype != base.weight.dtype or x.dim() < 2:
+        return None
+    x3 = x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() != 3 else x
+    side = _side_for(x3)
+    if side is None or torch.is_autocast_enabled("cuda"):
+        return None
+    d = torch.empty((x3.shape[0], x3.shape[1], B.shape[1]), dtype=x.dtype, device=x.device)  # current stream
+    main = _fork(side)
+    compose_delta_triton(x3, A, B, meta=meta, out=d, stream=side.stream)
+    y = base(x)
+    _join(side, main)
+    return y.add_(d.view(y.shape))
+
+
+def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> torch.Tensor | None:
+    """Output x W^T + delta of member `name` of a projection group (compiler.lora.ComposeGroup); None: not here.
+
+    x (Bsz, T, d_in) CUDA, W the member's frozen weight (d_out, d_in) in x's dtype, no bias;
+    state the ComposeState (meta, pools). The group's first member computes for every member:
+    with overlap, the deltas on the side stream and, on the current stream, every member's base
+    GEMM whose weight the group has seen (group.weights, recorded at each member's call), then
+    one add over all outputs; the siblings' outputs wait in group.pending for their own calls.
+    Without overlap (or before every sibling's weight is known): the deltas in one launch, and
+    each member adds its base GEMM to its delta (addmm, beta = 1) at its own call."""
+    ws = group.weights
+    if ws.get(name) is not W:
+        ws[name] = W
+    pend = group.pending
+    if pend is not None and pend[0] is x and pend[1] is state.meta and name in pend[2]:
+        t, w_used = pend[2].pop(name)
+        if not pend[2]:
+            group.pending = None
+        if w_used is None:  # a delta: add the base GEMM to it
+            return t.view(-1, t.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), W.t()).view(t.shape)
+        return t if w_used is W else None  # an output made with another weight: the caller recomputes
+    if name != group.names[0]:
+        return None
+    Bs = group.member_B(state)
+    if Bs is None:
+        return None
+    side = _side_for(x)
+    Ws = [ws.get(n) for n in group.names]
+    if side is not None and all(w is not None and w.shape == (B.shape[1], x.shape[2]) and w.dtype == x.dtype
+                                and w.device == x.device for w, B in zip(Ws, Bs)):
+        bsz, T, _ = x.shape
+        layout = _out_layout(bsz, T, [B.shape[1] for B in Bs])
+        ybuf, ys = _alloc_buf(bsz, T, layout, x.dtype, x.device)  # current stream, before the fork
+        dbuf, ds = _alloc_buf(bsz, T, layout, x.dtype, x.device)
+        main = _fork(side)
+        compose_group_triton(x, group.A, Bs, meta=state.meta, ranks=group.ranks, outs=ds, stream=side.stream)
+        x2 = x.reshape(-1, x.shape[2])
+        for w, y in zip(Ws, ys):
+            torch.mm(x2, w.t(), out=y.view(x2.shape[0], -1))
+        _join(side, main)
+        ybuf.add_(dbuf)  # every member's delta in one add (same layout)
+        rest = {n: (y, w) for n, y, w in zip(group.names[1:], ys[1:], Ws[1:])}
+        group.pending = (x, state.meta, rest) if rest else None
+        return ys[0]
+    outs = compose_group_triton(x, group.A, Bs, meta=state.meta, ranks=group.ranks)
+    rest = {n: (o, None) for n, o in zip(group.names[1:], outs[1:])}
+    group.pending = (x, state.meta, rest) if rest else None
+    d = outs[0]
+    return d.view(-1, d.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), W.t()).view(d.shape)
+
+
+__all__ = ["compose_group_triton", "serve_group", "serve_linear"]

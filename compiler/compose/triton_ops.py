@@ -690,12 +690,13 @@ def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages:
     return rec
 
 
-def _fast_call(x, A, B, meta, out, accumulate: bool, path: str) -> bool:
+def _fast_call(x, A, B, meta, out, accumulate: bool, path: str, stream: int | None = None) -> bool:
     """Replay the cached GEMV launches of a call shaped like an earlier checked one; False = take the full path.
 
     Everything the full path checked is either part of the key (shapes, strides, dtypes,
     devices, flags) or re-checked here (contiguity, 16-byte alignment, the slot range,
-    the current device), so a hit launches exactly what the full path would.
+    the current device), so a hit launches exactly what the full path would. `stream`: a raw
+    CUDA stream to launch on instead of the current one (grouped.serve_* side stream).
     """
     capturing = path == "auto" and torch.cuda.is_current_stream_capturing()
     idx = meta.idx
@@ -710,7 +711,8 @@ def _fast_call(x, A, B, meta, out, accumulate: bool, path: str) -> bool:
         return False
     if torch.cuda.current_device() != call.dev:
         return False
-    stream = torch._C._cuda_getCurrentRawStream(call.dev)
+    if stream is None:
+        stream = torch._C._cuda_getCurrentRawStream(call.dev)
     if call.n_hp:
         if torch.cuda.is_current_stream_capturing():  # a graph gets scratch of its own
             return False
@@ -733,6 +735,7 @@ def compose_delta_triton(
     split: int | None = None,
     tune: dict | None = None,
     path: str = "auto",
+    stream: torch.cuda.Stream | None = None,
 ) -> torch.Tensor:
     """Semantics: out[b, t] (+)= sum_k w[b, k] * B[idx[b, k]] @ (A[idx[b, k]] @ x[b, t]), idx < 0 adds 0.
 
@@ -753,13 +756,22 @@ def compose_delta_triton(
               plans; any of block_t, block_d, block_n, num_warps, num_stages of the tile-fused plan.
         path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto" (the
               module docstring says which; per shape for T <= 4 tokens per request).
+        stream: launch on this stream instead of the current one (the caller orders it against
+              the current stream: grouped.serve_linear forks and joins it).
 
     Returns `out` (allocated as (Bsz, T, d_out) in x's dtype when not given). Everything is
     checked before the launch; no check reads device memory when `meta` is given.
     """
+    if stream is not None and out is None:  # allocated on the side stream, a buffer read on the current one
+        raise ValueError("stream= needs out= (allocated on the current stream)")  # could be reused too early
     if (meta is not None and out is not None and idx is None and w is None and split is None and tune is None
-            and _FAST_LAUNCH and _fast_call(x, A, B, meta, out, accumulate, path)):
+            and _FAST_LAUNCH and _fast_call(x, A, B, meta, out, accumulate, path,
+                                            None if stream is None else stream.cuda_stream)):
         return out
+    if stream is not None:
+        with torch.cuda.stream(stream):
+            return compose_delta_triton(x, A, B, idx, w, meta=meta, out=out, accumulate=accumulate, split=split,
+                                        tune=tune, path=path)
     if meta is not None:
         if idx is not None or w is not None:
             raise ValueError("pass either idx/w or meta, not both")
