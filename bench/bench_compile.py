@@ -68,6 +68,8 @@ RECIPES: dict[str, dict] = {
                                "modules": ["down_proj"]},
     "qps1_stop2_data_down10_r3": {"questions_per_step": 1, "stop_questions": 2, "init_a": "data",
                                   "modules": ["down_proj"], "layers": list(range(20, 30)), "rank": 3},
+    "qps1_stop2_down10_r3": {"questions_per_step": 1, "stop_questions": 2, "modules": ["down_proj"],
+                             "layers": list(range(20, 30)), "rank": 3},
     "distill": {"objective": "distill"},
     "kl": {"locality_weight": 10.0, "locality_prompts": 2},
     "compose": {"compose_prob": 0.5, "compose_others": 3},
