@@ -384,15 +384,17 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
 
 
 # ------------------------------------------------------------------------------------------
-def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2) -> None:
+def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2,
+                   carveouts=()) -> None:
     """Llama-8B layers' 7 projections through compiler.lora.AtomLinear alone (no attention), b32, T=1.
 
     Per variant: GPU us per layer (n_layers layers captured in one graph, replays timed with
     events; weights and atoms from HBM: the layers' weights are 4 x 0.44 GB) and host us per
     module in eager (enqueue time of a few passes between syncs, so the GPU queue never fills).
     Variants: base (plain nn.Linear), grouped / ungrouped composition with the delta on the side
-    stream (overlap "always") or on the current stream ("never"), and the side stream at normal
-    priority."""
+    stream (overlap "always") or on the current stream ("never"), the side stream at normal
+    priority, the grouped fused plan, and cuBLAS told to leave `carveouts` SMs free (torch's
+    experimental SM carveout) so that the delta kernels find room beside the GEMMs."""
     import compiler.compose.grouped as grouped
     from compiler.lora import AtomLinear, ComposeState
     from serving.atom_pool import AtomPool
@@ -476,18 +478,26 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     groups = pool.compose_groups()
     variants = [("base", None, None), ("grouped_never", True, "never"), ("grouped_always", True, "always"),
                 ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
-                ("grouped_always_prio0", True, "always")]
-    old_mode, old_prio = grouped.overlap, grouped.side_priority
+                ("grouped_always_prio0", True, "always"), ("grouped_always_fused", True, "always"),
+                ("grouped_never_fused", True, "never")]
+    carve_ok = hasattr(torch._C, "_set_sm_carveout_experimental")
+    for c in carveouts if carve_ok else ():
+        variants += [(f"base_carve{c}", None, None), (f"grouped_always_carve{c}", True, "always")]
+    old_mode, old_prio, old_path = grouped.overlap, grouped.side_priority, grouped.default_path
     with torch.no_grad():
         for key, grouped_on, mode in variants:
+            carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
             try:
+                if carve_ok:
+                    torch._C._set_sm_carveout_experimental(carve)  # SMs cuBLAS leaves free (None: all used)
                 if grouped_on is None:
                     fn = run_plain
                 else:
                     st.set_groups(groups if grouped_on else [])
                     grouped.overlap = mode
-                    if key.endswith("prio0"):
-                        grouped.side_priority = 0
+                    grouped.default_path = "fused" if key.endswith("_fused") else old_path
+                    if key.endswith("prio0") or key == "grouped_always_fused":
+                        grouped.side_priority = 0 if key.endswith("prio0") else old_prio
                         grouped._sides.clear()
                     fn = run_wrapped
                 row = {"gpu_us_per_layer": gpu_us_per_layer(fn), "host_us_per_module": host_us_per_module(fn)}
@@ -496,7 +506,9 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
                 traceback.print_exc()
             out["variants"][key] = row
             log(f"serving layers {key}: {row}")
-    grouped.overlap, grouped.side_priority = old_mode, old_prio
+    if carve_ok:
+        torch._C._set_sm_carveout_experimental(None)
+    grouped.overlap, grouped.side_priority, grouped.default_path = old_mode, old_prio, old_path
     grouped._sides.clear()
     v = out["variants"]
     if "gpu_us_per_layer" in v.get("base", {}):
@@ -811,6 +823,16 @@ def decode_section(res: dict, args, t_start: float) -> None:
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
         grouped_mod.overlap = "always"
         state.set(idx_d, w_d)
+        # cuBLAS leaving SMs free for the side stream (torch's experimental SM carveout), composed rows only
+        if bsz == batches[0] and hasattr(torch._C, "_set_sm_carveout_experimental"):
+            for c in [int(c) for c in args.carveouts.split(",") if c]:
+                torch._C._set_sm_carveout_experimental(c)
+                for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
+                    state.set(gi, gw)
+                    record(f"b{bsz}_grouped_graphed_carve{c}{pattern}",
+                           lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+                torch._C._set_sm_carveout_experimental(None)
+            state.set(idx_d, w_d)
         # eager noise check: base and grouped eager again, back to back
         for rep in range(args.eager_repeats):
             unwrap(model, names)
@@ -869,6 +891,10 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_nooverlap_zipf": ratio(f"b{bsz}_grouped_graphed_nooverlap_zipf",
                                                     f"b{bsz}_base_graphed"),
         }
+        for c in [int(c) for c in args.carveouts.split(",") if c]:
+            for pattern in ("", "_zipf"):
+                dec[f"ratios_b{bsz}"][f"grouped_graphed_carve{c}{pattern}"] = ratio(
+                    f"b{bsz}_grouped_graphed_carve{c}{pattern}", f"b{bsz}_base_graphed")
         for rep in range(args.eager_repeats):
             dec[f"ratios_b{bsz}"][f"grouped_eager_rep{rep}"] = ratio(f"b{bsz}_grouped_eager_rep{rep}",
                                                                      f"b{bsz}_base_eager_rep{rep}")
@@ -991,6 +1017,8 @@ def main() -> None:
     ap.add_argument("--eager-repeats", type=int, default=2,
                     help="extra back-to-back base/grouped eager pairs per batch (eager noise)")
     ap.add_argument("--skip-serving", action="store_true", help="skip the AtomLinear serving-layer section")
+    ap.add_argument("--carveouts", default="16,32",
+                    help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -1028,7 +1056,7 @@ def main() -> None:
                             t_start, args.time_budget)
             save(res, args.out)
         if not args.skip_serving and DEV == "cuda":
-            serving_layers(res, bw)
+            serving_layers(res, bw, carveouts=[int(c) for c in args.carveouts.split(",") if c])
             save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():

@@ -24,6 +24,7 @@ expand launches over the same partials.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import namedtuple
 from collections.abc import Sequence
@@ -506,12 +507,13 @@ _sides: dict = {}  # device index -> _Side
 class _Side:
     """A device's side stream with its two reusable events (fork: current -> side, join: side -> current)."""
 
-    __slots__ = ("stream", "fork", "join")
+    __slots__ = ("stream", "fork", "join", "mains")
 
     def __init__(self, dev_index: int):
         self.stream = torch.cuda.Stream(dev_index, priority=side_priority)
         self.fork = torch.cuda.Event()
         self.join = torch.cuda.Event()
+        self.mains: dict = {}  # raw current stream -> its torch.cuda.Stream (one Python object, not one per call)
 
 
 def _side_for(x: torch.Tensor) -> _Side | None:
@@ -533,8 +535,14 @@ def _side_for(x: torch.Tensor) -> _Side | None:
     return None
 
 
-def _fork(side: _Side) -> torch.cuda.Stream:
-    main = torch.cuda.current_stream(side.stream.device)
+def _fork(side: _Side, dev: int) -> torch.cuda.Stream:
+    raw = torch._C._cuda_getCurrentRawStream(dev)
+    main = side.mains.get(raw)
+    if main is None:
+        main = torch.cuda.current_stream(dev)
+        if len(side.mains) > 64:
+            side.mains.clear()
+        side.mains[raw] = main
     side.fork.record(main)
     side.stream.wait_event(side.fork)
     return main
@@ -545,10 +553,12 @@ def _join(side: _Side, main: torch.cuda.Stream) -> None:
     main.wait_event(side.join)
 
 
-def _alloc_buf(bsz, T, layout, dtype, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    offs, total = layout
-    buf = torch.empty(total, dtype=dtype, device=device)
-    return buf, [buf.as_strided((bsz, T, d), (T * d, d, 1), o) for o, d in offs]
+def _linear(base, x: torch.Tensor) -> torch.Tensor:
+    """base(x) without nn.Module's call machinery when the module has no hooks."""
+    if base._forward_hooks or base._forward_pre_hooks or torch.nn.modules.module._global_forward_hooks \
+            or torch.nn.modules.module._global_forward_pre_hooks:
+        return base(x)
+    return torch.nn.functional.linear(x, base.weight, base.bias)
 
 
 def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: ComposeMeta) -> torch.Tensor | None:
@@ -556,30 +566,45 @@ def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: 
 
     base: the frozen nn.Linear; x (..., d_in) on CUDA in base's dtype; A, B, meta as in
     compose_delta_triton. Used by AtomLinear on the GPU serving path (no gradients)."""
-    if type(base) is not torch.nn.Linear or x.dtype != base.weight.dtype or x.dim() < 2:
+    if type(base) is not torch.nn.Linear or x.dtype != base.weight.dtype or x.dim() != 3:
         return None
-    x3 = x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() != 3 else x
-    side = _side_for(x3)
+    side = _side_for(x)
     if side is None or torch.is_autocast_enabled("cuda"):
         return None
-    d = torch.empty((x3.shape[0], x3.shape[1], B.shape[1]), dtype=x.dtype, device=x.device)  # current stream
-    main = _fork(side)
-    compose_delta_triton(x3, A, B, meta=meta, out=d, stream=side.stream)
-    y = base(x)
+    d = torch.empty((x.shape[0], x.shape[1], B.shape[1]), dtype=x.dtype, device=x.device)  # current stream
+    main = _fork(side, x.get_device())
+    compose_delta_triton(x, A, B, meta=meta, out=d, stream=side.stream)
+    y = _linear(base, x)
     _join(side, main)
-    return y.add_(d.view(y.shape))
+    return y.add_(d)
+
+
+_layout = functools.lru_cache(maxsize=1024)(_out_layout)
+
+
+def _group_B(group, state):
+    """group.member_B(state), re-checked only when a member's pool entry is another object."""
+    pools = state.pools
+    got = tuple(pools.get(n) for n in group.names)
+    cached = getattr(group, "_serve_b", None)
+    if cached is not None and all(a is b for a, b in zip(cached[0], got)):
+        return cached[1]
+    Bs = group.member_B(state)
+    group._serve_b = (got, Bs)
+    return Bs
 
 
 def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> torch.Tensor | None:
     """Output x W^T + delta of member `name` of a projection group (compiler.lora.ComposeGroup); None: not here.
 
     x (Bsz, T, d_in) CUDA, W the member's frozen weight (d_out, d_in) in x's dtype, no bias;
-    state the ComposeState (meta, pools). The group's first member computes for every member:
-    with overlap, the deltas on the side stream and, on the current stream, every member's base
-    GEMM whose weight the group has seen (group.weights, recorded at each member's call), then
-    one add over all outputs; the siblings' outputs wait in group.pending for their own calls.
-    Without overlap (or before every sibling's weight is known): the deltas in one launch, and
-    each member adds its base GEMM to its delta (addmm, beta = 1) at its own call."""
+    state the ComposeState (meta, pools). Returns (Bsz * T, d_out). The group's first member
+    computes for every member: with overlap, the deltas on the side stream and, on the current
+    stream, every member's base GEMM whose weight the group has seen (group.weights, recorded at
+    each member's call), then one add over all outputs; the siblings' outputs wait in
+    group.pending for their own calls. Without overlap (or before every sibling's weight is
+    known): the deltas in one launch, and each member adds its base GEMM to its delta (addmm,
+    beta = 1) at its own call."""
     ws = group.weights
     if ws.get(name) is not W:
         ws[name] = W
@@ -589,36 +614,42 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
         if not pend[2]:
             group.pending = None
         if w_used is None:  # a delta: add the base GEMM to it
-            return t.view(-1, t.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), W.t()).view(t.shape)
+            return t.view(-1, t.shape[-1]).addmm_(x.view(-1, x.shape[-1]), W.t())
         return t if w_used is W else None  # an output made with another weight: the caller recomputes
     if name != group.names[0]:
         return None
-    Bs = group.member_B(state)
+    Bs = _group_B(group, state)
     if Bs is None:
         return None
     side = _side_for(x)
-    Ws = [ws.get(n) for n in group.names]
-    if side is not None and all(w is not None and w.shape == (B.shape[1], x.shape[2]) and w.dtype == x.dtype
-                                and w.device == x.device for w, B in zip(Ws, Bs)):
-        bsz, T, _ = x.shape
-        layout = _out_layout(bsz, T, [B.shape[1] for B in Bs])
-        ybuf, ys = _alloc_buf(bsz, T, layout, x.dtype, x.device)  # current stream, before the fork
-        dbuf, ds = _alloc_buf(bsz, T, layout, x.dtype, x.device)
-        main = _fork(side)
+    names = group.names
+    if side is not None:
+        Ws = [ws.get(n) for n in names]
+        if not all(w is not None and w.shape == (B.shape[1], x.shape[2]) and w.dtype == x.dtype
+                   and w.device == x.device for w, B in zip(Ws, Bs)):
+            side = None
+    if side is not None:
+        bsz, T, d_in = x.shape
+        rows = bsz * T
+        offs, total = _layout(bsz, T, tuple(B.shape[1] for B in Bs))
+        ybuf = torch.empty(2 * total, dtype=x.dtype, device=x.device)  # current stream, before the fork
+        ys = [ybuf.as_strided((rows, d), (d, 1), o) for o, d in offs]
+        ds = [ybuf.as_strided((bsz, T, d), (T * d, d, 1), total + o) for o, d in offs]
+        main = _fork(side, x.get_device())
         compose_group_triton(x, group.A, Bs, meta=state.meta, ranks=group.ranks, outs=ds, stream=side.stream)
-        x2 = x.reshape(-1, x.shape[2])
+        x2 = x.view(rows, d_in)
         for w, y in zip(Ws, ys):
-            torch.mm(x2, w.t(), out=y.view(x2.shape[0], -1))
+            torch.mm(x2, w.t(), out=y)
         _join(side, main)
-        ybuf.add_(dbuf)  # every member's delta in one add (same layout)
-        rest = {n: (y, w) for n, y, w in zip(group.names[1:], ys[1:], Ws[1:])}
-        group.pending = (x, state.meta, rest) if rest else None
+        ybuf[:total].add_(ybuf[total:])  # every member's delta in one add (same layout)
+        if len(names) > 1:
+            group.pending = (x, state.meta, {n: (y, w) for n, y, w in zip(names[1:], ys[1:], Ws[1:])})
         return ys[0]
     outs = compose_group_triton(x, group.A, Bs, meta=state.meta, ranks=group.ranks)
-    rest = {n: (o, None) for n, o in zip(group.names[1:], outs[1:])}
+    rest = {n: (o, None) for n, o in zip(names[1:], outs[1:])}
     group.pending = (x, state.meta, rest) if rest else None
     d = outs[0]
-    return d.view(-1, d.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), W.t()).view(d.shape)
+    return d.view(-1, d.shape[-1]).addmm_(x.view(-1, x.shape[-1]), W.t())
 
 
 __all__ = ["compose_group_triton", "serve_group", "serve_linear"]
