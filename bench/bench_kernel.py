@@ -436,27 +436,7 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
                 mods[n](xd if n.endswith("down_proj") else xa)
 
     def gpu_us_per_layer(fn, reps=20):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            graph.replay()
-            ev[1].record()
-            torch.cuda.synchronize()
-            ts.append(ev[0].elapsed_time(ev[1]) * 1e3 / n_layers)
-        del graph
-        return sorted(ts)[len(ts) // 2]
+        return graph_us_per_call([fn, fn], reps) / n_layers  # two warm-up passes, a graph of two passes
 
     def host_us_per_module(fn, windows=15, passes=3):
         for _ in range(3):
@@ -814,6 +794,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
         # the same with the delta on the current stream (no side-stream overlap): before/after in one run
         import compiler.compose.grouped as grouped_mod
 
+        mode_default = grouped_mod.overlap
         grouped_mod.overlap = "never"
         for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
             state.set(gi, gw)
@@ -821,7 +802,10 @@ def decode_section(res: dict, args, t_start: float) -> None:
                    lambda: decode(model, bsz, args.prompt, args.new_tokens))
             record(f"b{bsz}_grouped_graphed_nooverlap{pattern}",
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
-        grouped_mod.overlap = "always"
+        grouped_mod.overlap = "always"  # eager with the side stream too (the default forks only under capture)
+        state.set(idx_d, w_d)
+        record(f"b{bsz}_grouped_eager_overlap", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        grouped_mod.overlap = mode_default
         state.set(idx_d, w_d)
         # cuBLAS leaving SMs free for the side stream (torch's experimental SM carveout), composed rows only
         if bsz == batches[0] and hasattr(torch._C, "_set_sm_carveout_experimental"):
@@ -886,6 +870,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_eager_zipf": ratio(f"b{bsz}_grouped_eager_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_zipf": ratio(f"b{bsz}_grouped_graphed_zipf", f"b{bsz}_base_graphed"),
             "grouped_eager_nooverlap": ratio(f"b{bsz}_grouped_eager_nooverlap", f"b{bsz}_base_eager"),
+            "grouped_eager_overlap": ratio(f"b{bsz}_grouped_eager_overlap", f"b{bsz}_base_eager"),
             "grouped_graphed_nooverlap": ratio(f"b{bsz}_grouped_graphed_nooverlap", f"b{bsz}_base_graphed"),
             "grouped_eager_nooverlap_zipf": ratio(f"b{bsz}_grouped_eager_nooverlap_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_nooverlap_zipf": ratio(f"b{bsz}_grouped_graphed_nooverlap_zipf",
@@ -1017,7 +1002,7 @@ def main() -> None:
     ap.add_argument("--eager-repeats", type=int, default=2,
                     help="extra back-to-back base/grouped eager pairs per batch (eager noise)")
     ap.add_argument("--skip-serving", action="store_true", help="skip the AtomLinear serving-layer section")
-    ap.add_argument("--carveouts", default="16,32",
+    ap.add_argument("--carveouts", default="",
                     help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
     t_start = time.perf_counter()

@@ -36,6 +36,7 @@ import triton.language as tl
 from compiler.compose import triton_ops as _ops
 from compiler.compose.triton_ops import (
     ComposeMeta,
+    _expand_tiles,
     _gemv_fused_row,
     _gemv_out,
     _gemv_shrink_kernel,
@@ -85,17 +86,7 @@ def _expand_member(
         # independent loads together: slots | partials, then B | out
         slot, j, valid = _slots_of(idx_row, 0, S, R, BLOCK_S)
         h = _gather_partials(hp_ptr, row64, 0, S, n_sc, split_d, R, OFF, RG, BLOCK_SG, BLOCK_S, SPLIT_PAD)
-        b_rows = b_ptr + slot * sbN + j * sbR
-        for n0 in range(n_lo, n_hi, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < d_out
-            bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
-            if ACCUMULATE:
-                y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
-            acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
-            if ACCUMULATE:
-                acc += y.to(tl.float32)
-            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+        _expand_tiles(b_ptr + slot * sbN + j * sbR, valid, h, out_row, n_lo, n_hi, d_out, sbO, BLOCK_N, ACCUMULATE)
     else:
         n_c = tl.cdiv(S, BLOCK_S)
         for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -318,7 +309,7 @@ def compose_group_triton(
             return got
     if stream is not None:
         with torch.cuda.stream(stream):
-            return compose_group_triton(x, A, Bs, idx, w, meta=meta, ranks=ranks, outs=outs, accumulate=accumulate,
+            return _compose_group_triton(x, A, Bs, idx, w, meta=meta, ranks=ranks, outs=outs, accumulate=accumulate,
                                         path=path)
     if meta is not None:
         if idx is not None or w is not None:
@@ -401,7 +392,7 @@ def compose_group_triton(
     dev_index = dev.index if dev.index is not None else (torch.cuda.current_device() if dev.type == "cuda" else 0)
     if dev.type == "cuda" and dev_index != torch.cuda.current_device():
         with torch.cuda.device(dev):
-            return compose_group_triton(x, A, Bs, idx, w, ranks=ranks, outs=outs, accumulate=accumulate, path=path)
+            return _compose_group_triton(x, A, Bs, idx, w, ranks=ranks, outs=outs, accumulate=accumulate, path=path)
     offs = [sum(ranks[:m]) for m in range(M)]
     rows = bsz * T
     n_sm = _num_sms(dev_index) if dev.type == "cuda" else 8
@@ -484,24 +475,33 @@ def compose_group_triton(
     return outs
 
 
+_compose_group_triton = compose_group_triton  # the entry's own re-entries (a caller may wrap the public name)
+
+
 # ---- serving: the delta on a side stream, under the base GEMMs -------------------------------
 # The delta needs only x, so on the GPU serving path (AtomLinear with ComposeState.meta) it runs
 # on a side stream, forked from the current stream once x is ready, while the current stream
 # runs the base GEMM(s); the current stream joins the side stream before the one add
 # y += delta. At decode sizes the base GEMMs are memory-bound and the delta kernels
-# latency-bound, so the delta's fixed cost hides under the GEMMs. Fork and join are event
+# latency-bound, so part of the delta's cost hides under the GEMMs (KERNEL_NOTES round 4 has
+# how much: at b32, 72 -> 58 us per layer). Fork and join are event
 # record/wait pairs, which a CUDA-graph capture turns into graph edges (the side stream joins
 # the capture at the fork). Every buffer the current stream reads afterwards (outputs, deltas)
 # is allocated on the current stream before the fork; the side stream's own scratch is per
 # stream (eager) or the graph's (capture).
-# `overlap`: "always", "capture" (only while a CUDA graph is being captured) or "never"
-# (DOC2ATOM_OVERLAP sets it for a process; the bench switches it to compare).
-overlap = os.environ.get("DOC2ATOM_OVERLAP", "always")
+# `overlap`: "always", "capture" (only while a CUDA graph is being captured; the default) or
+# "never" (DOC2ATOM_OVERLAP sets it for a process; the bench switches it to compare). Eager
+# decode is host-bound, and the fork/join, the separate GEMMs and the add cost host time
+# (H200 host: 84 us per module with overlap vs 54 without, KERNEL_NOTES round 4), so eager
+# calls keep the one-stream path unless asked.
+overlap = os.environ.get("DOC2ATOM_OVERLAP", "capture")
 # priority of the side stream (lower = higher priority; -1 is CUDA's high priority), so that
-# the short delta programs are scheduled ahead of the GEMM's when both wait for an SM
+# the delta programs are scheduled ahead of the GEMM's when both wait for an SM (measured: no
+# difference against priority 0)
 side_priority = int(os.environ.get("DOC2ATOM_SIDE_PRIORITY", "-1"))
 _OVERLAP_MODES = ("always", "capture", "never")
 _sides: dict = {}  # device index -> _Side
+_warmed: set = set()  # keys of the eager calls that took the side stream once in "capture" mode
 
 
 class _Side:
@@ -516,8 +516,11 @@ class _Side:
         self.mains: dict = {}  # raw current stream -> its torch.cuda.Stream (one Python object, not one per call)
 
 
-def _side_for(x: torch.Tensor) -> _Side | None:
-    """The side stream to overlap on for a call with input x, or None (no overlap for this call)."""
+def _side_for(x: torch.Tensor, warm_key=None) -> _Side | None:
+    """The side stream to overlap on for a call with input x, or None (no overlap for this call).
+
+    warm_key: in "capture" mode an eager call whose key is new takes the side stream once, so that
+    the kernels a later capture launches are compiled by then (a capture cannot compile)."""
     mode = overlap
     if mode == "never" or not x.is_cuda or x.shape[1] > _ops._GEMV_MAX_T:
         return None  # prefill-sized calls keep the plain path (not measured with overlap)
@@ -529,6 +532,11 @@ def _side_for(x: torch.Tensor) -> _Side | None:
             return None  # streams are made outside a capture (by the warm-up steps before it)
         side = _sides[dev] = _Side(dev)
     if mode == "always" or (mode == "capture" and capturing):
+        return side
+    if mode == "capture" and warm_key is not None and warm_key not in _warmed:
+        if len(_warmed) > 65536:
+            _warmed.clear()
+        _warmed.add(warm_key)
         return side
     if mode not in _OVERLAP_MODES:
         raise ValueError(f"grouped.overlap must be one of {_OVERLAP_MODES}, got {mode!r}")
@@ -568,7 +576,8 @@ def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: 
     compose_delta_triton. Used by AtomLinear on the GPU serving path (no gradients)."""
     if type(base) is not torch.nn.Linear or x.dtype != base.weight.dtype or x.dim() != 3:
         return None
-    side = _side_for(x)
+    # the side-stream delta is a non-accumulating kernel variant, unlike AtomLinear's own path
+    side = _side_for(x, (B.data_ptr(), B.shape, x.shape, x.dtype))
     if side is None or torch.is_autocast_enabled("cuda"):
         return None
     d = torch.empty((x.shape[0], x.shape[1], B.shape[1]), dtype=x.dtype, device=x.device)  # current stream

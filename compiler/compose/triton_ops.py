@@ -176,6 +176,24 @@ def _gemv_out(b_ptr, slot, j, valid, h, offs_n, n_mask, sbN, sbO, sbR):
 
 
 @triton.jit
+def _expand_tiles(b_rows, valid, h, out_row, n_lo, n_hi, d_out, sbO, BLOCK_N: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """out_row[n] (+)= sum_s h[s] * B row s [n] for n in [n_lo, n_hi), BLOCK_N columns at a time.
+
+    b_rows: (BLOCK_S,) pointers to each stacked rank's B row (column stride sbO); the expand loop
+    shared by the fused GEMV program and both two-launch expands (plain and grouped)."""
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < d_out
+        bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+        if ACCUMULATE:  # issued before the first use of B: one latency for both
+            y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
+        acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
+        if ACCUMULATE:
+            acc += y.to(tl.float32)
+        tl.store(out_row + offs_n, acc.to(out_row.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
 def _gemv_fused_row(
     x_ptr, a_ptr, b_ptr, idx_ptr, w_ptr, out_ptr, row, p, T, d_in, d_out, K, sbN, sbO, sbR, n_per, saN,
     R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -190,17 +208,7 @@ def _gemv_fused_row(
     out_row = out_ptr + row64 * d_out
     n_lo = p * n_per
     n_hi = tl.minimum(n_lo + n_per, d_out)
-    b_rows = b_ptr + slot * sbN + j * sbR
-    for n0 in range(n_lo, n_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < d_out
-        bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
-        if ACCUMULATE:  # issued before the first use of B: one latency for both
-            y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
-        acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
-        if ACCUMULATE:
-            acc += y.to(tl.float32)
-        tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+    _expand_tiles(b_ptr + slot * sbN + j * sbR, valid, h, out_row, n_lo, n_hi, d_out, sbO, BLOCK_N, ACCUMULATE)
 
 
 @triton.jit(do_not_specialize=["T", "K"])  # token and atom counts change per batch: no recompiles
@@ -279,17 +287,7 @@ def _gemv_expand_kernel(
         slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
         offs_s = tl.arange(0, BLOCK_S)
         h = _sum_partials_at(hp_ptr + row64 * split_d * BLOCK_S + offs_s, offs_s >= 0, split_d, BLOCK_S, SPLIT_PAD)
-        b_rows = b_ptr + slot * sbN + j * sbR
-        for n0 in range(n_lo, n_hi, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < d_out
-            bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
-            if ACCUMULATE:
-                y = tl.load(out_row + offs_n, mask=n_mask, other=0.0)
-            acc = tl.sum(bt.to(tl.float32) * h[:, None], axis=0)
-            if ACCUMULATE:
-                acc += y.to(tl.float32)
-            tl.store(out_row + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+        _expand_tiles(b_ptr + slot * sbN + j * sbR, valid, h, out_row, n_lo, n_hi, d_out, sbO, BLOCK_N, ACCUMULATE)
     else:
         for n0 in range(n_lo, n_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
