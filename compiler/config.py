@@ -14,10 +14,11 @@ class CompileConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    modules: list[str] = Field(default=["o_proj", "down_proj"], description="Projection names that get a delta")
-    layers: list[int] | None = Field(default=None, description="Layer indices that get deltas (None = the upper "
-                                     "half of the model; the frozen lower half then needs no backward pass)")
-    rank: int = Field(default=2, ge=1, le=16, description="LoRA rank per atom")
+    modules: list[str] = Field(default=["down_proj"], description="Projection names that get a delta")
+    layers: list[int] | None = Field(default=list(range(-10, 0)), description="Layer indices that get deltas; "
+                                     "negative ones count from the top (-1 = the last layer); None = the upper half "
+                                     "of the model. The frozen layers below the lowest one need no backward pass")
+    rank: int = Field(default=3, ge=1, le=16, description="LoRA rank per atom")
     scale: float = Field(default=2.0, gt=0, le=64, description="Multiplier on B (alpha / r)")
     lr: float = Field(default=1e-2, gt=0, le=1.0, description="Adam learning rate")
     warm_lr_factor: float = Field(default=1.0, gt=0, le=100, description="lr multiplier for each atom's first "
@@ -26,7 +27,7 @@ class CompileConfig(BaseModel):
     lr_b_ratio: float = Field(default=1.0, gt=0, le=256, description="LoRA+ style: B's learning rate is lr times "
                               "this (A's is lr). 1 = one learning rate for both")
     init_a: Literal["uniform", "data"] = Field(
-        default="uniform", description="A's initial rows: uniform random (as nn.Linear), or (data) the top principal "
+        default="data", description="A's initial rows: uniform random (as nn.Linear), or (data) the top principal "
         "directions of the atom's own inputs to that module at its answer positions (one no-grad pass per atom)")
     init_b_std: float = Field(default=0.0, ge=0, le=1.0, description="Std of a normal initial B (0 = B starts at "
                               "zero, so an untrained atom changes nothing)")
@@ -35,12 +36,12 @@ class CompileConfig(BaseModel):
     target_prob: float = Field(default=0.6, gt=0, lt=1, description="An atom is done when every answer token has p >= this")
     extra_steps: int = Field(default=2, ge=0, le=100, description="Steps after an atom first reaches target_prob")
     questions: int = Field(default=6, ge=1, le=64, description="Synthesised questions per atom")
-    questions_per_step: int = Field(default=2, ge=1, le=64, description="Questions per atom in each step")
-    stop_questions: int = Field(default=0, ge=0, le=64, description="0: an atom reaches the target when every answer "
+    questions_per_step: int = Field(default=1, ge=1, le=64, description="Questions per atom in each step")
+    stop_questions: int = Field(default=2, ge=0, le=64, description="0: an atom reaches the target when every answer "
                                 "token of this step's questions has p >= target_prob. n > 0: each atom cycles through "
                                 "its questions in a fixed shuffled order, and reaches the target when the latest "
                                 "measurement of each of its n most recently seen questions is >= target_prob "
-                                "(n = questions: every question seen above target)")
+                                "(n = questions: every question seen above target; capped at the atom's number of questions)")
     batch_atoms: int = Field(default=16, ge=1, le=4096, description="Atoms trained together in one batched step")
     locality_weight: float = Field(default=0.0, ge=0, le=1000,
                                    description="Weight of KL(base || atom) on unrelated prompts (0 = off)")
@@ -72,6 +73,4 @@ class CompileConfig(BaseModel):
             raise ValueError(f"min_steps ({self.min_steps}) must be <= max_steps ({self.max_steps})")
         if self.questions_per_step > self.questions:
             raise ValueError(f"questions_per_step ({self.questions_per_step}) must be <= questions ({self.questions})")
-        if self.stop_questions > self.questions:
-            raise ValueError(f"stop_questions ({self.stop_questions}) must be <= questions ({self.questions})")
         return self

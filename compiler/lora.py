@@ -190,9 +190,11 @@ def default_layers(model: nn.Module) -> list[int]:
 
 def target_names(model: nn.Module, modules: list[str], layers: list[int] | None) -> list[str]:
     """Names of the linear layers matching `modules` (suffixes such as 'down_proj') in `layers`
-    (None: default_layers)."""
+    (None: default_layers; a negative index counts from the top, -1 = the last layer)."""
     if layers is None:
         layers = default_layers(model)
+    n = int(model.config.num_hidden_layers)
+    layers = [i + n if i < 0 else i for i in layers]
     names = []
     pat = re.compile(r"\.layers\.(\d+)\.")
     for name, mod in model.named_modules():

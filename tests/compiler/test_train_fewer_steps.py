@@ -18,8 +18,9 @@ def _examples(tok):
 
 
 def test_config_validates_the_new_fields():
-    with pytest.raises(ValueError, match="stop_questions"):
-        CompileConfig(questions=3, stop_questions=4)
+    with pytest.raises(ValueError):
+        CompileConfig(stop_questions=-1)
+    assert CompileConfig(questions=1).stop_questions == 2  # capped per atom at run time, not an error
     with pytest.raises(ValueError):
         CompileConfig(lr_b_ratio=0)
     with pytest.raises(ValueError):
@@ -27,7 +28,8 @@ def test_config_validates_the_new_fields():
     with pytest.raises(ValueError):
         CompileConfig(init_b_std=-1e-3)
     c = CompileConfig()
-    assert (c.lr_b_ratio, c.init_a, c.init_b_std, c.stop_questions) == (1.0, "uniform", 0.0, 0)
+    assert (c.lr_b_ratio, c.init_a, c.init_b_std, c.stop_questions, c.questions_per_step) == (1.0, "data", 0.0, 2, 1)
+    assert (c.modules, c.layers, c.rank) == (["down_proj"], list(range(-10, 0)), 3)
 
 
 def test_masked_adam_lr_mult_scales_the_update_only():
@@ -69,8 +71,9 @@ def test_data_init_rows_are_the_atoms_input_directions(tiny_base):
     kw = dict(max_steps=1, min_steps=1, questions=3, questions_per_step=1, batch_atoms=2, seed=1, cpu_bf16=False,
               lr=1e-9, rank=2)
     data = compile_atoms(model, tok, ex, CompileConfig(init_a="data", **kw))
-    unif = compile_atoms(model, tok, ex, CompileConfig(**kw))
-    names = target_names(model, ["o_proj", "down_proj"], None)
+    unif = compile_atoms(model, tok, ex, CompileConfig(init_a="uniform", **kw))
+    cfg = CompileConfig()
+    names = target_names(model, cfg.modules, cfg.layers)
     # each atom's inputs at one module, by a hook on the base model (no atoms)
     attach(model, names)
     name = names[-1]
@@ -123,7 +126,7 @@ def test_question_cycle_and_recent_above_rule():
     assert not _recent_above(chunk, 0, all3, order, cursor, latest)  # question 0 was last seen below target
     assert not _recent_above(chunk, 0, cfg, order, [1], latest)  # fewer than 2 questions seen yet
     # stop_questions 0: fresh random draws of questions_per_step questions
-    plain = CompileConfig(questions=3, questions_per_step=2)
+    plain = CompileConfig(questions=3, questions_per_step=2, stop_questions=0)
     qs = _next_questions(chunk, 0, plain, rnd, order, cursor)
     assert len(set(qs)) == 2
 
@@ -140,3 +143,29 @@ def test_stop_questions_compile_runs_and_sees_every_question(tiny_base):
     cfg2 = cfg.model_copy(update={"stop_questions": 1})
     out = compile_atoms(model, tok, _examples(tok), cfg2)
     assert [o.stats["steps"] for o in out] == [1, 1]
+
+
+def test_top_directions_match_the_svd_when_the_spectrum_has_gaps():
+    from compiler.train import _top_directions
+
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(40, 40, generator=g)).Q
+    Vt = torch.linalg.qr(torch.randn(64, 64, generator=g)).Q.T
+    s = torch.tensor([50.0, 20.0, 8.0] + [0.5] * 37)
+    X = torch.stack([U[:, :40] @ torch.diag(s) @ Vt[:40], U[:, :40] @ torch.diag(s.flip(0).sort(descending=True).values) @ Vt[:40]])
+    D = _top_directions(X, 2)
+    assert D.shape == (2, 2, 64)
+    for m in range(2):
+        torch.testing.assert_close(D[m] @ D[m].T, torch.eye(2), atol=1e-4, rtol=0)
+        ref = torch.linalg.svd(X[m], full_matrices=False).Vh[:2]
+        assert (D[m] * ref).sum(-1).abs().min() > 0.999  # the same directions, up to sign
+
+
+def test_negative_layer_indices_count_from_the_top(tiny_base):
+    from compiler.lora import target_names
+
+    model, _ = load_base(str(tiny_base))
+    n = int(model.config.num_hidden_layers)
+    assert target_names(model, ["down_proj"], [-1]) == target_names(model, ["down_proj"], [n - 1])
+    assert target_names(model, ["down_proj"], list(range(-10, 0))) == target_names(model, ["down_proj"], list(range(n)))
+    assert target_names(model, ["o_proj"], None) == target_names(model, ["o_proj"], list(range(n // 2, n)))
