@@ -6,8 +6,9 @@ How to run (on a CUDA machine with triton, transformers and peft; one run, ~5 mi
 
 Options: --layers N (decoder layers of the Llama-8B-shaped model, default 32), --new-tokens,
 --prompt, --batches 32,128, --skip-peft, --skip-shapes, --layer-T 1,32,256, --profile-eager,
---time-budget SECONDS (optional parts are skipped past it). The JSON is rewritten after every
-section, so a run cut short keeps what it measured.
+--time-budget SECONDS (optional parts are skipped past it), --skip-serving, --only REGEX (decode
+rows whose key matches), --eager-repeats N, --carveouts 8,16 (cuBLAS SM carveouts to try). The
+JSON is rewritten after every section, so a run cut short keeps what it measured.
 
 What it measures:
   1. ceilings: device-to-device copy bandwidth (bytes read + written).
@@ -15,6 +16,9 @@ What it measures:
      down; T=1, K=8, r=2; batch 32 and 128; distinct and zipf atoms), graph-replayed over
      rotating pool copies so the atoms come from HBM, per plan (auto, fused GEMV with several
      d_out splits, two-launch GEMV, B in the old layout), beside the base GEMM's time.
+  1c. serving layers: 4 Llama-8B layers' 7 projections through compiler.lora.AtomLinear at b32
+     (GPU us per layer in a captured graph, host us per module in eager), with and without the
+     delta on a side stream (compiler.compose.grouped.overlap), grouped and ungrouped.
   2. layer level, d_in = d_out = 4096, 32 requests x T tokens, K atoms of rank r per request,
      every request its own atoms (worst case for bytes): base GEMM, composed linear
      (GEMM + kernel accumulating into its output), the delta alone, and the torch reference
