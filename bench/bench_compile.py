@@ -324,8 +324,8 @@ def run_recipe(b: Bench, task: dict, recipe: str, ks: list[int], seed: int, limi
         if k == 1:
             row["examples_k1"] = [{"q": q, "out": o} for q, o in zip(qtexts[:5], outs[:5])]
     row["composition"] = curve
-    if "1" in curve and str(max(ks)) in curve and curve["1"]["acc"]:
-        row["k8_over_k1_acc"] = round(curve[str(max(ks))]["acc"] / curve["1"]["acc"], 3)
+    if "1" in curve and max(ks) > 1 and str(max(ks)) in curve and curve["1"]["acc"]:
+        row[f"k{max(ks)}_over_k1_acc"] = round(curve[str(max(ks))]["acc"] / curve["1"]["acc"], 3)
     ctx = _score(b.answers(qtexts, facts=[[task["atoms"][q["gold"]]["text"]] for q in evals]), evals)
     row["context_gold"] = ctx
     if ctx["f1"]:
