@@ -299,7 +299,8 @@ def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r:
         return fn
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    per: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in range(M)] for n in names}
+    xs: dict[str, list[torch.Tensor]] = {n: [] for n in names}  # answer-predicting inputs, pass by pass
+    atoms: list[torch.Tensor] = []  # the atom of each of those rows
     dev = bank.h.device
     order = sorted(range(len(row_atom)), key=lambda j: -bank.seq_cpu[j])
     groups, cur_rows = [], []
@@ -316,23 +317,29 @@ def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r:
             for part in groups:
                 h0, pos, _, trow = bank.batch(torch.tensor(part, device=dev), max(bank.seq_cpu[j] for j in part))
                 run_layers(model, h0, L, None)
-                tok_atom = torch.tensor([row_atom[j] for j in part], device=dev)[trow]
+                atoms.append(torch.tensor([row_atom[j] for j in part], device=dev)[trow])
                 for n in names:
-                    x = cur[n][pos[:, 0], pos[:, 1]].float()
-                    for a in tok_atom.unique().tolist():
-                        per[n][a].append(x[tok_atom == a])
+                    xs[n].append(cur[n][pos[:, 0], pos[:, 1]].float())
     finally:
         for h in hooks:
             h.remove()
-    out = {}
-    for n in names:
-        xs = [torch.cat(per[n][a]) for a in range(M)]
-        d_in = xs[0].shape[1]
-        X = xs[0].new_zeros(M, max(max(x.shape[0] for x in xs), r), d_in)  # zero rows leave the directions alone
-        for a, x in enumerate(xs):
-            X[a, :x.shape[0]] = x
-        out[n] = _top_directions(X, r) / math.sqrt(3.0)  # the expected row norm of the uniform init
-    return out
+    atom = torch.cat(atoms)
+    # zero rows (atoms with fewer rows than the longest) leave the directions alone
+    return {n: _top_directions(_pack_by_atom(torch.cat(xs[n]), atom, M, r), r) / math.sqrt(3.0)  # uniform init's norm
+            for n in names}
+
+
+def _pack_by_atom(x: torch.Tensor, atom: torch.Tensor, M: int, min_rows: int = 1) -> torch.Tensor:
+    """(M, n_max, d) zero-padded: row i of x goes to its atom atom[i], rows of one atom kept in their order.
+
+    One stable sort and one scatter: a loop of per-atom masked copies costs a device sync per atom on a GPU."""
+    order = torch.sort(atom, stable=True).indices
+    counts = torch.bincount(atom, minlength=M)
+    a_sorted = atom[order]
+    within = torch.arange(len(atom), device=atom.device) - (torch.cumsum(counts, 0) - counts)[a_sorted]
+    X = x.new_zeros(M, max(int(counts.max()) if len(atom) else 0, min_rows), x.shape[1])
+    X[a_sorted, within] = x[order]
+    return X
 
 
 def _top_directions(X: torch.Tensor, r: int, iters: int = 8) -> torch.Tensor:

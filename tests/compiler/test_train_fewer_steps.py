@@ -161,6 +161,25 @@ def test_top_directions_match_the_svd_when_the_spectrum_has_gaps():
         assert (D[m] * ref).sum(-1).abs().min() > 0.999  # the same directions, up to sign
 
 
+def test_pack_by_atom_matches_a_per_atom_loop():
+    """The scatter that packs each atom's rows for the data init == the plain per-atom loop it replaced (rows of one
+    atom in their original order, zero padding, atoms with no rows all zero, at least min_rows rows)."""
+    from compiler.train import _pack_by_atom
+
+    g = torch.Generator().manual_seed(1)
+    M, d = 5, 7
+    atom = torch.tensor([3, 0, 3, 1, 0, 3, 1, 3, 0])  # atoms 2 and 4 have no rows
+    x = torch.randn(len(atom), d, generator=g)
+    X = _pack_by_atom(x, atom, M, min_rows=2)
+    n_max = max(int((atom == a).sum()) for a in range(M))
+    ref = torch.zeros(M, n_max, d)
+    for a in range(M):
+        rows = x[atom == a]
+        ref[a, :len(rows)] = rows
+    torch.testing.assert_close(X, ref, rtol=0, atol=0)
+    assert _pack_by_atom(x[:1], atom[:1], M, min_rows=3).shape == (M, 3, d)
+
+
 def test_negative_layer_indices_count_from_the_top(tiny_base):
     from compiler.lora import target_names
 
