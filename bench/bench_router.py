@@ -328,8 +328,12 @@ def read_squad(path: Path):
     return docs, qs
 
 
-def eval_routes(router, store, qs: list[tuple[str, list[str], str]]) -> dict:
-    """qs: (question, gold doc ids, kind) with kind in answerable/unanswerable/direct/paraphrase/multihop/out_of_scope."""
+def eval_routes(router, store, qs: list[tuple[str, list[str], str]], answers: list[list[str]] | None = None) -> dict:
+    """qs: (question, gold doc ids, kind) with kind in answerable/unanswerable/direct/paraphrase/multihop/out_of_scope.
+
+    answers (optional, per question): gold answer strings; adds `answer_atom_routed`, the share of a kind's
+    questions for which an atom routed at the default settings (top_k 1 plus a second-hop atom, refusal on) states
+    one of them: the right atom, not only the right document."""
     doc_of = store.atom_rowids_of_docs()
     texts = [q for q, _, _ in qs]
     r8 = router.route(texts, top_k=8)
@@ -338,10 +342,14 @@ def eval_routes(router, store, qs: list[tuple[str, list[str], str]]) -> dict:
     router.config = cfg.model_copy(update={"threshold": 0.0})  # ranking alone: never refuse
     rr = router.route(texts, top_k=8)
     router.config = cfg
+    text_of = router.texts(sorted({i for b in r1 for i in b.ids})) if answers is not None else {}
     by: dict[str, dict] = {}
-    for (q, gold, kind), a, b, c in zip(qs, r8, r1, rr):
+    for j, ((q, gold, kind), a, b, c) in enumerate(zip(qs, r8, r1, rr)):
         s = by.setdefault(kind, {"n": 0, "routed": 0, "hit1": 0, "hit8": 0, "rank_hit1": 0, "rank_hit8": 0,
-                                 "all_docs_k1": 0, "two_atoms_k1": 0, "best": []})
+                                 "all_docs_k1": 0, "two_atoms_k1": 0, "answer_atom1": 0, "best": []})
+        if answers is not None and answers[j]:
+            said = [text_of[i].casefold() for i in b.ids]
+            s["answer_atom1"] += any(x.casefold() in t for x in answers[j] for t in said)
         s["n"] += 1
         s["best"].append(a.best)
         s["routed"] += not a.refused
@@ -364,6 +372,8 @@ def eval_routes(router, store, qs: list[tuple[str, list[str], str]]) -> dict:
                               "ranking_recall@1": round(s["rank_hit1"] / n, 4),
                               "ranking_recall@8": round(s["rank_hit8"] / n, 4),
                               "all_gold_docs_at_k1": round(s["all_docs_k1"] / n, 4)})
+        if answers is not None and any(answers[j] for j, x in enumerate(qs) if x[2] == kind):
+            out[kind]["answer_atom_routed"] = round(s["answer_atom1"] / n, 4)
     return out, {k: np.array(s["best"]) for k, s in by.items()}
 
 
@@ -436,7 +446,7 @@ def cmd_quality(args) -> None:
             id_of.setdefault(name, []).append(did)
         sq = json.loads((ROOT / "data" / "sample_questions.json").read_text())["questions"]
         qs = [(q["question"], [i for name in q["docs"] for i in id_of[name]], q["kind"]) for q in sq]
-        metrics, _ = eval_routes(router, store, qs)
+        metrics, _ = eval_routes(router, store, qs, answers=[q.get("answers") or [] for q in sq])
         result["sample"] = {"atoms": store.count_atoms(), "calibration": cal.get("metrics"),
                             "threshold": router.threshold, "by_kind": metrics,
                             "ranking_by_signal": ablation(router, store, [x for x in qs if x[2] != "multihop"])}
