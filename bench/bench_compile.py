@@ -126,7 +126,8 @@ _OLD: dict[str, dict] = {
 RECIPES: dict[str, dict] = {"default": {}, **{k: {**_V2, **v} for k, v in _OLD.items()}}
 # variants of the current default (fields on top of CompileConfig's defaults): more questions a step, which
 # trades rows per step (the CPU's cost) for steps per atom (the GPU's cost)
-RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"questions_per_step": 4}})
+RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"questions_per_step": 4},
+                "default_t05": {"target_prob": 0.5}})
 
 
 # ---------------------------------------------------------------------------------------- prepare
