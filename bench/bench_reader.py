@@ -323,24 +323,12 @@ def summarize(items: list[dict], ks, neg_kinds=None) -> dict:
 
 def machine(reader: LMReader) -> dict:
     import platform
-    import subprocess
 
     import torch
     import transformers
+    from bench_router import _git as git, cpu_name
 
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except Exception:
-            return "unknown"
-
-    cpu = "unknown"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
             "base_model": reader.info.name, "base_sha256": reader.info.sha256[:16],

@@ -45,16 +45,18 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
+def cpu_name() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def machine() -> dict:
     import faiss
 
-    cpu = "unknown"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+    out = {"cpu": cpu_name(), "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
            "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
            "commit": _git("rev-parse", "--short", "HEAD"), "dirty_tree": bool(_git("status", "--porcelain", "router"))}
     try:
