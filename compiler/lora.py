@@ -178,7 +178,7 @@ class AtomLinear(nn.Module):
         x3 = x.reshape(shape[0], -1, shape[-1]) if x.dim() != 3 else x
         from compiler.compose.grouped import serve_group
 
-        y = serve_group(st.groups[self.name], self.name, x3, W, st)  # (Bsz, T, d_out) or None
+        y = serve_group(st.groups[self.name], self.name, x3, W, st)  # (Bsz * T, d_out) or None
         return None if y is None else y.view(*shape[:-1], y.shape[-1])
 
 
