@@ -351,6 +351,29 @@ class Router:
                 routes[q] = refusal
         return routes
 
+    def gate(self, questions: list[str], atoms: list[list[int]], routes: list[Route] | None = None) -> list[list[float]]:
+        """Composition weight of each atom in atoms[i] for question i, from its learned score p for the question:
+        0 when p is under the refusal threshold (the atom is left out), else min(1, p / reference), where the
+        reference is the question's best routed score (or the threshold when nothing was routed). An atom the
+        router would not pick for a question therefore cannot change its answer, and one it would pick weighs
+        what a routed atom of that score weighs."""
+        out: list[list[float]] = [[] for _ in questions]
+        todo = [i for i, a in enumerate(atoms) if a]
+        if not todo:
+            return out
+        thr = self.threshold
+        texts = [questions[i] for i in todo]
+        cands = self.candidates(self.embedder(texts), texts, force=[[int(a) for a in atoms[i]] for i in todo])
+        for i, c in zip(todo, cands):
+            p = dict(zip((int(x) for x in c.ids), (float(x) for x in self.score(c))))
+            ref = thr
+            if routes is not None and not routes[i].refused and routes[i].ids:
+                ref = max(routes[i].best, thr)
+            ref = max(ref, 1e-9)
+            out[i] = [round(min(1.0, p.get(int(a), 0.0) / ref), 4) if p.get(int(a), 0.0) >= thr else 0.0
+                      for a in atoms[i]]
+        return out
+
     def score_names_covered(self, c: Candidates) -> np.ndarray:
         """Learned probability per candidate (m,) with the in-KB missing-name signal off (`route` uses it only
         when the second round supplies the missing names)."""

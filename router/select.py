@@ -31,6 +31,9 @@ class RouterConfig(BaseModel):
                                  description="Calibration: share of held-out in-scope questions the threshold must route")
     multihop: bool = Field(default=True, description="Run a second retrieval round conditioned on the first atom")
     max_hop_atoms: int = Field(default=1, ge=0, le=4, description="Atoms a second round may add beyond top_k")
+    gate: bool = Field(default=True,
+                       description="Weigh atoms a request carries beside the routed ones (given by the caller) by "
+                                   "their learned score for the question, and leave out those under the threshold")
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant k in 1/(k + rank)")
     exact_max: int = Field(default=20_000, ge=1, description="Exact key search up to this many atoms, IVF beyond")
     approx: Literal["hnsw", "ivf"] = Field(default="hnsw", description="Approximate index beyond exact_max")

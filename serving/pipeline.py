@@ -19,7 +19,7 @@ from compiler.config import CompileConfig
 from doc2atom import errors
 from doc2atom.readers import expand_paths, read_file
 from doc2atom.schemas import Answer, Document, Signals
-from doc2atom.store import KBStore, atom_id
+from doc2atom.store import KBStore, atom_id, parse_atom_id
 from router.select import RouterConfig
 
 MODES = ("atoms", "context", "hybrid", "base")
@@ -257,9 +257,13 @@ class KnowledgeBase:
 
     def ask_many(self, questions: list[str], mode: str = "atoms", top_k: int | None = None,
                  extra_atoms: list[list[str]] | None = None, max_new_tokens: int = 48,
-                 batch_size: int = 8, hooks=None) -> list[Answer]:
+                 batch_size: int = 8, hooks=None, routed: bool = True) -> list[Answer]:
         """Answer a batch of questions; extra_atoms[i] are composed in beside question i's routed atoms.
 
+        With the router's `gate` on (the default), each extra atom is weighed by its learned score for the
+        question (Router.gate): one the router would not pick for it is left out, so it cannot change the
+        answer. routed=False composes the extra atoms alone and answers every question (no routed atoms, no
+        refusal): how `eval` measures what atoms do to questions they do not cover.
         hooks (serving.generate.GenerateHooks, optional) see question i's prompt size and tokens as row i.
         """
         if mode not in MODES:
@@ -271,10 +275,11 @@ class KnowledgeBase:
         for s in range(0, len(questions), batch_size):
             chunk = questions[s:s + batch_size]
             extra = extra_atoms[s:s + batch_size] if extra_atoms else None
-            out.extend(self._ask_batch(chunk, mode, top_k, extra, max_new_tokens, hooks, s))
+            out.extend(self._ask_batch(chunk, mode, top_k, extra, max_new_tokens, hooks, s, routed))
         return out
 
-    def _ask_batch(self, questions, mode, top_k, extra, max_new_tokens, hooks=None, offset=0) -> list[Answer]:
+    def _ask_batch(self, questions, mode, top_k, extra, max_new_tokens, hooks=None, offset=0,
+                   routed: bool = True) -> list[Answer]:
         from serving.generate import RowMap, build_pool, generate
 
         t0 = time.perf_counter()
@@ -286,13 +291,28 @@ class KnowledgeBase:
             routes = self.route(questions, top_k)
         timings["route_ms"] = (time.perf_counter() - t0) * 1000
         fired: list[list[str]] = []
+        extra_w: list[dict[str, float]] = [{} for _ in range(n)]  # extra atom -> its composition weight
         for i in range(n):
-            ids = [atom_id(r) for r in routes[i].ids] if routes else []
+            ids = [atom_id(r) for r in routes[i].ids] if routes and routed else []
             if extra and extra[i]:
-                ids += [a for a in extra[i] if a not in ids]
+                ids += [a for a in dict.fromkeys(extra[i]) if a not in ids]
             fired.append(ids)
+        if extra and mode != "base":
+            adds = [[a for a in fired[i] if a not in set(map(atom_id, routes[i].ids)) or not routed]
+                    for i in range(n)]
+            self.store.atoms_out(list(dict.fromkeys(a for ad in adds for a in ad)))  # unknown ids: a clear error
+            if self.router_config.gate:
+                g = self.router().gate(questions, [[parse_atom_id(a) for a in ad] for ad in adds],
+                                       routes if routed else None)
+            else:
+                g = [[1.0] * len(ad) for ad in adds]
+            for i, ad in enumerate(adds):
+                extra_w[i] = dict(zip(ad, g[i]))
+                fired[i] = [a for a in fired[i] if extra_w[i].get(a, 1.0) > 0.0]  # gated out: not composed
+            timings["gate_ms"] = (time.perf_counter() - t0) * 1000 - timings["route_ms"]
         # refused questions are not answered, unless the router lets the base model answer (allow_base)
-        answerable = [i for i in range(n) if mode == "base" or not routes[i].refused or routes[i].use_base]
+        answerable = [i for i in range(n) if mode == "base" or not routed or not routes[i].refused
+                      or routes[i].use_base]
         t1 = time.perf_counter()
         facts = slots = pool = weights = None
         if answerable and mode in ("context", "hybrid"):
@@ -303,7 +323,7 @@ class KnowledgeBase:
             pool = build_pool(self.atom_weights(uniq))
             slot_of = {a: k for k, a in enumerate(uniq)}
             slots = [[slot_of[a] for a in fired[i]] for i in answerable]
-            weights = [self._weights_for(routes[i] if routes else None, fired[i]) for i in answerable]
+            weights = [self._weights_for(routes[i] if routes and routed else None, fired[i], extra_w[i]) for i in answerable]
         timings["load_ms"] = (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
         texts_out = {}
@@ -321,10 +341,10 @@ class KnowledgeBase:
             atoms = []
             if fired[i] and mode != "base":
                 r = routes[i]
-                score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)}
-                w = self._weights_for(r, fired[i])
+                score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)} if routed else {}
+                w = self._weights_for(r if routed else None, fired[i], extra_w[i])
                 atoms = self.store.atoms_out(fired[i], [score_of.get(a, 0.0) for a in fired[i]], w)
-                sig = {atom_id(d.id): d for d in r.details}
+                sig = {atom_id(d.id): d for d in r.details} if routed else {}
                 for a in atoms:
                     d = sig.get(a.id)
                     if d is not None:
@@ -336,10 +356,11 @@ class KnowledgeBase:
         return answers
 
     @staticmethod
-    def _weights_for(route, fired: list[str]) -> list[float]:
-        if route is None:
-            return [1.0] * len(fired)
-        w_of = {atom_id(a): w for a, w in zip(route.ids, route.weights)}
+    def _weights_for(route, fired: list[str], extra: dict[str, float] | None = None) -> list[float]:
+        """Composition weight per fired atom: the router's for routed atoms, the gate's for extra ones."""
+        w_of = dict(extra or {})
+        if route is not None:
+            w_of.update({atom_id(a): w for a, w in zip(route.ids, route.weights)})
         return [w_of.get(a, 1.0) for a in fired]
 
     # -- inspect ----------------------------------------------------------------------------

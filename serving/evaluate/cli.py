@@ -39,7 +39,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--short", default="extract", choices=SHORT,
                    help="answer post-step scored beside the raw answers, the same for every mode "
                         "(extract: the part of the answer that is not the question's own words; default)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the unrelated atoms of the composition curve")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the unrelated atoms of the composition curve and the leakage test")
+    p.add_argument("--gate", default="on", choices=["on", "off", "both"],
+                   help="composition curve and leakage test with the router's gate on the added atoms (on: what "
+                        "`ask` does), without it (off: every added atom at weight 1), or both (default on)")
+    p.add_argument("--general", default=None, metavar="FILE",
+                   help="leakage test: JSON list of general questions (or {\"questions\": [...]}) no atom covers, "
+                        "answered with --leak-n random atoms applied and compared token for token with the base model")
+    p.add_argument("--leak-n", type=_int_list, default=[1, 8], metavar="N,N,...",
+                   help="atoms applied per general question in the leakage test (default 1,8)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together")
     p.add_argument("--save", default=None, metavar="DIR", help="write per-question predictions (JSONL) to DIR")
@@ -53,13 +62,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from serving.evaluate.datasets import read_dataset
+    from serving.evaluate.datasets import read_dataset, read_general
     from serving.evaluate.runner import EvalConfig, evaluate, table
     from serving.evaluate.short import short_answer
     from serving.pipeline import KnowledgeBase
 
     cfg = EvalConfig(modes=[m.strip() for m in args.modes.split(",") if m.strip()], compose_k=list(args.compose_k),
                      limit=args.limit, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                     gate=args.gate, general=read_general(args.general) if args.general else [],
+                     leak_n=list(args.leak_n),
                      batch_size=args.batch_size, short=short_answer if args.short == "extract" else None,
                      progress=True,
                      save=Path(args.save) if args.save else None)

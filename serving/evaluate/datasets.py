@@ -159,6 +159,19 @@ def read_dataset(path: str | Path, fmt: str) -> EvalSet:
     return read_squad(path) if fmt == "squad" else read_hotpot(path)
 
 
+def read_general(path: str | Path) -> list[str]:
+    """General questions for the leakage test: a JSON list of strings, or an object with a "questions" list."""
+    path = Path(path)
+    obj = _load_json(path)
+    qs = obj.get("questions") if isinstance(obj, dict) else obj
+    if not isinstance(qs, list) or not all(isinstance(q, str) for q in qs):
+        raise errors.InputError(f'{path}: expected a JSON list of question strings or {{"questions": [...]}}')
+    qs = [q.strip() for q in qs if q.strip()]
+    if not qs:
+        raise errors.InputError(f"{path}: no questions")
+    return qs
+
+
 def subsample(questions: list[EvalQuestion], limit: int | None) -> list[EvalQuestion]:
     """At most `limit` questions spread evenly over the dataset (deterministic), so that a
     limited run still sees every part of it rather than only its first paragraphs."""
@@ -170,4 +183,5 @@ def subsample(questions: list[EvalQuestion], limit: int | None) -> list[EvalQues
     return [questions[int(i * step)] for i in range(limit)]
 
 
-__all__ = ["FORMATS", "EvalQuestion", "EvalSet", "doc_key", "read_dataset", "read_hotpot", "read_squad", "subsample"]
+__all__ = ["FORMATS", "EvalQuestion", "EvalSet", "doc_key", "read_dataset", "read_general", "read_hotpot", "read_squad",
+           "subsample"]

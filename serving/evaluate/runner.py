@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from doc2atom import errors
 from doc2atom.store import atom_id
@@ -35,7 +35,10 @@ class EvalConfig:
     compose_k: list[int] = field(default_factory=list)  # atoms per question for the composition curve; [] = none
     limit: int | None = None  # at most this many questions, spread evenly over the set
     top_k: int | None = None  # router top_k when answering (None = the router's default)
-    seed: int = 0  # picks the unrelated atoms of the composition curve
+    seed: int = 0  # picks the unrelated atoms of the composition curve and of the leakage test
+    gate: Literal["on", "off", "both"] = "on"  # composition and leakage with the router's gate on extra atoms
+    general: list[str] = field(default_factory=list)  # leakage: questions no atom covers; [] = no leakage test
+    leak_n: list[int] = field(default_factory=lambda: [1, 8])  # leakage: atoms applied to each general question
     max_new_tokens: int = 48  # as `ask`
     batch_size: int = 8  # questions generated together
     short: Callable[[str, str], str] | None = None  # (question, raw answer) -> short answer, the same for every mode
@@ -49,6 +52,10 @@ class EvalConfig:
                                     f"got {','.join(self.modes) or 'nothing'}")
         if len(set(self.modes)) != len(self.modes):
             raise errors.InputError(f"--modes names a mode twice: {','.join(self.modes)}")
+        if self.gate not in ("on", "off", "both"):
+            raise errors.InputError(f"--gate must be on, off or both, got {self.gate!r}")
+        if any(k < 1 or k > 64 for k in self.leak_n):
+            raise errors.InputError(f"--leak-n values must be between 1 and 64, got {self.leak_n}")
         if any(k < 1 or k > 64 for k in self.compose_k):
             raise errors.InputError(f"--compose-k values must be between 1 and 64, got {self.compose_k}")
         if self.limit is not None and self.limit < 1:
@@ -65,7 +72,8 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=f"doc2atom eval: {desc}", unit="q", file=sys.stderr, leave=False)
 
 
-def _ask(kb, questions: list[str], mode: str, cfg: EvalConfig, desc: str, extra: list[list[str]] | None = None):
+def _ask(kb, questions: list[str], mode: str, cfg: EvalConfig, desc: str, extra: list[list[str]] | None = None,
+         routed: bool = True):
     """kb.ask_many in chunks, with a progress bar; returns (answers, seconds)."""
     bar = _bar(len(questions), desc, cfg.progress)
     out = []
@@ -74,7 +82,7 @@ def _ask(kb, questions: list[str], mode: str, cfg: EvalConfig, desc: str, extra:
     for s in range(0, len(questions), step):
         out.extend(kb.ask_many(questions[s:s + step], mode=mode, top_k=cfg.top_k,
                                extra_atoms=extra[s:s + step] if extra else None,
-                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size))
+                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, routed=routed))
         if bar:
             bar.update(len(questions[s:s + step]))
     if bar:
@@ -176,18 +184,81 @@ def evaluate(kb, data: EvalSet, cfg: EvalConfig) -> dict:
         if mode == "atoms":
             atoms_answers = dict(zip((q.id for q in questions), answers))
 
+    gates = {"on": [True], "off": [False], "both": [True, False]}[cfg.gate]
     composition, comp_rows = {"k": [], "accuracy": []}, []
+    extra_out = {}
     if cfg.compose_k:
+        for g in gates:
+            t0 = time.perf_counter()
+            with _gate(kb, g):
+                comp, rows = _composition(kb, data, questions, by_doc, cfg, atoms_answers)
+            comp["gate"] = g
+            for r in rows:
+                r["gate"] = g
+            comp_rows += rows
+            if g == gates[0]:
+                composition = comp
+                timings["compose"] = round(time.perf_counter() - t0, 2)
+            else:
+                extra_out["composition_ungated"] = comp
+                timings["compose_ungated"] = round(time.perf_counter() - t0, 2)
+    leak_rows: list[dict] = []
+    if cfg.general:
         t0 = time.perf_counter()
-        composition, comp_rows = _composition(kb, data, questions, by_doc, cfg, atoms_answers)
-        timings["compose"] = round(time.perf_counter() - t0, 2)
+        extra_out["leakage"], leak_rows = _leakage(kb, cfg, gates)
+        timings["leakage"] = round(time.perf_counter() - t0, 2)
 
     timings["total"] = round(time.perf_counter() - t_all, 2)
     result = {"dataset": data.name, "n": len(questions), "modes": modes, "router": router,
-              "composition": composition, "timings_s": timings}
+              "composition": composition, **extra_out, "timings_s": timings}
     if cfg.save is not None:
-        _save(cfg.save, result, saved, route_rows, comp_rows)
+        _save(cfg.save, result, saved, route_rows, comp_rows + leak_rows)
     return result
+
+
+class _gate:
+    """Within the block, the knowledge base weighs extra atoms by the router's gate (on) or by 1 (off)."""
+
+    def __init__(self, kb, on: bool):
+        self.kb, self.on = kb, on
+
+    def __enter__(self):
+        self.old = self.kb.router_config
+        self.kb.router_config = self.old.model_copy(update={"gate": self.on})
+
+    def __exit__(self, *exc):
+        self.kb.router_config = self.old
+
+
+def _leakage(kb, cfg: EvalConfig, gates: list[bool]) -> tuple[dict, list[dict]]:
+    """What atoms do to questions they do not cover: each general question is answered by the base model and
+    then with n random atoms of the knowledge base applied (no routing, no refusal); the share of answers
+    token-identical to the base model's, for each n, with the gate on and/or off. `applied` is the mean
+    number of atoms actually composed per question (the gate leaves out those the router scores under its
+    threshold)."""
+    qs = list(cfg.general)
+    pool = sorted(kb.store.atom_docs())
+    out = {"n": sorted(set(cfg.leak_n)), "questions": len(qs)}
+    rows: list[dict] = []
+    if not pool or not qs:
+        return out, rows
+    base, _ = _ask(kb, qs, "base", cfg, "leakage base", routed=False)
+    for g in gates:
+        key = "gated" if g else "ungated"
+        out[key] = {"unchanged": [], "applied": []}
+        for n in out["n"]:
+            draws = [[atom_id(a) for a in random.Random(f"{cfg.seed}:leak:{i}").sample(pool, min(n, len(pool)))]
+                     for i in range(len(qs))]
+            with _gate(kb, g):
+                ans, _ = _ask(kb, qs, "atoms", cfg, f"leakage n={n} gate {'on' if g else 'off'}", extra=draws,
+                              routed=False)
+            same = [a.answer == b.answer for a, b in zip(ans, base)]
+            out[key]["unchanged"].append(round(sum(same) / len(qs), 4))
+            out[key]["applied"].append(round(sum(len(a.atoms) for a in ans) / len(qs), 3))
+            rows += [{"leak_n": n, "gate": g, "question": q, "base": b.answer, "prediction": a.answer,
+                      "atoms": d, "applied": [x.id for x in a.atoms], "unchanged": sm}
+                     for q, a, b, d, sm in zip(qs, ans, base, draws, same)]
+    return out, rows
 
 
 def _composition(kb, data: EvalSet, questions: list[EvalQuestion], by_doc: dict[str, list[int]], cfg: EvalConfig,
@@ -258,8 +329,19 @@ def table(result: dict) -> str:
     lines.append(f"router: recall@1 {pct(r['recall@1'])}  recall@8 {pct(r['recall@8'])}")
     c = result["composition"]
     if c["k"]:
-        lines.append("composition (atoms-mode acc with k-1 unrelated atoms): "
+        gate = "" if c.get("gate", True) else ", gate off"
+        lines.append(f"composition (atoms-mode acc with k-1 unrelated atoms{gate}): "
                      + "  ".join(f"k={k}: {pct(a)}" for k, a in zip(c["k"], c["accuracy"])))
+    cu = result.get("composition_ungated")
+    if cu and cu["k"]:
+        lines.append("composition, gate off: " + "  ".join(f"k={k}: {pct(a)}" for k, a in zip(cu["k"], cu["accuracy"])))
+    lk = result.get("leakage")
+    if lk:
+        for key in ("gated", "ungated"):
+            if key in lk:
+                lines.append(f"general answers unchanged ({key}, {lk['questions']} q): "
+                             + "  ".join(f"{n} atom(s): {pct(u)} ({a} applied)"
+                                         for n, u, a in zip(lk["n"], lk[key]["unchanged"], lk[key]["applied"])))
     lines.append("time s: " + "  ".join(f"{k} {v:.1f}" for k, v in result["timings_s"].items()))
     return "\n".join(lines)
 
