@@ -389,7 +389,7 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
 
 # ------------------------------------------------------------------------------------------
 def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2,
-                   carveouts=()) -> None:
+                   carveouts=(), fused_configs=()) -> None:
     """Llama-8B layers' 7 projections through compiler.lora.AtomLinear alone (no attention), b32, T=1.
 
     Per variant: GPU us per layer (n_layers layers captured in one graph, replays timed with
@@ -460,7 +460,13 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
                 "distinct atoms; gpu: us per layer in one captured graph; host: eager enqueue us per module",
         "variants": {}}
     groups = pool.compose_groups()
-    variants = [("base", None, None), ("grouped_never", True, "never"), ("grouped_always", True, "always"),
+    import compiler.compose.fused_linear as fl
+
+    # round 5: x W^T + delta in one pass (fused_linear); the round-4 variants below run with it off
+    fused_variants = [("fused", True, "never"), ("fused_nopdl", True, "never"), ("fused_ungrouped", False, "never")]
+    fused_variants += [(f"fused_cfg{i}", True, "never") for i in range(len(fused_configs))]
+    variants = [("base", None, None)] + fused_variants + [
+                ("grouped_never", True, "never"), ("grouped_always", True, "always"),
                 ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
                 ("grouped_always_prio0", True, "always"), ("grouped_always_fused", True, "always"),
                 ("grouped_never_fused", True, "never")]
@@ -468,9 +474,15 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     for c in carveouts if carve_ok else ():
         variants += [(f"base_carve{c}", None, None), (f"grouped_always_carve{c}", True, "always")]
     old_mode, old_prio, old_path = grouped.overlap, grouped.side_priority, grouped.default_path
+    old_fl = (fl.mode, fl.use_pdl, dict(fl.config))
     with torch.no_grad():
         for key, grouped_on, mode in variants:
             carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
+            fl.mode = "auto" if key.startswith("fused") else "never"
+            fl.use_pdl = key != "fused_nopdl"
+            fl.config.clear()
+            if key.startswith("fused_cfg"):
+                fl.config.update(fused_configs[int(key[len("fused_cfg"):])])
             try:
                 if carve_ok:
                     torch._C._set_sm_carveout_experimental(carve)  # SMs cuBLAS leaves free (None: all used)
@@ -488,11 +500,16 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
             except Exception as e:
                 row = {"error": f"{type(e).__name__}: {e}"[:400]}
                 traceback.print_exc()
+            if key.startswith("fused_cfg"):
+                row["config"] = dict(fl.config)
             out["variants"][key] = row
             log(f"serving layers {key}: {row}")
     if carve_ok:
         torch._C._set_sm_carveout_experimental(None)
     grouped.overlap, grouped.side_priority, grouped.default_path = old_mode, old_prio, old_path
+    fl.mode, fl.use_pdl = old_fl[0], old_fl[1]
+    fl.config.clear()
+    fl.config.update(old_fl[2])
     grouped._sides.clear()
     v = out["variants"]
     if "gpu_us_per_layer" in v.get("base", {}):
@@ -795,9 +812,25 @@ def decode_section(res: dict, args, t_start: float) -> None:
             record(f"b{bsz}_grouped_eager{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
             record(f"b{bsz}_grouped_graphed{pattern}",
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
-        # the same with the delta on the current stream (no side-stream overlap): before/after in one run
+        # round 4's path (side-stream overlap, separate delta kernels): the fused linear off, same run
+        import compiler.compose.fused_linear as fl_mod
         import compiler.compose.grouped as grouped_mod
 
+        fl_default = fl_mod.mode
+        fl_mod.mode = "never"
+        for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
+            state.set(gi, gw)
+            record(f"b{bsz}_grouped_eager_round4{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+            record(f"b{bsz}_grouped_graphed_round4{pattern}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        # the fused linear without programmatic dependent launch
+        fl_mod.mode = fl_default
+        fl_mod.use_pdl = False
+        state.set(idx_d, w_d)
+        record(f"b{bsz}_grouped_graphed_nopdl", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        fl_mod.use_pdl = True
+        fl_mod.mode = "never"
+        # the same with the delta on the current stream (no side-stream overlap): before/after in one run
         mode_default = grouped_mod.overlap
         grouped_mod.overlap = "never"
         for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
@@ -821,6 +854,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
                            lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
                 torch._C._set_sm_carveout_experimental(None)
             state.set(idx_d, w_d)
+        fl_mod.mode = fl_default
         # eager noise check: base and grouped eager again, back to back
         for rep in range(args.eager_repeats):
             unwrap(model, names)
@@ -828,7 +862,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
             attach(model, names)
             record(f"b{bsz}_grouped_eager_rep{rep}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
         if bsz == batches[0]:
-
+            fl_mod.mode = "never"  # round-4 plan comparisons
             for gpath in ("wide", "fused"):
                 grouped_mod.default_path = gpath
                 record(f"b{bsz}_grouped_graphed_{gpath}",
@@ -843,6 +877,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
                 record(f"b{bsz}_triton_meta_graphed_sm",
                        lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True,
                                       warm_up=[wiring.warm_both]))
+            fl_mod.mode = fl_default
         state.set_groups([])
         state.clear()
         wiring.dispatcher("auto")
@@ -873,6 +908,11 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_sm": ratio(f"b{bsz}_grouped_graphed_sm", f"b{bsz}_base_graphed"),
             "grouped_eager_zipf": ratio(f"b{bsz}_grouped_eager_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_zipf": ratio(f"b{bsz}_grouped_graphed_zipf", f"b{bsz}_base_graphed"),
+            "grouped_eager_round4": ratio(f"b{bsz}_grouped_eager_round4", f"b{bsz}_base_eager"),
+            "grouped_graphed_round4": ratio(f"b{bsz}_grouped_graphed_round4", f"b{bsz}_base_graphed"),
+            "grouped_eager_round4_zipf": ratio(f"b{bsz}_grouped_eager_round4_zipf", f"b{bsz}_base_eager"),
+            "grouped_graphed_round4_zipf": ratio(f"b{bsz}_grouped_graphed_round4_zipf", f"b{bsz}_base_graphed"),
+            "grouped_graphed_nopdl": ratio(f"b{bsz}_grouped_graphed_nopdl", f"b{bsz}_base_graphed"),
             "grouped_eager_nooverlap": ratio(f"b{bsz}_grouped_eager_nooverlap", f"b{bsz}_base_eager"),
             "grouped_eager_overlap": ratio(f"b{bsz}_grouped_eager_overlap", f"b{bsz}_base_eager"),
             "grouped_graphed_nooverlap": ratio(f"b{bsz}_grouped_graphed_nooverlap", f"b{bsz}_base_graphed"),
@@ -972,6 +1012,15 @@ def peft_section(res, model, batches, args, t_start):
     save(res, args.out)
 
 
+def parse_configs(text: str) -> list[dict]:
+    """'k=v,k=v;k=v' -> [{k: int(v), ...}, ...] (fused_linear.config overrides)."""
+    out = []
+    for part in text.split(";"):
+        if part.strip():
+            out.append({k.strip(): int(v) for k, v in (kv.split("=") for kv in part.split(","))})
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 def save(res: dict, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -1006,6 +1055,9 @@ def main() -> None:
     ap.add_argument("--eager-repeats", type=int, default=2,
                     help="extra back-to-back base/grouped eager pairs per batch (eager noise)")
     ap.add_argument("--skip-serving", action="store_true", help="skip the AtomLinear serving-layer section")
+    ap.add_argument("--fused-configs", default="",
+                    help="tile overrides of the fused linear tried in the serving-layer section, e.g. "
+                         "'block_n=32,block_k=256,stages=4;block_n=64,block_k=128'")
     ap.add_argument("--carveouts", default="",
                     help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
@@ -1045,7 +1097,8 @@ def main() -> None:
                             t_start, args.time_budget)
             save(res, args.out)
         if not args.skip_serving and DEV == "cuda":
-            serving_layers(res, bw, carveouts=[int(c) for c in args.carveouts.split(",") if c])
+            serving_layers(res, bw, carveouts=[int(c) for c in args.carveouts.split(",") if c],
+                           fused_configs=parse_configs(args.fused_configs))
             save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():

@@ -648,7 +648,8 @@ def _replay_record(ck):
         return False
 
 
-def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages: int, device_index: int):
+def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages: int, device_index: int,
+            pdl: bool = False):
     """Launch `kernel`; after the first launch of a specialization, straight through its compiled launcher.
 
     Triton's own per-call dispatch (binding, specialization, cache key, launch metadata) costs
@@ -658,9 +659,12 @@ def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages:
     would pick. Pointers are passed as integers (no driver query per pointer). Returns the
     replay record (for the per-call cache of compose_delta_triton) or None.
     Set DOC2ATOM_TRITON_FAST_LAUNCH=0 to always go through Triton.
+    pdl: launch with programmatic dependent launch (the kernel may start while the previous
+    kernel on the stream still runs; it must call gdc_wait before reading that kernel's output).
     """
+    extra = {"launch_pdl": True} if pdl else {}
     if not _FAST_LAUNCH:
-        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages, **extra)
         return None
     vals, spec = [], []
     for a in args:
@@ -671,17 +675,17 @@ def _launch(kernel, grid, args: tuple, consts: dict, num_warps: int, num_stages:
         else:
             vals.append(a)
             spec.append(a)
-    key = (kernel, num_warps, num_stages, tuple(consts.values()), tuple(spec))
+    key = (kernel, num_warps, num_stages, tuple(consts.values()), tuple(spec), pdl)
     rec = _compiled.get(key)
     if rec is None:
-        ck = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        ck = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages, **extra)
         usable = list(kernel.arg_names) == list(kernel.arg_names[: len(args)]) + list(consts)
         if len(_compiled) > 8192:
             _compiled.clear()
         _compiled[key] = rec = _replay_record(ck) if usable else False
         return rec or None
     if rec is False or _hooks_active():
-        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages, **extra)
         return None
     fn, mid = rec
     fn(grid[0], grid[1], grid[2], torch._C._cuda_getCurrentRawStream(device_index), *mid, *vals, *consts.values())
