@@ -1,5 +1,9 @@
 """Baseline of `doc2atom eval` on the SQuAD 2.0 "Rhine" article: base, context and atoms
-modes, router recall and the composition curve, with wall time per mode.
+modes, router recall, the composition curve (with and without the router's gate) and the
+leakage test on general questions, with wall time per mode.
+
+The same script runs the fictional sample corpus (`--dataset data/sample_questions.json --format questions
+--kb .kb/sample --out bench/results/eval_sample.json`).
 
 Run (CPU; the first run compiles the article's ~210 atoms into --kb, later runs reuse them):
     flock /tmp/doc2atom-cpu.lock env OMP_NUM_THREADS=2 PYTHONPATH=. \
@@ -58,7 +62,12 @@ def main() -> int:
     ap.add_argument("--dataset", default=str(DATASET))
     ap.add_argument("--kb", default=str(ROOT / ".kb" / "rhine"))
     ap.add_argument("--modes", default="base,context,atoms")
+    ap.add_argument("--format", default="squad", choices=["squad", "hotpot", "questions"])
     ap.add_argument("--compose-k", default="1,2,4,8")
+    ap.add_argument("--gate", default="both", choices=["on", "off", "both"])
+    ap.add_argument("--general", default=str(ROOT / "data" / "general_questions.json"),
+                    help="general questions for the leakage test ('' = none)")
+    ap.add_argument("--leak-n", default="1,8")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_rhine.json"))
@@ -81,18 +90,23 @@ def main() -> int:
     dataset = Path(args.dataset)
     if args.paragraphs:
         dataset = _first_paragraphs(dataset, args.paragraphs)
+    from serving.evaluate.datasets import read_general
+
     cfg = EvalConfig(modes=args.modes.split(","), compose_k=[int(k) for k in args.compose_k.split(",")],
+                     gate=args.gate, general=read_general(args.general) if args.general else [],
+                     leak_n=[int(k) for k in args.leak_n.split(",")],
                      limit=args.limit, batch_size=args.batch_size, short=short_answer,
                      save=Path(args.save) if args.save else None)
     kb = KnowledgeBase(args.kb)
     t0 = time.time()
     commit, dirty = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "-uno").splitlines()  # as the run starts
-    result = evaluate(kb, read_dataset(dataset, "squad"), cfg)
+    result = evaluate(kb, read_dataset(dataset, args.format), cfg)
     out = {
-        "bench": "eval_rhine",
+        "bench": Path(args.out).stem,
         "command": " ".join(["bench/eval_rhine.py", *sys.argv[1:]]),
-        "equivalent_cli": (f"doc2atom eval {dataset.name} --format squad --kb {args.kb} "
-                           f"--modes {args.modes} --compose-k {args.compose_k}"
+        "equivalent_cli": (f"doc2atom eval {dataset.name} --format {args.format} --kb {args.kb} "
+                           f"--modes {args.modes} --compose-k {args.compose_k} --gate {args.gate}"
+                           + (f" --general {Path(args.general).name} --leak-n {args.leak_n}" if args.general else "")
                            + (f" --limit {args.limit}" if args.limit else "") + " --json"),
         "note": args.note,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
@@ -101,7 +115,8 @@ def main() -> int:
                     "platform": platform.platform()},
         "versions": {"doc2atom": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-        "settings": {"modes": cfg.modes, "compose_k": cfg.compose_k, "limit": cfg.limit, "seed": cfg.seed,
+        "settings": {"modes": cfg.modes, "compose_k": cfg.compose_k, "gate": cfg.gate, "leak_n": cfg.leak_n,
+                     "general_questions": len(cfg.general), "limit": cfg.limit, "seed": cfg.seed,
                      "top_k": cfg.top_k, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
                      "short_answer": "serving.evaluate.short.short_answer (reported beside raw scores)",
                      "router": kb.router_config.model_dump(), "compile": kb.compile_config.model_dump(),

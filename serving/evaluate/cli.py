@@ -26,9 +26,10 @@ def _int_list(s: str) -> list[int]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="measure every mode, the router and composition on a QA set "
-                                           "(SQuAD or HotpotQA JSON)")
+                                           "(SQuAD, HotpotQA or doc2atom questions JSON)")
     p.add_argument("dataset", metavar="DATASET", help="SQuAD 1.1/2.0 or HotpotQA JSON file")
-    p.add_argument("--format", default="squad", choices=["squad", "hotpot"], help="dataset format (default squad)")
+    p.add_argument("--format", default="squad", choices=["squad", "hotpot", "questions"],
+                   help="dataset format (default squad; questions: doc2atom's own, e.g. data/sample_questions.json)")
     p.add_argument("--modes", default="base,context,atoms",
                    help="comma-separated ask modes: base,context,atoms,hybrid (default base,context,atoms)")
     p.add_argument("--compose-k", type=_int_list, default=[], metavar="K,K,...",

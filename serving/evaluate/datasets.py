@@ -22,7 +22,7 @@ from doc2atom import errors
 from doc2atom.readers import document_from_text
 from doc2atom.schemas import Document
 
-FORMATS = ("squad", "hotpot")
+FORMATS = ("squad", "hotpot", "questions")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class EvalSet:
     def docs_for(self, questions: list[EvalQuestion]) -> list[Document]:
         """The documents the given questions need: their own paragraphs for SQuAD, every context
         paragraph (supporting and distractor) for HotpotQA, in dataset order."""
+        if self.format == "questions":
+            return list(self.documents)  # the corpus is the knowledge base, whichever questions are asked
         want = {d for q in questions for d in (q.docs if self.format == "squad" else self._context[q.id])}
         return [d for d in self.documents if d.id in want]
 
@@ -65,11 +67,11 @@ def _load_json(path: Path):
         raise errors.not_utf8(str(path), e.start) from None
     except json.JSONDecodeError as e:
         raise errors.InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); "
-                                f"eval reads SQuAD or HotpotQA JSON files.") from None
+                                f"eval reads SQuAD, HotpotQA or doc2atom questions JSON files.") from None
 
 
 def _bad(path: Path, fmt: str, where: str, what: str) -> errors.InputError:
-    return errors.InputError(f"{path}: {where}: {what}; is this a {fmt} file? (pass --format squad|hotpot)")
+    return errors.InputError(f"{path}: {where}: {what}; is this a {fmt} file? (pass --format squad|hotpot|questions)")
 
 
 def read_squad(path: str | Path) -> EvalSet:
@@ -153,10 +155,48 @@ def read_hotpot(path: str | Path) -> EvalSet:
     return out
 
 
+def read_questions(path: str | Path) -> EvalSet:
+    """doc2atom's own question sets over a folder of documents (data/sample_questions.json):
+    {"corpus": folder relative to the file, "questions": [{"question", "answers", "docs": [file names],
+    "kind"}]}. The folder's files are read as `ingest` reads them; a question of kind "out_of_scope" (or
+    with no answers) must be refused; "kind" is reported as the question type."""
+    from doc2atom.readers import expand_paths, read_file
+
+    path = Path(path)
+    obj = _load_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("corpus"), str) or not isinstance(obj.get("questions"), list):
+        raise _bad(path, "questions", "top level", 'expected an object with "corpus" (a folder) and "questions"')
+    folder = (path.parent / obj["corpus"]).resolve()
+    if not folder.is_dir():
+        raise errors.InputError(f"{path}: corpus folder {folder} does not exist")
+    docs: list[Document] = []
+    by_file: dict[str, list[str]] = {}
+    for f in expand_paths([str(folder)]):
+        for d in read_file(f):
+            docs.append(d)
+            by_file.setdefault(f.name, []).append(d.id)
+    qs: list[EvalQuestion] = []
+    for n, item in enumerate(obj["questions"]):
+        where = f"questions[{n}]"
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
+            raise _bad(path, "questions", where, 'expected "question" (text)')
+        answers = [a for a in item.get("answers", []) if isinstance(a, str) and a.strip()]
+        kind = str(item.get("kind", "")) or None
+        impossible = kind == "out_of_scope" or not answers
+        own = []
+        for name in item.get("docs", []) or []:
+            if name not in by_file:
+                raise _bad(path, "questions", where, f"document {name!r} is not in {folder}")
+            own += by_file[name]
+        qs.append(EvalQuestion(id=str(item.get("id", n)), question=item["question"].strip(),
+                               answers=[] if impossible else answers, impossible=impossible, docs=own, type=kind))
+    return EvalSet(name=path.name, format="questions", documents=docs, questions=qs)
+
+
 def read_dataset(path: str | Path, fmt: str) -> EvalSet:
     if fmt not in FORMATS:
         raise errors.InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return read_squad(path) if fmt == "squad" else read_hotpot(path)
+    return {"squad": read_squad, "hotpot": read_hotpot, "questions": read_questions}[fmt](path)
 
 
 def read_general(path: str | Path) -> list[str]:
@@ -183,5 +223,5 @@ def subsample(questions: list[EvalQuestion], limit: int | None) -> list[EvalQues
     return [questions[int(i * step)] for i in range(limit)]
 
 
-__all__ = ["FORMATS", "EvalQuestion", "EvalSet", "doc_key", "read_dataset", "read_general", "read_hotpot", "read_squad",
+__all__ = ["FORMATS", "EvalQuestion", "EvalSet", "doc_key", "read_dataset", "read_general", "read_hotpot", "read_questions", "read_squad",
            "subsample"]

@@ -108,7 +108,7 @@ def router_recall(kb, questions: list[EvalQuestion], doc_of: dict[int, list[str]
         docs = [_as_list(doc_of.get(i)) for i in r.ids]
         found = {d for ds in docs for d in ds}
         h1 = bool(docs) and any(d in q.docs for d in docs[0])
-        h8 = set(q.docs) <= found if fmt == "hotpot" else any(d in q.docs for d in found)
+        h8 = set(q.docs) <= found if fmt in ("hotpot", "questions") else any(d in q.docs for d in found)
         hit1 += h1
         hit8 += h8
         rows.append({"id": q.id, "routed": [atom_id(i) for i in r.ids], "best": round(r.best, 4),
@@ -267,11 +267,12 @@ def _composition(kb, data: EvalSet, questions: list[EvalQuestion], by_doc: dict[
     question's routed atoms are composed with k-1 random unrelated atoms."""
     qs = [q for q in questions if not q.impossible]
     ks = sorted(set(cfg.compose_k))
-    out = {"k": ks, "accuracy": [], "f1": [], "n": len(qs)}
+    out = {"k": ks, "accuracy": [], "f1": [], "applied": [], "n": len(qs)}
     rows: list[dict] = []
     if not qs:
         out["accuracy"] = [None] * len(ks)
         out["f1"] = [None] * len(ks)
+        out["applied"] = [None] * len(ks)
         return out, rows
     routes = kb.route([q.question for q in qs], top_k=cfg.top_k)  # the same decisions ask_many makes
     draws = []
@@ -294,6 +295,7 @@ def _composition(kb, data: EvalSet, questions: list[EvalQuestion], by_doc: dict[
                          "acc": ca, "f1": cf})
         out["accuracy"].append(round(acc / len(qs), 4))
         out["f1"].append(round(f / len(qs), 4))
+        out["applied"].append(round(sum(len(a.atoms) for a in answers) / len(qs), 3))  # atoms composed, mean
     return out, rows
 
 
@@ -330,11 +332,12 @@ def table(result: dict) -> str:
     c = result["composition"]
     if c["k"]:
         gate = "" if c.get("gate", True) else ", gate off"
-        lines.append(f"composition (atoms-mode acc with k-1 unrelated atoms{gate}): "
-                     + "  ".join(f"k={k}: {pct(a)}" for k, a in zip(c["k"], c["accuracy"])))
+        lines.append(f"composition (atoms-mode acc with k-1 unrelated atoms{gate}; atoms applied): "
+                     + "  ".join(f"k={k}: {pct(a)} ({n})" for k, a, n in zip(c["k"], c["accuracy"], c.get("applied", c["k"]))))
     cu = result.get("composition_ungated")
     if cu and cu["k"]:
-        lines.append("composition, gate off: " + "  ".join(f"k={k}: {pct(a)}" for k, a in zip(cu["k"], cu["accuracy"])))
+        lines.append("composition, gate off: " + "  ".join(f"k={k}: {pct(a)} ({n})"
+                                                           for k, a, n in zip(cu["k"], cu["accuracy"], cu["applied"])))
     lk = result.get("leakage")
     if lk:
         for key in ("gated", "ungated"):

@@ -116,3 +116,41 @@ def test_subsample_spreads_evenly():
 ])
 def test_short_answer_extraction(nlp, question, reply, want):
     assert short_answer(question, reply, nlp) == want
+
+
+def test_questions_format_reads_the_sample_corpus():
+    from pathlib import Path
+
+    from serving.evaluate.datasets import read_dataset
+
+    path = Path(__file__).resolve().parents[2] / "data" / "sample_questions.json"
+    data = read_dataset(path, "questions")
+    assert data.format == "questions" and len(data.documents) >= 5
+    kinds = {q.type for q in data.questions}
+    assert {"direct", "paraphrase", "multihop", "out_of_scope"} <= kinds
+    oos = [q for q in data.questions if q.type == "out_of_scope"]
+    assert oos and all(q.impossible and not q.answers and not q.docs for q in oos)
+    hop = [q for q in data.questions if q.type == "multihop" and len(q.docs) >= 2]
+    ids = {d.id for d in data.documents}
+    assert hop and all(set(q.docs) <= ids for q in data.questions)
+    assert data.docs_for(data.questions[:1]) == data.documents  # the whole corpus is ingested
+
+
+def test_questions_format_rejects_unknown_documents(tmp_path):
+    import json
+
+    import pytest
+
+    from doc2atom import errors
+    from serving.evaluate.datasets import read_dataset
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.md").write_text("# A\n\nThe Arlen stone was found in 1901.\n")
+    f = tmp_path / "q.json"
+    f.write_text(json.dumps({"corpus": "c", "questions": [{"question": "When?", "answers": ["1901"],
+                                                             "docs": ["missing.md"]}]}))
+    with pytest.raises(errors.InputError, match="missing.md"):
+        read_dataset(f, "questions")
+    f.write_text(json.dumps({"corpus": "nowhere", "questions": []}))
+    with pytest.raises(errors.InputError, match="does not exist"):
+        read_dataset(f, "questions")

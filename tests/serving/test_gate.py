@@ -96,6 +96,7 @@ def test_eval_reports_gated_and_ungated_composition_and_leakage(kb):
     res = evaluate(kb, data, cfg)
     assert res["composition"]["gate"] is True and res["composition_ungated"]["gate"] is False
     assert res["composition"]["accuracy"][0] == res["composition_ungated"]["accuracy"][0]  # k=1: nothing added
+    assert res["composition_ungated"]["applied"][1] > res["composition_ungated"]["applied"][0]
     lk = res["leakage"]
     assert lk["n"] == [1, 2] and lk["questions"] == 3
     assert lk["ungated"]["applied"] == [1.0, 2.0]
