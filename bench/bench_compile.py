@@ -127,7 +127,12 @@ RECIPES: dict[str, dict] = {"default": {}, **{k: {**_V2, **v} for k, v in _OLD.i
 # variants of the current default (fields on top of CompileConfig's defaults): more questions a step, which
 # trades rows per step (the CPU's cost) for steps per atom (the GPU's cost)
 RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"questions_per_step": 4},
-                "default_t05": {"target_prob": 0.5}})
+                "default_t05": {"target_prob": 0.5},
+                # one chunk for the whole 4096-atom throughput run on a GPU (the bench's GPU default is 1024 a chunk)
+                "default_b4096": {"batch_atoms": 4096}})
+
+# bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
+PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0}
 
 
 # ---------------------------------------------------------------------------------------- prepare
@@ -342,8 +347,12 @@ def run_recipe(b: Bench, task: dict, recipe: str, ks: list[int], seed: int, limi
     return row
 
 
-def throughput(b: Bench, task: dict, recipe: str, n: int) -> dict:
-    """atoms/s compiling n atoms (copies of the task's atoms) in one batched compile, and the FLOPs it spent."""
+def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False) -> dict:
+    """atoms/s compiling n atoms (copies of the task's atoms) in one batched compile, and the FLOPs it spent.
+
+    phases: also record the wall seconds of each compile phase (compiler.train.PHASE_TIMES; the device is
+    synchronised at each phase boundary, which the loop's one sync a step already nearly does)."""
+    from compiler import train as ctrain
     from compiler.lora import first_layer, target_names
 
     fields = dict(RECIPES[recipe])
@@ -353,7 +362,12 @@ def throughput(b: Bench, task: dict, recipe: str, n: int) -> dict:
     reps = (n + len(task["atoms"]) - 1) // len(task["atoms"])
     big = {"atoms": (task["atoms"] * reps)[:n]}
     compile_task(b, {"atoms": big["atoms"][:min(n, 64)]}, fields, recipe)  # warm-up (kernels, allocator)
-    weights, stats, secs = compile_task(b, big, fields, recipe)
+    ctrain.PHASE_TIMES = {} if phases else None
+    try:
+        weights, stats, secs = compile_task(b, big, fields, recipe)
+        phase_s = dict(ctrain.PHASE_TIMES or {})
+    finally:
+        ctrain.PHASE_TIMES = None
     # FLOPs: frozen weights need no weight gradient, so a token costs 2P forward + 2P input-gradient in the
     # layers with atoms, 2P (forward only, once) below them, and the LM head 4*V*d per answer token.
     from compiler.config import CompileConfig
@@ -373,10 +387,20 @@ def throughput(b: Bench, task: dict, recipe: str, n: int) -> dict:
     rows_per_step = cfg.questions_per_step
     upper = 4 * per_layer * (n_layers - L) * seq + 4 * V * d * ans_len
     flops = steps * rows_per_step * upper + len(stats) * cfg.questions * 2 * per_layer * L * seq
-    return {"task": task["task"], "recipe": recipe, "fields": fields, "atoms": n, "seconds": round(secs, 2),
-            "atoms_per_s": round(n / secs, 2), "mean_steps": round(steps / len(stats), 2),
-            "est_tflop": round(flops / 1e12, 2), "est_tflop_per_s": round(flops / 1e12 / secs, 2),
-            "note": "FLOPs estimated from mean sequence lengths of the first 32 atoms; attention FLOPs ignored"}
+    if cfg.init_a == "data":  # one forward of the layers with atoms over every question
+        flops += len(stats) * cfg.questions * 2 * per_layer * (n_layers - L) * seq
+    row = {"task": task["task"], "recipe": recipe, "fields": fields, "atoms": n, "seconds": round(secs, 2),
+           "atoms_per_s": round(n / secs, 2), "mean_steps": round(steps / len(stats), 2),
+           "est_tflop": round(flops / 1e12, 2), "est_tflop_per_s": round(flops / 1e12 / secs, 2),
+           "note": "FLOPs estimated from mean sequence lengths of the first 32 atoms; attention FLOPs ignored"}
+    peak = PEAK_TFLOPS.get(_machine(b.device)["gpu"] or "")
+    if peak:  # the rate if every estimated FLOP ran at the bf16 dense peak
+        row["peak_tflop_per_s"] = peak
+        row["flop_limit_atoms_per_s"] = round(n / (flops / 1e12 / peak), 1)
+        row["mfu"] = round(flops / 1e12 / secs / peak, 4)
+    if phases:
+        row["phases_s"] = {k: round(v, 3) for k, v in sorted(phase_s.items(), key=lambda kv: -kv[1])}
+    return row
 
 
 def run(args) -> None:
@@ -424,13 +448,37 @@ def run(args) -> None:
             save()
         for n in ([int(x) for x in args.throughput.split(",")] if args.throughput else []):
             for recipe in (args.throughput_recipes or "default").split(","):
-                r = throughput(b, task, recipe, n)
+                r = throughput(b, task, recipe, n, args.phases)
                 r["git"] = result["git"]
                 r["machine"] = result["machine"]
                 keep_old(tp.get((tname, recipe, n)), "throughput")
                 tp[(tname, recipe, n)] = r
                 print(json.dumps(r), flush=True)
                 save()
+
+
+def init_bench(args) -> None:
+    """Seconds of the data init's subspace iteration (compiler.train._top_directions) on a chunk-sized batch, with
+    Gram-Schmidt (the default) and with torch.linalg.qr (the plain path), per target module; printed as JSON."""
+    import torch
+
+    from compiler.train import _top_directions
+    from doc2atom.models import resolve_device
+
+    device = resolve_device(args.device)
+    g = torch.Generator(device=device).manual_seed(0)
+    out = {"device": device, "gpu": _machine(device)["gpu"], "git": _git(), "M": args.atoms, "n": args.rows,
+           "d": args.d_in, "r": args.rank}
+    X = torch.randn(args.atoms, args.rows, args.d_in, generator=g, device=device)
+    for method in ("gs", "qr"):
+        _top_directions(X, args.rank, method=method)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(args.repeat):
+            _top_directions(X, args.rank, method=method)
+        _sync(device)
+        out[f"{method}_s_per_module"] = round((time.perf_counter() - t) / args.repeat, 5)
+    print(json.dumps(out), flush=True)
 
 
 def main() -> None:
@@ -449,9 +497,17 @@ def main() -> None:
     r.add_argument("--limit-atoms", type=int, default=None)
     r.add_argument("--throughput", default="", help="comma list of atom counts for the throughput measurement")
     r.add_argument("--throughput-recipes", default="default")
+    r.add_argument("--phases", action="store_true", help="throughput rows also record wall seconds per compile phase")
     r.add_argument("--out", default=None)
+    i = sub.add_parser("init-bench", help="time the data init's subspace iteration, Gram-Schmidt vs QR")
+    i.add_argument("--device", default="auto")
+    i.add_argument("--atoms", type=int, default=1024)
+    i.add_argument("--rows", type=int, default=96, help="answer-predicting rows per atom (6 questions x 16 tokens)")
+    i.add_argument("--d-in", type=int, default=1536, help="down_proj's input width in SmolLM2-135M")
+    i.add_argument("--rank", type=int, default=3)
+    i.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    prepare(args) if args.cmd == "prepare" else run(args)
+    {"prepare": prepare, "run": run, "init-bench": init_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,26 @@ from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
 
 
+PHASE_TIMES: dict[str, float] | None = None  # set to {} to collect wall seconds per compile phase (syncs the device)
+
+
+@contextlib.contextmanager
+def _phase(name: str, dev):
+    """Add this block's wall time to PHASE_TIMES[name] when collecting (the device is synchronised on both ends)."""
+    if PHASE_TIMES is None:
+        yield
+        return
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        PHASE_TIMES[name] = PHASE_TIMES.get(name, 0.0) + time.perf_counter() - t
+
+
 @dataclass
 class AtomExample:
     """What one atom is trained on: question prompts (token ids) and the answer (token ids).
@@ -51,11 +71,57 @@ class CompiledAtom:
 
 def make_examples(tok, texts: list[str], questions: list[list[str]],
                   answers: list[list[str]] | None = None) -> list[AtomExample]:
-    """Token ids of each atom's questions and answer(s); `answers[i][j]` answers questions[i][j] (distillation)."""
-    out = []
+    """Token ids of each atom's questions and answer(s); `answers[i][j]` answers questions[i][j] (distillation).
+
+    The same ids as doc2atom.prompts.prompt_ids / answer_ids, tokenised in a few batched calls (_prompt_ids_many)."""
+    flat = [q for qs in questions for q in qs]
+    pids = _prompt_ids_many(tok, flat)
+    aids = _answer_ids_many(tok, list(texts))
+    out, k = [], 0
     for i, (t, qs) in enumerate(zip(texts, questions)):
-        per_q = [answer_ids(tok, a) for a in answers[i]] if answers is not None else None
-        out.append(AtomExample([prompt_ids(tok, q) for q in qs], answer_ids(tok, t), per_q))
+        per_q = _answer_ids_many(tok, list(answers[i])) if answers is not None else None
+        out.append(AtomExample(pids[k:k + len(qs)], aids[i], per_q))
+        k += len(qs)
+    return out
+
+
+_SENTINEL = "\u2063doc2atom-question\u2063"
+
+
+def _prompt_ids_many(tok, questions: list[str]) -> list[list[int]]:
+    """prompt_ids(tok, q) for every q, fast: the chat template is rendered once around a sentinel and the filled-in
+    texts are tokenised in one batched call (rendering the template per question cost ~1 ms/atom).
+
+    Exact by construction where the template inserts the question verbatim (the rendered text is then the same
+    string, tokenised the same way, as apply_chat_template does); checked on the first and last question against
+    prompt_ids, with the per-question path as the fallback."""
+    if len(questions) < 4:
+        return [prompt_ids(tok, q) for q in questions]
+    try:
+        from doc2atom.prompts import messages
+
+        text = tok.apply_chat_template(messages(_SENTINEL), add_generation_prompt=True, tokenize=False)
+        if not isinstance(text, str) or text.count(_SENTINEL) != 1:
+            raise ValueError("sentinel not rendered once")
+        pre, post = text.split(_SENTINEL)
+        ids = tok([pre + q.strip() + post for q in questions], add_special_tokens=False)["input_ids"]
+        ids = [list(x) for x in ids]
+        for j in (0, len(questions) - 1):
+            if ids[j] != prompt_ids(tok, questions[j]):
+                raise ValueError("batched ids differ")
+        return ids
+    except Exception:  # any template the sentinel trick does not fit: the plain path
+        return [prompt_ids(tok, q) for q in questions]
+
+
+def _answer_ids_many(tok, answers: list[str]) -> list[list[int]]:
+    """answer_ids(tok, a) for every a, in one batched tokeniser call."""
+    if len(answers) < 4:
+        return [answer_ids(tok, a) for a in answers]
+    eos = answer_ids(tok, "")  # just the end-of-turn token (or nothing)
+    out = [list(x) + eos for x in tok(list(answers), add_special_tokens=False)["input_ids"]]
+    if out[0] != answer_ids(tok, answers[0]):
+        return [answer_ids(tok, a) for a in answers]
     return out
 
 
@@ -279,7 +345,9 @@ def compile_statements(model, tok, texts: list[str], questions: list[list[str]],
         from compiler.distill import teacher_answers
 
         answers, share = teacher_answers(model, tok, texts, questions)
-    out = compile_atoms(model, tok, make_examples(tok, texts, questions, answers), cfg, progress)
+    with _phase("tokenize", torch.device("cpu")):
+        examples = make_examples(tok, texts, questions, answers)
+    out = compile_atoms(model, tok, examples, cfg, progress)
     if answers is not None:
         for c, a, t in zip(out, answers, texts):
             c.stats["distilled_questions"] = sum(x != t for x in a)  # questions taught the teacher's answer
@@ -313,7 +381,7 @@ def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r:
         groups.append(cur_rows)
     state.clear()
     try:
-        with _matmul_mode(fast):
+        with _phase("init_forward", dev), _matmul_mode(fast):
             for part in groups:
                 h0, pos, _, trow = bank.batch(torch.tensor(part, device=dev), max(bank.seq_cpu[j] for j in part))
                 run_layers(model, h0, L, None)
@@ -324,9 +392,15 @@ def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r:
         for h in hooks:
             h.remove()
     atom = torch.cat(atoms)
-    # zero rows (atoms with fewer rows than the longest) leave the directions alone
-    return {n: _top_directions(_pack_by_atom(torch.cat(xs[n]), atom, M, r), r) / math.sqrt(3.0)  # uniform init's norm
-            for n in names}
+    out = {}
+    for n in names:
+        with _phase("init_pack", dev):
+            X = _pack_by_atom(torch.cat(xs[n]), atom, M, r)
+            xs[n] = []
+        with _phase("init_directions", dev):
+            # zero rows (atoms with fewer rows than the longest) leave the directions alone
+            out[n] = _top_directions(X, r) / math.sqrt(3.0)  # the uniform init's norm
+    return out
 
 
 def _pack_by_atom(x: torch.Tensor, atom: torch.Tensor, M: int, min_rows: int = 1) -> torch.Tensor:
@@ -342,21 +416,45 @@ def _pack_by_atom(x: torch.Tensor, atom: torch.Tensor, M: int, min_rows: int = 1
     return X
 
 
-def _top_directions(X: torch.Tensor, r: int, iters: int = 8) -> torch.Tensor:
+def _top_directions(X: torch.Tensor, r: int, iters: int = 8, method: str = "gs") -> torch.Tensor:
     """(M, r, d): orthonormal rows spanning (approximately) the top-r right singular vectors of each X[m] (n, d).
 
     Block subspace iteration on X^T X, batched over m: a few (n, d) products instead of M full SVDs
-    (a full SVD per atom and module cost more than the training steps it saved)."""
+    (a full SVD per atom and module cost more than the training steps it saved). Each iteration multiplies by
+    X^T X + c I (c = 1e-5 of the trace: the same eigenvectors, but a column outside X's row space stays a
+    direction rather than rounding noise) and re-orthonormalises the r columns: method "gs" by classical
+    Gram-Schmidt applied twice (a handful of batched element-wise ops for r <= 16), "qr" by torch.linalg.qr
+    (the plain path; on CUDA a batched QR of 1024 tall matrices was the slow part of the data init). The
+    final r x r Rayleigh-Ritz eigenproblem is solved on the CPU in float64."""
     M, n, d = X.shape
-    V = 1e-3 * torch.randn(M, d, r, generator=torch.Generator().manual_seed(0)).to(X)
+    g = torch.Generator(device=X.device).manual_seed(0)
+    V = 1e-3 * torch.randn(M, d, r, generator=g, device=X.device, dtype=X.dtype)
     k = min(n, r)
     V[:, :, :k] += X[:, :k].transpose(1, 2)  # start from the first rows (inside the row space), plus a little noise
+    c = (1e-5 * X.pow(2).sum((1, 2)))[:, None, None]  # (M, 1, 1)
+    Xt = X.transpose(1, 2)
     for _ in range(iters):
-        V = torch.linalg.qr(X.transpose(1, 2) @ (X @ V)).Q
+        Y = Xt @ (X @ V) + c * V
+        V = torch.linalg.qr(Y).Q if method == "qr" else _orthonormal_columns(Y)
     # order the columns by captured energy (Rayleigh-Ritz on the small r x r problem)
-    S = V.transpose(1, 2) @ (X.transpose(1, 2) @ (X @ V))
-    _, U = torch.linalg.eigh(S)
-    return (V @ U.flip(-1)).transpose(1, 2)
+    S = V.transpose(1, 2) @ (Xt @ (X @ V))
+    _, U = torch.linalg.eigh(S.double().cpu())
+    return (V @ U.flip(-1).to(V)).transpose(1, 2)
+
+
+def _orthonormal_columns(Y: torch.Tensor) -> torch.Tensor:
+    """(M, d, r) with orthonormal columns spanning Y's columns (M, d, r), column by column as QR's Q does (up to
+    signs): classical Gram-Schmidt, twice per column for orthogonality in float32."""
+    cols: list[torch.Tensor] = []
+    for j in range(Y.shape[2]):
+        v = Y[:, :, j]
+        for _ in range(2):
+            if cols:
+                Q = torch.stack(cols, 2)  # (M, d, j)
+                v = v - (Q @ (Q.transpose(1, 2) @ v[:, :, None]))[:, :, 0]
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        cols.append(v)
+    return torch.stack(cols, 2)
 
 
 def _next_questions(chunk, a: int, cfg: CompileConfig, rnd: random.Random, order, cursor) -> list[int]:
@@ -382,15 +480,62 @@ def _recent_above(chunk, a: int, cfg: CompileConfig, order, cursor, latest) -> b
     return all(latest[a].get(q, 0.0) >= cfg.target_prob for q in recent)
 
 
+class _Cycles:
+    """stop_questions > 0, vectorised over the atoms of a chunk: each atom's fixed question cycle, its cursor and
+    each question's latest min answer-token p. The same rows and decisions as _next_questions / _recent_above
+    (tested against them); a Python loop over 1024 atoms a step cost more host time than the GPU's step."""
+
+    def __init__(self, chunk, order: list[list[int]], cfg: CompileConfig):
+        M = len(chunk)
+        self.nq = torch.tensor([len(ex.prompts) for ex in chunk])
+        self.order = torch.zeros(M, int(self.nq.max()), dtype=torch.long)
+        for a, o in enumerate(order):
+            self.order[a, :len(o)] = torch.tensor(o)
+        self.cursor = torch.zeros(M, dtype=torch.long)
+        self.latest = torch.zeros(self.order.shape, dtype=torch.float64)  # unseen: 0.0, as latest[a].get(q, 0.0)
+        self.k = self.nq.clamp(max=cfg.questions_per_step)
+        self.ks = self.nq.clamp(max=cfg.stop_questions)
+        self.target = cfg.target_prob
+
+    def next_rows(self, act: torch.Tensor) -> list[tuple[int, int]]:
+        """[(atom, question)] of this step for the active atoms (ascending), each atom's next k questions."""
+        k, nq, cur = self.k[act], self.nq[act], self.cursor[act]
+        i = torch.arange(int(k.max()))[None]
+        q = self.order[act[:, None], (cur[:, None] + i) % nq[:, None]]
+        m = i < k[:, None]
+        self.cursor[act] += k
+        return list(zip(act[:, None].expand_as(q)[m].tolist(), q[m].tolist()))
+
+    def record(self, rows: list[tuple[int, int]], p: torch.Tensor) -> None:
+        """The latest min p of each (atom, question) row measured this step (rows in order; a later one wins)."""
+        if rows:
+            a = torch.tensor([r[0] for r in rows])
+            q = torch.tensor([r[1] for r in rows])
+            self.latest[a, q] = p.double()  # a row appears once a step (k <= questions), so no write conflict
+
+    def recent_above(self, act: torch.Tensor) -> torch.Tensor:
+        """(len(act),) bool: the latest p of each of the atom's last ks questions of its cycle >= target."""
+        ks, nq, cur = self.ks[act], self.nq[act], self.cursor[act]
+        j = torch.arange(int(ks.max()))[None]
+        q = self.order[act[:, None], (cur[:, None] - 1 - j) % nq[:, None]]
+        ok = (self.latest[act[:, None], q] >= self.target) | (j >= ks[:, None])
+        return ok.all(1) & (cur >= ks)
+
+
 def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast=None) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
     dev = next(model.parameters()).device
     params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # the data init overwrites A: skip drawing it (gen then draws nothing else, unless B starts nonzero)
+    draw_a = cfg.init_a != "data" or cfg.init_b_std > 0
     for name in names:
         d_in, d_out = shapes[name]
         bound = 1.0 / math.sqrt(d_in)
-        A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).to(dev).requires_grad_(True)
+        if draw_a:
+            A = (torch.rand(M, r, d_in, generator=gen) * 2 - 1).mul_(bound).to(dev).requires_grad_(True)
+        else:
+            A = torch.empty(M, r, d_in, device=dev).requires_grad_(True)
         if cfg.init_b_std > 0:
             B = (torch.randn(M, d_out, r, generator=gen) * cfg.init_b_std).to(dev).requires_grad_(True)
         else:
@@ -415,11 +560,12 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     state.clear()
     # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
-    key_row = {k: j for j, k in enumerate(keys)}
-    with _matmul_mode(fast):
+    with _phase("lower", dev), _matmul_mode(fast):
         lower = lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
                              cfg.max_tokens_per_step)
-    bank = _RowBank(lower, [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
+        bank = _RowBank(lower, [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys],
+                        dev)
+        del lower
     if cfg.init_a == "data":
         dirs = _input_directions(model, state, names, bank, [a for a, _ in keys], M, r, cfg.max_tokens_per_step, L,
                                  fast)
@@ -431,70 +577,85 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     negatives = _Negatives(model, tok, state, chunk, cfg, pad_id, L) if cfg.locality_weight > 0 else None
     # stop_questions > 0: each atom's fixed question cycle, its position, and each question's latest min p
     order = [rnd.sample(range(len(ex.prompts)), len(ex.prompts)) for ex in chunk] if cfg.stop_questions else []
-    cursor = [0] * M
-    latest: list[dict[int, float]] = [{} for _ in range(M)]
+    cyc = _Cycles(chunk, order, cfg) if cfg.stop_questions else None
+    cursor = [0] * M  # stop_questions 0 only (the cycles keep their own cursor)
+    off = [0] * M  # bank row of each atom's question 0
+    for a in range(1, M):
+        off[a] = off[a - 1] + len(chunk[a - 1].prompts)
+    tlen = bank.alen.float().cpu()  # answer tokens of each bank row
     while bool(active.any()):
-        act = active.nonzero().flatten().tolist()
-        rows = []
-        for a in act:
-            rows += [(a, q) for q in _next_questions(chunk, a, cfg, rnd, order, cursor)]
-        per_atom = torch.zeros(M, device=dev)
-        pmin = torch.ones(M, device=dev)
-        counts = torch.zeros(M)
-        for a, q in rows:
-            counts[a] += len(chunk[a].target(q))
-        counts = counts.to(dev)
-        composing = M > 1 and rnd.random() < cfg.compose_prob
-        for mb in _micro_batches(chunk, rows, cfg.max_tokens_per_step, cfg.sort_rows):
-            bank_rows = [key_row[r] for r in mb]
-            h0, pos, tgt, trow = bank.batch(torch.tensor(bank_rows, device=dev),
-                                            max(bank.seq_cpu[j] for j in bank_rows))
-            row_atom = torch.tensor([a for a, _ in mb])
-            idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
-            state.set(idx.to(dev), w.to(dev))
-            row_atom = row_atom.to(dev)
-            with torch.enable_grad(), _matmul_mode(fast):
-                state.pools = _pools(params, cfg.scale, frozen_copy=composing)
-                h = run_layers(model, h0, L, None, final_norm=True)
-                logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
-                logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
-                tok_atom = row_atom[trow]
-                # mean over each atom's answer tokens in this step, so each atom weighs the same
-                loss = (-logp / counts[tok_atom]).sum()
-                loss.backward()
-            with torch.no_grad():
-                per_atom.index_add_(0, tok_atom, -logp.detach())
-                pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
-                if cfg.stop_questions:
-                    prow = torch.ones(len(mb), device=dev).scatter_reduce(0, trow, logp.detach().exp(), reduce="amin",
-                                                                          include_self=True).tolist()
-                    for (a, q), p in zip(mb, prow):
-                        latest[a][q] = p
+        with _phase("step_host", dev):
+            act_t = active.nonzero().flatten()
+            act = act_t.tolist()
+            if cyc is not None:
+                rows = cyc.next_rows(act_t)
+            else:
+                rows = []
+                for a in act:
+                    rows += [(a, q) for q in _next_questions(chunk, a, cfg, rnd, order, cursor)]
+            ra = torch.tensor([a for a, _ in rows], dtype=torch.long)
+            per_atom = torch.zeros(M, device=dev)
+            pmin = torch.ones(M, device=dev)
+            counts = torch.zeros(M).index_add_(0, ra, tlen[torch.tensor([off[a] + q for a, q in rows])])
+            counts = counts.to(dev)
+            composing = M > 1 and rnd.random() < cfg.compose_prob
+            prows, seen = [], []  # each row's min answer-token p (device) and its (atom, question)
+            mbs = _micro_batches(chunk, rows, cfg.max_tokens_per_step, cfg.sort_rows)
+        for mb in mbs:
+            with _phase("step_fwd_bwd", dev):
+                bank_rows = [off[a] + q for a, q in mb]
+                h0, pos, tgt, trow = bank.batch(torch.tensor(bank_rows, device=dev),
+                                                max(bank.seq_cpu[j] for j in bank_rows))
+                row_atom = torch.tensor([a for a, _ in mb])
+                idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
+                state.set(idx.to(dev), w.to(dev))
+                row_atom = row_atom.to(dev)
+                with torch.enable_grad(), _matmul_mode(fast):
+                    state.pools = _pools(params, cfg.scale, frozen_copy=composing)
+                    h = run_layers(model, h0, L, None, final_norm=True)
+                    logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
+                    logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
+                    tok_atom = row_atom[trow]
+                    # mean over each atom's answer tokens in this step, so each atom weighs the same
+                    loss = (-logp / counts[tok_atom]).sum()
+                    loss.backward()
+                with torch.no_grad():
+                    per_atom.index_add_(0, tok_atom, -logp.detach())
+                    pmin = pmin.scatter_reduce(0, tok_atom, logp.detach().exp(), reduce="amin", include_self=True)
+                    if cyc is not None:
+                        prows.append(torch.ones(len(mb), device=dev).scatter_reduce(
+                            0, trow, logp.detach().exp(), reduce="amin", include_self=True))
+                        seen += mb
         if cfg.locality_weight > 0:
-            _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L, fast)
+            with _phase("step_locality", dev):
+                _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L, fast)
         state.clear()
-        with torch.no_grad():
-            last_p[act] = pmin[act].cpu()
-            last_loss[act] = (per_atom[act] / counts[act]).cpu()
-        steps[act] += 1
-        boost = None
-        if cfg.warm_lr_steps > 0 and cfg.warm_lr_factor != 1.0:
-            boost = torch.where(steps <= cfg.warm_lr_steps, cfg.warm_lr_factor, 1.0).to(dev)
-        opt.step(active.to(dev), steps.to(dev), boost)
-        if bases is not None:
-            for n, (A, _) in params.items():
-                project_out(A.data, bases[n])
-        for a in act:
-            above = (_recent_above(chunk, a, cfg, order, cursor, latest) if cfg.stop_questions
-                     else last_p[a] >= cfg.target_prob)
-            if reached[a] < 0 and above and steps[a] >= cfg.min_steps:
-                reached[a] = steps[a]
-            done_extra = reached[a] >= 0 and steps[a] >= reached[a] + cfg.extra_steps
-            if done_extra or steps[a] >= cfg.max_steps:
-                active[a] = False
+        with _phase("step_host", dev), torch.no_grad():
+            # one device-to-host copy a step: min p and mean loss of every atom, min p of every row
+            got = torch.cat([pmin, per_atom / counts] + prows).cpu()
+            last_p[act_t] = got[:M][act_t]
+            last_loss[act_t] = got[M:2 * M][act_t]
+            if cyc is not None:
+                cyc.record(seen, got[2 * M:])
+            steps[act_t] += 1
+            boost = None
+            if cfg.warm_lr_steps > 0 and cfg.warm_lr_factor != 1.0:
+                boost = torch.where(steps <= cfg.warm_lr_steps, cfg.warm_lr_factor, 1.0).to(dev)
+        with _phase("step_opt", dev):
+            opt.step(active.to(dev), steps.to(dev), boost)
+            if bases is not None:
+                for n, (A, _) in params.items():
+                    project_out(A.data, bases[n])
+        with _phase("step_host", dev):
+            above = cyc.recent_above(act_t) if cyc is not None else last_p[act_t] >= cfg.target_prob
+            st, re = steps[act_t], reached[act_t]
+            re = torch.where((re < 0) & above & (st >= cfg.min_steps), st, re)
+            reached[act_t] = re
+            done = ((re >= 0) & (st >= re + cfg.extra_steps)) | (st >= cfg.max_steps)
+            active[act_t[done]] = False
     secs = (time.perf_counter() - t0) / M
     res = []
-    with torch.no_grad():
+    with _phase("finish", dev), torch.no_grad():
         host = {n: (A.detach().float().cpu(), (B * cfg.scale).detach().float().cpu()) for n, (A, B) in params.items()}
         for a in range(M):
             w = {n: (A[a].clone(), B[a].clone()) for n, (A, B) in host.items()}

@@ -1,0 +1,106 @@
+"""The throughput paths of the compile loop against the plain paths they replaced: batched tokenisation,
+the vectorised question cycles, Gram-Schmidt in the data init, and the phase timer."""
+
+import random
+
+import torch
+
+from compiler import train
+from compiler.config import CompileConfig
+from compiler.train import (_answer_ids_many, _Cycles, _next_questions, _orthonormal_columns, _prompt_ids_many,
+                            _recent_above, _top_directions, compile_atoms, make_examples)
+from doc2atom.models import load_base
+from doc2atom.prompts import answer_ids, prompt_ids
+
+
+def test_batched_prompt_and_answer_ids_equal_the_per_question_ones(tiny_base):
+    _, tok = load_base(str(tiny_base))
+    qs = ["What is alpha?", "  Tell me of beta.  ", "Ga?", "", "Why? é ü 東京", "A\nnew line?"]
+    assert _prompt_ids_many(tok, qs) == [prompt_ids(tok, q) for q in qs]
+    ans = ["Alpha is a letter.", "", "Beta é.", " x ", "Gamma."]
+    assert _answer_ids_many(tok, ans) == [answer_ids(tok, a) for a in ans]
+    ex = make_examples(tok, ans[:2], [qs[:3], qs[3:]], answers=[["a", "b", "c"], ["d", "e", "f"]])
+    assert ex[0].prompts == [prompt_ids(tok, q) for q in qs[:3]] and ex[1].answer == answer_ids(tok, ans[1])
+    assert ex[1].answers == [answer_ids(tok, a) for a in "def"]
+
+
+def test_batched_prompt_ids_fall_back_when_the_template_rewrites_the_question(tiny_base):
+    _, tok = load_base(str(tiny_base))
+    old = tok.chat_template
+    try:  # a template that upper-cases the content: the sentinel check fails, the plain path runs
+        tok.chat_template = old.replace("{{ m['content'] }}", "{{ m['content'] | upper }}")
+        qs = ["what is alpha?", "beta?", "gamma?", "delta?"]
+        assert _prompt_ids_many(tok, qs) == [prompt_ids(tok, q) for q in qs]
+    finally:
+        tok.chat_template = old
+
+
+def test_cycles_give_the_rows_and_decisions_of_the_per_atom_helpers():
+    """_Cycles (vectorised) against _next_questions / _recent_above over random question counts, steps and p."""
+    rnd = random.Random(0)
+    for trial in range(30):
+        M = rnd.randint(1, 9)
+
+        class Ex:
+            def __init__(self, n):
+                self.prompts = [[0]] * n
+
+        chunk = [Ex(rnd.randint(1, 6)) for _ in range(M)]
+        cfg = CompileConfig(questions=6, questions_per_step=rnd.randint(1, 4), stop_questions=rnd.randint(1, 6),
+                            target_prob=0.6)
+        order = [rnd.sample(range(len(ex.prompts)), len(ex.prompts)) for ex in chunk]
+        cyc = _Cycles(chunk, order, cfg)
+        cursor, latest = [0] * M, [{} for _ in range(M)]
+        active = list(range(M))
+        for step in range(8):
+            act = sorted(rnd.sample(active, rnd.randint(1, len(active))))
+            want = [(a, q) for a in act for q in _next_questions(chunk, a, cfg, rnd, order, cursor)]
+            got = cyc.next_rows(torch.tensor(act))
+            assert got == want, (trial, step)
+            p = torch.rand(len(got), generator=torch.Generator().manual_seed(trial * 100 + step))
+            for (a, q), v in zip(got, p.tolist()):
+                latest[a][q] = v
+            cyc.record(got, p)
+            ref = [_recent_above(chunk, a, cfg, order, cursor, latest) for a in act]
+            assert cyc.recent_above(torch.tensor(act)).tolist() == ref, (trial, step)
+
+
+def test_gram_schmidt_data_init_spans_what_qr_spans():
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(40, 40, generator=g)).Q
+    Vt = torch.linalg.qr(torch.randn(64, 64, generator=g)).Q.T
+    s = torch.tensor([50.0, 20.0, 8.0, 4.0] + [0.5] * 36)
+    X = torch.stack([U @ torch.diag(s) @ Vt[:40], 0.01 * U @ torch.diag(s.flip(0)) @ Vt[:40]])
+    for r in (1, 3, 4):
+        gs, qr = _top_directions(X, r), _top_directions(X, r, method="qr")
+        for m in range(2):
+            torch.testing.assert_close(gs[m] @ gs[m].T, torch.eye(r), atol=1e-5, rtol=0)
+            assert (gs[m] * qr[m]).sum(-1).abs().min() > 0.9999  # the same directions, up to sign
+    Y = torch.randn(5, 30, 4, generator=g)
+    Q = _orthonormal_columns(Y)
+    torch.testing.assert_close(Q.transpose(1, 2) @ Q, torch.eye(4).expand(5, 4, 4), atol=1e-5, rtol=0)
+    Qr = torch.linalg.qr(Y).Q
+    torch.testing.assert_close((Q * Qr).sum(1).abs(), torch.ones(5, 4), atol=1e-5, rtol=0)  # QR's Q up to signs
+    # fewer rows than the rank: still r orthonormal directions (the first ones X's own)
+    D = _top_directions(torch.randn(3, 2, 16, generator=g), 3)
+    torch.testing.assert_close(D @ D.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5, rtol=0)
+
+
+def test_phase_times_are_collected_only_when_asked(tiny_base):
+    model, tok = load_base(str(tiny_base))
+    ex = make_examples(tok, ["Alpha is a letter.", "Beta is a letter too."],
+                       [["What is alpha?", "Tell me of alpha."], ["What is beta?", "Tell me of beta."]])
+    cfg = CompileConfig(max_steps=2, min_steps=2, questions=2, batch_atoms=2, cpu_bf16=False)
+    assert train.PHASE_TIMES is None
+    plain = compile_atoms(model, tok, ex, cfg)
+    train.PHASE_TIMES = {}
+    try:
+        timed = compile_atoms(model, tok, ex, cfg)
+        got = dict(train.PHASE_TIMES)
+    finally:
+        train.PHASE_TIMES = None
+    assert {"lower", "init_forward", "init_directions", "step_fwd_bwd", "step_opt", "step_host"} <= set(got)
+    assert all(v >= 0 for v in got.values())
+    for a, b in zip(plain, timed):  # timing changes nothing
+        for n in a.weights:
+            assert torch.equal(a.weights[n][0], b.weights[n][0]) and torch.equal(a.weights[n][1], b.weights[n][1])
