@@ -50,15 +50,7 @@ def lower_states(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: 
 
     dev = next(model.parameters()).device
     out: list[torch.Tensor | None] = [None] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    groups: list[list[int]] = [[]]
-    for i in order:  # ascending length: the newest row is the longest of its group
-        if groups[-1] and len(seqs[i]) * (len(groups[-1]) + 1) > max_tokens:
-            groups.append([])
-        groups[-1].append(i)
-    for part in groups:
-        if not part:
-            continue
+    for part in _length_groups(seqs, max_tokens):
         ids, _ = pad([seqs[i] for i in part], pad_id)
         h = model.model.embed_tokens(ids.to(dev))
         if L > 0:
@@ -66,6 +58,39 @@ def lower_states(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: 
         for j, i in enumerate(part):
             out[i] = h[j, :len(seqs[i])].clone()
     return out  # type: ignore[return-value]
+
+
+def _length_groups(seqs: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Indices of seqs in passes of at most max_tokens padded tokens, ascending length."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    groups: list[list[int]] = [[]]
+    for i in order:  # ascending length: the newest row is the longest of its group
+        if groups[-1] and len(seqs[i]) * (len(groups[-1]) + 1) > max_tokens:
+            groups.append([])
+        groups[-1].append(i)
+    return [g for g in groups if g]
+
+
+@torch.no_grad()
+def lower_bank(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: int = 4096) -> torch.Tensor:
+    """stack_right(lower_states(...)) without a copy per sequence: (len(seqs), longest, d) on the model's device,
+    row i the hidden states entering layer L of seqs[i], zero beyond its length. Each pass is written in one op
+    (tens of thousands of per-sequence copies cost seconds at a 4096-atom chunk on a GPU)."""
+    dev = next(model.parameters()).device
+    lens = torch.tensor([len(s) for s in seqs], device=dev)
+    out = None
+    for part in _length_groups(seqs, max_tokens):
+        T = max(len(seqs[i]) for i in part)
+        ids = torch.tensor([seqs[i] + [pad_id] * (T - len(seqs[i])) for i in part], dtype=torch.long)  # right padding
+        h = model.model.embed_tokens(ids.to(dev))
+        if L > 0:
+            h = run_layers(model, h, 0, L)
+        if out is None:
+            out = h.new_zeros(len(seqs), int(lens.max()), h.shape[-1])
+        rows = torch.tensor(part, device=dev)
+        keep = torch.arange(h.shape[1], device=dev)[None] < lens[rows][:, None]
+        out[rows, :h.shape[1]] = torch.where(keep[..., None], h, torch.zeros((), dtype=h.dtype, device=dev))
+    return out
 
 
 def stack_right(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_states, run_layers, stack_right
+from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_bank, lower_states, run_layers, stack_right
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -207,14 +207,21 @@ class _RowBank:
     """Every training sequence of a chunk, ready on the device: the hidden states entering layer L
     (right-padded), prompt and target lengths and target ids. A micro-batch is a gather, not a loop."""
 
-    def __init__(self, lower: list[torch.Tensor], prompt_lens: list[int], targets: list[list[int]], dev):
-        self.h = stack_right(lower)
-        self.seq = torch.tensor([t.shape[0] for t in lower], device=dev)
+    def __init__(self, lower: list[torch.Tensor] | torch.Tensor, prompt_lens: list[int], targets: list[list[int]],
+                 dev, seq_lens: list[int] | None = None):
+        """lower: each sequence's states (t_i, d), or them stacked already (layers.lower_bank) with seq_lens."""
+        if isinstance(lower, torch.Tensor):
+            self.h = lower
+            seq = list(seq_lens)
+        else:
+            self.h = stack_right(lower)
+            seq = [t.shape[0] for t in lower]
+        self.seq = torch.tensor(seq, device=dev)
         self.plen = torch.tensor(prompt_lens, device=dev)
         self.alen = torch.tensor([len(t) for t in targets], device=dev)
         A = max(len(t) for t in targets)
         self.tgt = torch.tensor([list(t) + [0] * (A - len(t)) for t in targets], dtype=torch.long, device=dev)
-        self.seq_cpu = [t.shape[0] for t in lower]
+        self.seq_cpu = seq
 
     def batch(self, rows: torch.Tensor, T: int):
         """(h (b, T, d), target positions (n, 2), target ids (n,), row of each target (n,)) for bank rows."""
@@ -561,11 +568,11 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
     with _phase("lower", dev), _matmul_mode(fast):
-        lower = lower_states(model, [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys], L, pad_id,
-                             cfg.max_tokens_per_step)
-        bank = _RowBank(lower, [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys],
-                        dev)
-        del lower
+        seqs = [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys]
+        bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step),
+                        [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev,
+                        seq_lens=[len(x) for x in seqs])
+        del seqs
     if cfg.init_a == "data":
         dirs = _input_directions(model, state, names, bank, [a for a, _ in keys], M, r, cfg.max_tokens_per_step, L,
                                  fast)
@@ -656,12 +663,15 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     secs = (time.perf_counter() - t0) / M
     res = []
     with _phase("finish", dev), torch.no_grad():
-        host = {n: (A.detach().float().cpu(), (B * cfg.scale).detach().float().cpu()) for n, (A, B) in params.items()}
+        # each atom's tensors are views of one host copy per module (unbind: no per-atom copy, ~80k of them
+        # cost seconds at 4096 atoms); the stats leave their tensors once
+        host = {n: (A.detach().float().cpu().unbind(0), (B * cfg.scale).detach().float().cpu().unbind(0))
+                for n, (A, B) in params.items()}
+        st, lp, ll, ok = steps.tolist(), last_p.tolist(), last_loss.tolist(), (reached >= 0).tolist()
         for a in range(M):
-            w = {n: (A[a].clone(), B[a].clone()) for n, (A, B) in host.items()}
-            res.append(CompiledAtom(w, {"steps": int(steps[a]), "min_answer_prob": round(float(last_p[a]), 4),
-                                        "loss": round(float(last_loss[a]), 4), "converged": bool(reached[a] >= 0),
-                                        "seconds": round(secs, 3)}))
+            w = {n: (As[a], Bs[a]) for n, (As, Bs) in host.items()}
+            res.append(CompiledAtom(w, {"steps": st[a], "min_answer_prob": round(lp[a], 4), "loss": round(ll[a], 4),
+                                        "converged": ok[a], "seconds": round(secs, 3)}))
     return res
 
 

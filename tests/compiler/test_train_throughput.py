@@ -104,3 +104,33 @@ def test_phase_times_are_collected_only_when_asked(tiny_base):
     for a, b in zip(plain, timed):  # timing changes nothing
         for n in a.weights:
             assert torch.equal(a.weights[n][0], b.weights[n][0]) and torch.equal(a.weights[n][1], b.weights[n][1])
+
+
+def test_lower_bank_equals_stacked_lower_states(tiny_base):
+    from compiler.layers import lower_bank, lower_states, stack_right
+
+    model, _ = load_base(str(tiny_base))
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (5, 17, 3, 9, 17, 1, 12)]
+    for L in (0, 1, 2):
+        for budget in (16, 40, 4096):  # one pass, several passes
+            ref = stack_right(lower_states(model, seqs, L, pad_id=0, max_tokens=budget))
+            got = lower_bank(model, seqs, L, pad_id=0, max_tokens=budget)
+            assert torch.equal(got, ref), (L, budget)
+
+
+def test_compiled_atoms_own_their_rows_and_stats(tiny_base):
+    """finish() hands out views of one host copy: each atom's A/B is its own row, and pack() stacks them as before."""
+    from compiler.weights import pack
+
+    model, tok = load_base(str(tiny_base))
+    ex = make_examples(tok, ["Alpha is a letter.", "Beta is a letter too.", "Ga."],
+                       [["What is alpha?", "Alpha?"], ["What is beta?", "Beta?"], ["Ga?", "G?"]])
+    out = compile_atoms(model, tok, ex, CompileConfig(max_steps=2, min_steps=2, questions=2, batch_atoms=3,
+                                                      cpu_bf16=False))
+    shard = pack(out)
+    for i, c in enumerate(out):
+        assert isinstance(c.stats["steps"], int) and isinstance(c.stats["converged"], bool)
+        assert isinstance(c.stats["min_answer_prob"], float)
+        for n, (A, B) in c.weights.items():
+            assert torch.equal(shard[n + ".A"][i], A.half()) and torch.equal(shard[n + ".B"][i], B.half())
