@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print a table of the atoms that fired")
     p.add_argument("--allow-base", action="store_true",
                    help="when no atom covers the question, let the base model answer instead of refusing")
+    p.add_argument("--with", dest="with_atoms", default="", metavar="ID,ID,...",
+                   help="compose these atoms too, beside the routed ones; each is weighed by the router's score "
+                        "for the question and left out when it does not cover it (see --no-gate)")
+    p.add_argument("--no-gate", action="store_true",
+                   help="apply the --with atoms at weight 1 whatever the question (to see what an atom does "
+                        "where it does not belong)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     _kb_arg(p)
     _json_arg(p)
@@ -196,7 +202,14 @@ def cmd_atomize(args) -> int:
 
 def cmd_ask(args) -> int:
     kb = _open(args)
-    ans = kb.ask(args.question, mode=args.mode, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    extra = [a.strip() for a in args.with_atoms.split(",") if a.strip()]
+    if args.no_gate:
+        kb.router_config = kb.router_config.model_copy(update={"gate": False})
+    if extra:
+        ans = kb.ask_many([args.question], mode=args.mode, top_k=args.top_k, extra_atoms=[extra],
+                          max_new_tokens=args.max_new_tokens)[0]
+    else:
+        ans = kb.ask(args.question, mode=args.mode, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     if args.json:
         _print_json(ans.model_dump())
         return 0

@@ -78,6 +78,15 @@ def test_end_to_end_cli_on_tiny_model(tmp_path, tiny_base, sample_copy, capsys):
     assert code == 0 and "no atoms fired: best candidate a" in out and "< threshold" in out
     code, out, _ = _run(["atoms", "list", "--json", "--kb", kb], capsys)
     ids = [a["id"] for a in json.loads(out)["atoms"]]
+    # --with: a chosen atom is composed only where the router scores it as covering the question
+    q_off = ["ask", "What is the boiling point of liquid nitrogen in kelvin?", "--json", "--allow-base",
+             "--max-new-tokens", "4", "--with", ids[0]] + common
+    code, out, _ = _run(q_off, capsys)
+    assert code == 0 and json.loads(out)["atoms"] == []
+    code, out, _ = _run(q_off + ["--no-gate"], capsys)
+    assert code == 0 and [(a["id"], a["weight"]) for a in json.loads(out)["atoms"]] == [(ids[0], 1.0)]
+    code, _, err = _run(["ask", "Who designed the Korrin Bridge?", "--with", "a999999"] + common, capsys)
+    assert code == 3 and "a999999" in err
     code, out, _ = _run(["atoms", "show", ids[0], "--kb", kb], capsys)
     assert code == 0 and "source_text" in out
     code, _, err = _run(["atoms", "show", "a999999", "--kb", kb], capsys)
