@@ -36,7 +36,10 @@ What it measures:
 Caveats (H200 results, bench/results/kernel_h200.json; history in compiler/compose/KERNEL_NOTES.md):
 at T=1 (32 tokens) the do_bench layer timings of base and composed are bounded by the host's
 launch time (~20 us per F.linear, ~10-15 us per kernel call on that machine), not by the GPU;
-the 'shapes' section has graph-replayed GPU times. Eager decode ratios move by ~15% between
+the 'shapes' section has graph-replayed GPU times. Round 5: the decode "grouped" rows run AtomLinear's
+default (compiler.compose.fused_linear mode "auto": the fused linear for eager calls, the round-4
+side-stream path under capture); "_round4" rows force the round-4 path, "_fusedcap" rows the fused
+linear under capture too. Eager decode ratios move by ~15% between
 runs (host-bound, and torch's SDPA with an explicit mask synchronizes once per layer). PEFT is
 run at batch 32 only by default (--peft-batches): it builds one adapter per request at ~1 s each.
 """
@@ -417,9 +420,12 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     n_atoms = bsz * K
     pool = AtomPool(shapes, rank=r, capacity=n_atoms, dtype=DT, device="cuda")
     ids = [f"a{i}" for i in range(n_atoms)]
-    for n, (d_in, d_out) in shapes.items():
-        pool.add_many(ids, {n: (torch.randn(n_atoms, r, d_in, device="cuda", dtype=DT, generator=g) / 64,
-                                torch.randn(n_atoms, d_out, r, device="cuda", dtype=DT, generator=g) / 8)})
+    # one add_many for every module: add_many replaces ALL modules' weights of the slots it is given
+    # (modules it gets none for are zeroed), so one call per module left only the last module's atoms
+    # nonzero (runs before round 5, run 3: same bytes read, zero values)
+    pool.add_many(ids, {n: (torch.randn(n_atoms, r, d_in, device="cuda", dtype=DT, generator=g) / 64,
+                            torch.randn(n_atoms, d_out, r, device="cuda", dtype=DT, generator=g) / 8)
+                        for n, (d_in, d_out) in shapes.items()})
     idx, w = pool.slots([ids[b * K:(b + 1) * K] for b in range(bsz)], [[1.0 / math.sqrt(K)] * K] * bsz)
     xa = torch.randn(bsz, 1, 4096, device="cuda", dtype=DT)
     xd = torch.randn(bsz, 1, 14336, device="cuda", dtype=DT)
@@ -463,7 +469,7 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     import compiler.compose.fused_linear as fl
 
     # round 5: x W^T + delta in one pass (fused_linear); the round-4 variants below run with it off
-    fused_variants = [("fused", True, "never"), ("fused_nopdl", True, "never"), ("fused_ungrouped", False, "never")]
+    fused_variants = [("fused", True, "never"), ("fused_pdl", True, "never"), ("fused_ungrouped", False, "never")]
     fused_variants += [(f"fused_cfg{i}", True, "never") for i in range(len(fused_configs))]
     variants = [("base", None, None)] + fused_variants + [
                 ("grouped_never", True, "never"), ("grouped_always", True, "always"),
@@ -476,10 +482,23 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     old_mode, old_prio, old_path = grouped.overlap, grouped.side_priority, grouped.default_path
     old_fl = (fl.mode, fl.use_pdl, dict(fl.config))
     with torch.no_grad():
+        # correctness of the fused path on these shapes: its outputs vs the round-4 path's (two passes each,
+        # so that the grouped path knows every sibling's weight), relative Frobenius error per module
+        st.set_groups(groups)
+        outs = {}
+        for fmode in ("never", "always"):
+            fl.mode = fmode
+            for _ in range(2):
+                outs[fmode] = {n: mods[n](xd if n.endswith("down_proj") else xa).float() for n in layers[0]}
+        fl.mode = old_fl[0]
+        out["fused_check_rel_err"] = {n.rsplit(".", 1)[1]: float((outs["always"][n] - outs["never"][n]).norm()
+                                                               / outs["never"][n].norm()) for n in layers[0]}
+        log(f"serving layers fused check (rel err vs round-4 path): {out['fused_check_rel_err']}")
+        del outs
         for key, grouped_on, mode in variants:
             carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
-            fl.mode = "auto" if key.startswith("fused") else "never"
-            fl.use_pdl = key != "fused_nopdl"
+            fl.mode = "always" if key.startswith("fused") else "never"  # gpu numbers come from a captured graph
+            fl.use_pdl = key == "fused_pdl"
             fl.config.clear()
             if key.startswith("fused_cfg"):
                 fl.config.update(fused_configs[int(key[len("fused_cfg"):])])
@@ -512,6 +531,12 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     fl.config.update(old_fl[2])
     grouped._sides.clear()
     v = out["variants"]
+    fused_rows = [(row["gpu_us_per_layer"], key) for key, row in v.items()
+                  if key.startswith("fused") and key not in ("fused_nopdl", "fused_pdl", "fused_ungrouped")
+                  and "gpu_us_per_layer" in row]
+    if fused_rows:
+        best_key = min(fused_rows)[1]
+        out["fused_best"] = {"variant": best_key, "config": v[best_key].get("config", {})}
     if "gpu_us_per_layer" in v.get("base", {}):
         for key, row in v.items():
             if key != "base" and "gpu_us_per_layer" in row:
@@ -729,9 +754,10 @@ def decode_section(res: dict, args, t_start: float) -> None:
     pool = AtomPool(shapes, rank=r, capacity=n_atoms, dtype=DT, device=DEV)
     ids = [f"a{i}" for i in range(n_atoms)]
     g = torch.Generator(device=DEV).manual_seed(1)
-    for name, (d_in, d_out) in shapes.items():
-        pool.add_many(ids, {name: (torch.randn(n_atoms, r, d_in, device=DEV, dtype=DT, generator=g) / 64,
-                                   torch.randn(n_atoms, d_out, r, device=DEV, dtype=DT, generator=g) / 8)})
+    # one add_many for every module (one call per module zeroed the others' atoms: see serving_layers)
+    pool.add_many(ids, {name: (torch.randn(n_atoms, r, d_in, device=DEV, dtype=DT, generator=g) / 64,
+                               torch.randn(n_atoms, d_out, r, device=DEV, dtype=DT, generator=g) / 8)
+                        for name, (d_in, d_out) in shapes.items()})
     sync()
     dec["pool_fill_s"] = time.perf_counter() - t0
     wiring = Wiring()
@@ -823,12 +849,19 @@ def decode_section(res: dict, args, t_start: float) -> None:
             record(f"b{bsz}_grouped_eager_round4{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
             record(f"b{bsz}_grouped_graphed_round4{pattern}",
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
-        # the fused linear without programmatic dependent launch
-        fl_mod.mode = fl_default
-        fl_mod.use_pdl = False
-        state.set(idx_d, w_d)
-        record(f"b{bsz}_grouped_graphed_nopdl", lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        # the fused linear under capture too ("always"; "auto" keeps it to eager calls), with and without
+        # programmatic dependent launch (off by default)
+        fl_mod.mode = "always"
+        for pattern, (gi, gw) in (("", (idx_d, w_d)), ("_zipf", (idx_z, w_z))):
+            state.set(gi, gw)
+            record(f"b{bsz}_grouped_graphed_fusedcap{pattern}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        pdl_default = fl_mod.use_pdl
         fl_mod.use_pdl = True
+        state.set(idx_d, w_d)
+        record(f"b{bsz}_grouped_graphed_fusedcap_pdl",
+               lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        fl_mod.use_pdl = pdl_default
         fl_mod.mode = "never"
         # the same with the delta on the current stream (no side-stream overlap): before/after in one run
         mode_default = grouped_mod.overlap
@@ -912,7 +945,9 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_round4": ratio(f"b{bsz}_grouped_graphed_round4", f"b{bsz}_base_graphed"),
             "grouped_eager_round4_zipf": ratio(f"b{bsz}_grouped_eager_round4_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_round4_zipf": ratio(f"b{bsz}_grouped_graphed_round4_zipf", f"b{bsz}_base_graphed"),
-            "grouped_graphed_nopdl": ratio(f"b{bsz}_grouped_graphed_nopdl", f"b{bsz}_base_graphed"),
+            "grouped_graphed_fusedcap": ratio(f"b{bsz}_grouped_graphed_fusedcap", f"b{bsz}_base_graphed"),
+            "grouped_graphed_fusedcap_zipf": ratio(f"b{bsz}_grouped_graphed_fusedcap_zipf", f"b{bsz}_base_graphed"),
+            "grouped_graphed_fusedcap_pdl": ratio(f"b{bsz}_grouped_graphed_fusedcap_pdl", f"b{bsz}_base_graphed"),
             "grouped_eager_nooverlap": ratio(f"b{bsz}_grouped_eager_nooverlap", f"b{bsz}_base_eager"),
             "grouped_eager_overlap": ratio(f"b{bsz}_grouped_eager_overlap", f"b{bsz}_base_eager"),
             "grouped_graphed_nooverlap": ratio(f"b{bsz}_grouped_graphed_nooverlap", f"b{bsz}_base_graphed"),
@@ -938,7 +973,8 @@ def decode_section(res: dict, args, t_start: float) -> None:
     for out_key, keys in (
             ("decode_ratio_composed_over_base", ("triton_meta_eager", "grouped_eager")),
             ("decode_ratio_composed_over_base_graphed", ("triton_meta_graphed", "grouped_graphed",
-                                                         "grouped_graphed_wide", "grouped_graphed_fused")),
+                                                         "grouped_graphed_wide", "grouped_graphed_fused",
+                                                         "grouped_graphed_fusedcap")),
             ("decode_ratio_composed_over_base_zipf", ("triton_meta_eager_zipf", "grouped_eager_zipf")),
             ("decode_ratio_composed_over_base_graphed_zipf", ("triton_meta_graphed_zipf", "grouped_graphed_zipf"))):
         res[out_key], res[out_key + "_path"] = best(keys)
@@ -1058,6 +1094,9 @@ def main() -> None:
     ap.add_argument("--fused-configs", default="",
                     help="tile overrides of the fused linear tried in the serving-layer section, e.g. "
                          "'block_n=32,block_k=256,stages=4;block_n=64,block_k=128'")
+    ap.add_argument("--fused-pick-best", action="store_true",
+                    help="run the decode rows with the fused-linear tile override that was fastest in the "
+                         "serving-layer section (recorded as fused_config_in_decode)")
     ap.add_argument("--carveouts", default="",
                     help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
@@ -1104,6 +1143,13 @@ def main() -> None:
             with torch.no_grad():
                 layer_level(res, bw, [int(t) for t in args.layer_T.split(",")])
             save(res, args.out)
+        if args.fused_pick_best and res.get("serving_layers", {}).get("fused_best"):
+            import compiler.compose.fused_linear as fl
+
+            fl.config.clear()
+            fl.config.update(res["serving_layers"]["fused_best"]["config"])
+            res["fused_config_in_decode"] = dict(fl.config)
+            log(f"decode rows with fused_linear.config = {fl.config}")
         if not args.skip_decode:
             with torch.no_grad():
                 decode_section(res, args, t_start)

@@ -562,6 +562,31 @@ def _join(side: _Side, main: torch.cuda.Stream) -> None:
     main.wait_event(side.join)
 
 
+_fused_seen: set = set()  # keys of the serving calls that ran eagerly once (fused_linear "auto" mode)
+
+
+def _take_fused(x: torch.Tensor, key) -> bool:
+    """Whether a serving call with input x takes the fused linear (compiler.compose.fused_linear).
+
+    "always": whenever fl.wants(x). "auto" (the default): eager calls only, and only from the second
+    eager call of a key on: the first takes the round-4 path, which compiles the kernels a later CUDA-graph
+    capture launches (a capture cannot compile); under capture "auto" keeps the round-4 path (side-stream
+    delta under cuBLAS GEMMs), measured faster there (KERNEL_NOTES round 5: b32 graphed 14.26 vs
+    14.91 ms per step), while eagerly the fused path's fewer launches win (65.7 vs 44.6 ms per step)."""
+    if not _fl.wants(x):
+        return False
+    if _fl.mode != "auto":
+        return True
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    if key in _fused_seen:
+        return True
+    if len(_fused_seen) > 65536:
+        _fused_seen.clear()
+    _fused_seen.add(key)
+    return False
+
+
 def _hooked(base) -> bool:
     return bool(base._forward_hooks or base._forward_pre_hooks or torch.nn.modules.module._global_forward_hooks
                 or torch.nn.modules.module._global_forward_pre_hooks)
@@ -581,7 +606,8 @@ def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: 
     compose_delta_triton. Used by AtomLinear on the GPU serving path (no gradients)."""
     if type(base) is not torch.nn.Linear or x.dtype != base.weight.dtype or x.dim() != 3:
         return None
-    if base.bias is None and _fl.wants(x) and not torch.is_autocast_enabled("cuda") and not _hooked(base):
+    if (base.bias is None and not torch.is_autocast_enabled("cuda") and not _hooked(base)
+            and _take_fused(x, ("lin", B.data_ptr(), B.shape, x.shape, x.dtype))):
         # round 5: the base GEMM and the delta in one pass (compiler.compose.fused_linear)
         W = base.weight
         if W.device == x.device and (W.stride(1) == 1 or W.shape[1] <= 1):
@@ -642,7 +668,7 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
     if Bs is None:
         return None
     names = group.names
-    if _fl.wants(x):
+    if _take_fused(x, ("grp", id(group), x.shape, x.dtype)):
         # round 5: every member's base GEMM and delta in one pass (compiler.compose.fused_linear),
         # once every sibling's weight is known (recorded at its last call)
         Ws = [ws.get(n) for n in names]
