@@ -123,7 +123,14 @@ def test_router_recall_counts_every_provenance_of_a_merged_atom():
 
     from serving.evaluate.datasets import EvalQuestion
 
+    from router.select import RouterConfig
+
     class FakeKB:
+        _router = SimpleNamespace(config=RouterConfig())
+
+        def router(self):
+            return self._router
+
         def route(self, questions, top_k=None):
             return [SimpleNamespace(ids=[7, 9], best=0.9, refused=False) for _ in questions]
 
@@ -135,3 +142,28 @@ def test_router_recall_counts_every_provenance_of_a_merged_atom():
     assert rec["recall@1"] == 0.0 and rec["recall@8"] == 0.0
     # an atom also stated by the question's own paragraph is never drawn as "unrelated"
     assert "a7" not in unrelated_atoms(q, [], {"A": [7], "B": [7], "C": [9]}, {"B"}, 5, seed=0)
+
+
+def test_router_recall_tells_refusals_from_ranking_misses():
+    from types import SimpleNamespace
+
+    from router.select import RouterConfig
+    from serving.evaluate.datasets import EvalQuestion
+
+    class RefusingKB:  # refuses at the calibrated threshold; its ranking alone finds the paragraph
+        _router = SimpleNamespace(config=RouterConfig())
+
+        def router(self):
+            return self._router
+
+        def route(self, questions, top_k=None):
+            if self._router.config.threshold == -1.0:
+                return [SimpleNamespace(ids=[7], best=0.01, refused=False) for _ in questions]
+            return [SimpleNamespace(ids=[], best=0.01, refused=True) for _ in questions]
+
+    kb = RefusingKB()
+    q = EvalQuestion(id="q", question="?", answers=["x"], docs=["B"], impossible=False)
+    rec, rows = router_recall(kb, [q], {7: ["B"]}, "squad")
+    assert rec["recall@8"] == 0.0 and rec["ranking"] == {"recall@1": 1.0, "recall@8": 1.0}
+    assert rows[0]["refused"] and rows[0]["ranking_hit@8"]
+    assert kb.router().config.threshold is None  # the threshold is restored
