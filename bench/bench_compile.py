@@ -128,8 +128,13 @@ RECIPES: dict[str, dict] = {"default": {}, **{k: {**_V2, **v} for k, v in _OLD.i
 # trades rows per step (the CPU's cost) for steps per atom (the GPU's cost)
 RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"questions_per_step": 4},
                 "default_t05": {"target_prob": 0.5},
-                # one chunk for the whole 4096-atom throughput run on a GPU (the bench's GPU default is 1024 a chunk)
-                "default_b4096": {"batch_atoms": 4096}})
+                # chunks of 1024 / one chunk for the whole 4096-atom throughput run on a GPU (rows before stop 13
+                # ran the GPU throughput with 1024 a chunk; gpu_batch_atoms now defaults to 4096)
+                "default_b1024": {"gpu_batch_atoms": 1024, "gpu_max_tokens_per_step": 1 << 17},
+                "default_b4096": {"gpu_batch_atoms": 4096, "gpu_max_tokens_per_step": 1 << 17},
+                # fewer layers to run backward through, same or fewer bytes (6 x r5 = 10 x r3 = 126,720 B)
+                "default_top6_r5": {"layers": [-6, -5, -4, -3, -2, -1], "rank": 5},
+                "default_top8_r3": {"layers": [-8, -7, -6, -5, -4, -3, -2, -1], "rank": 3}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0}
@@ -297,9 +302,9 @@ def compile_task(b: Bench, task: dict, fields: dict, recipe: str):
 
 def run_recipe(b: Bench, task: dict, recipe: str, ks: list[int], seed: int, limit: int | None) -> dict:
     fields = dict(RECIPES[recipe])
-    if b.device.startswith("cuda"):
-        fields.setdefault("batch_atoms", 256)
-        fields.setdefault("max_tokens_per_step", 1 << 16)
+    if b.device.startswith("cuda"):  # quality rows: smaller chunks than the product's GPU default
+        fields.setdefault("gpu_batch_atoms", 256)
+        fields.setdefault("gpu_max_tokens_per_step", 1 << 16)
     evals = task["eval"][:limit] if limit else task["eval"]
     weights, stats, secs = compile_task(b, task, fields, recipe)
     n_atoms = len(task["atoms"])
@@ -355,10 +360,7 @@ def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False) 
     from compiler import train as ctrain
     from compiler.lora import first_layer, target_names
 
-    fields = dict(RECIPES[recipe])
-    if b.device.startswith("cuda"):
-        fields.setdefault("batch_atoms", 1024)
-        fields.setdefault("max_tokens_per_step", 1 << 17)
+    fields = dict(RECIPES[recipe])  # on a GPU: the product's defaults (gpu_batch_atoms, gpu_max_tokens_per_step)
     reps = (n + len(task["atoms"]) - 1) // len(task["atoms"])
     big = {"atoms": (task["atoms"] * reps)[:n]}
     compile_task(b, {"atoms": big["atoms"][:min(n, 64)]}, fields, recipe)  # warm-up (kernels, allocator)

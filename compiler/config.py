@@ -43,6 +43,12 @@ class CompileConfig(BaseModel):
                                 "measurement of each of its n most recently seen questions is >= target_prob "
                                 "(n = questions: every question seen above target; capped at the atom's number of questions)")
     batch_atoms: int = Field(default=16, ge=1, le=4096, description="Atoms trained together in one batched step")
+    gpu_batch_atoms: int = Field(default=4096, ge=1, le=4096, description="batch_atoms on a GPU, where a step over "
+                                 "4096 atoms costs little more than one over 16 and a chunk lasts as long as its "
+                                 "slowest atom")
+    gpu_max_tokens_per_step: int | None = Field(default=None, ge=64, le=1 << 20,
+                                                description="max_tokens_per_step on a GPU; None = by its memory: "
+                                                            "131072 from 64 GiB, 32768 from 16 GiB, else 8192")
     locality_weight: float = Field(default=0.0, ge=0, le=1000,
                                    description="Weight of KL(base || atom) on unrelated prompts (0 = off)")
     locality_prompts: int = Field(default=2, ge=1, le=64, description="Unrelated prompts per atom per step")
@@ -63,6 +69,21 @@ class CompileConfig(BaseModel):
         default="statement", description="What each synthesised question is taught: the atom's statement, or "
         "(distill) the base model's own answer with the atom's text in context where that answer uses the fact")
     seed: int = Field(default=0, description="Random seed (initialisation and question sampling)")
+
+    def on(self, device) -> "CompileConfig":
+        """The settings as they apply on `device` (a torch.device or its type): on a GPU, batch_atoms and
+        max_tokens_per_step are replaced by their gpu_ values. The atoms are trained the same way either way."""
+        kind = getattr(device, "type", device)
+        if kind != "cuda":
+            return self
+        tokens = self.gpu_max_tokens_per_step
+        if tokens is None:
+            import torch
+
+            gib = torch.cuda.get_device_properties(device if isinstance(device, int) or hasattr(device, "type")
+                                                   else 0).total_memory / 2 ** 30
+            tokens = 131072 if gib >= 64 else 32768 if gib >= 16 else 8192
+        return self.model_copy(update={"batch_atoms": self.gpu_batch_atoms, "max_tokens_per_step": tokens})
 
     @model_validator(mode="after")
     def _check(self) -> "CompileConfig":

@@ -330,6 +330,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     rnd = random.Random(cfg.seed)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     dev = next(model.parameters()).device
+    cfg = cfg.on(dev)  # a GPU takes gpu_batch_atoms and gpu_max_tokens_per_step
     # bf16 copies of the frozen weights, made once per call and dropped with it
     fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
     try:

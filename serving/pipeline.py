@@ -168,7 +168,7 @@ class KnowledgeBase:
         self.store.bind_base(info.name, info.sha256, {"compile": self.compile_config.model_dump()})
         nlp = load_spacy()
         model, tok = self.model()
-        cfg = self.compile_config
+        cfg = self.compile_config.on(next(model.parameters()).device)  # a GPU compiles in larger groups
         router = self.router()
         # near-duplicates (within this call, or already stored for another document) are compiled once:
         # a document's plan lists the atoms it introduces and the spans that only add a provenance
