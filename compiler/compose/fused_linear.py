@@ -46,6 +46,7 @@ import triton.language as tl
 from compiler.compose import triton_ops as _ops
 from compiler.compose.triton_ops import (
     ComposeMeta,
+    _check_slots,
     _gemv_h,
     _launch,
     _num_sms,
@@ -53,7 +54,6 @@ from compiler.compose.triton_ops import (
     _pow2_at_least,
     _pow2_at_most,
     _rows_contiguous,
-    _slot_range,
     _slots_of,
     _weights_of,
     gemv_knobs,
@@ -462,12 +462,7 @@ def fused_linear_group(
     for name, t in [("A", A), ("idx", idx), ("w", w)] + [("W", W) for W in Ws] + [("B", B) for B in Bs]:
         if t.device != dev:
             raise ValueError(f"{name} is on {t.device} but x is on {dev}")
-    if max_slot is None:
-        lo, max_slot = _slot_range(idx)
-        if lo < -1:
-            raise IndexError(f"atom slot out of range: idx min is {lo}, only -1 (padding) may be negative")
-    if max_slot >= N:
-        raise IndexError(f"atom slot out of range: idx max is {max_slot} but the pool holds {N} slots")
+    max_slot = _check_slots(idx, N, max_slot)
     d_outs = tuple(W.shape[0] for W in Ws)
     rows = bsz * T
     layout = _layout(rows, d_outs)

@@ -37,6 +37,7 @@ from compiler.compose import fused_linear as _fl
 from compiler.compose import triton_ops as _ops
 from compiler.compose.triton_ops import (
     ComposeMeta,
+    _check_slots,
     _expand_tiles,
     _gemv_fused_row,
     _gemv_out,
@@ -46,7 +47,6 @@ from compiler.compose.triton_ops import (
     _plan_gemv,
     _pow2_at_least,
     _rows_contiguous,
-    _slot_range,
     _slots_of,
     _sum_partials_at,
     compose_delta_triton,
@@ -356,12 +356,7 @@ def compose_group_triton(
     for name, t in [("A", A), ("idx", idx), ("w", w)] + [(f"B_{m}", B) for m, B in enumerate(Bs)]:
         if t.device != dev:
             raise ValueError(f"{name} is on {t.device} but x is on {dev}")
-    if max_slot is None:
-        lo, max_slot = _slot_range(idx)
-        if lo < -1:
-            raise IndexError(f"atom slot out of range: idx min is {lo}, only -1 (padding) may be negative")
-    if max_slot >= N:
-        raise IndexError(f"atom slot out of range: idx max is {max_slot} but the pool holds {N} slots")
+    max_slot = _check_slots(idx, N, max_slot)
     d_outs = tuple(int(B.shape[1]) for B in Bs)
     layout = _out_layout(bsz, T, d_outs)
     if outs is None:

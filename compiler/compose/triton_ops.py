@@ -114,6 +114,18 @@ def _slot_range(idx: torch.Tensor) -> tuple[int, int]:
     return int(lo_hi[0]), int(lo_hi[1])
 
 
+def _check_slots(idx: torch.Tensor, n_slots: int, max_slot: int | None = None) -> int:
+    """The largest slot in idx (max_slot if the caller already knows it), after checking that every slot is -1
+    (padding) or one of the pool's n_slots: an out-of-range slot would read another tensor's memory."""
+    if max_slot is None:
+        lo, max_slot = _slot_range(idx)
+        if lo < -1:
+            raise IndexError(f"atom slot out of range: idx min is {lo}, only -1 (padding) may be negative")
+    if max_slot >= n_slots:
+        raise IndexError(f"atom slot out of range: idx max is {max_slot} but the pool holds {n_slots} slots")
+    return max_slot
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -816,12 +828,7 @@ def compose_delta_triton(
     for name, t in (("A", A), ("B", B), ("idx", idx), ("w", w)):
         if t.device != dev:
             raise ValueError(f"{name} is on {t.device} but x is on {dev}")
-    if max_slot is None:
-        lo, max_slot = _slot_range(idx)
-        if lo < -1:
-            raise IndexError(f"atom slot out of range: idx min is {lo}, only -1 (padding) may be negative")
-    if max_slot >= N:
-        raise IndexError(f"atom slot out of range: idx max is {max_slot} but the pool holds {N} slots")
+    max_slot = _check_slots(idx, N, max_slot)
     if out is None:
         if accumulate:
             raise ValueError("accumulate=True needs out=")
