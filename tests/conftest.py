@@ -77,3 +77,38 @@ def fast_compile():
     from compiler.config import CompileConfig
 
     return CompileConfig(max_steps=3, min_steps=1, questions=2, questions_per_step=1, batch_atoms=4)
+
+
+EVAL_FIXTURE = ROOT / "tests" / "fixtures" / "eval_fixture.json"
+
+
+@pytest.fixture(scope="session")
+def eval_kb_master(tmp_path_factory, tiny_base) -> Path:
+    """A knowledge base of the eval fixture's paragraphs on the tiny base, compiled once per session.
+    Tests take a copy (`eval_kb_dir`), so that none sees another's changes."""
+    from serving.evaluate.datasets import read_dataset
+    from serving.pipeline import KnowledgeBase
+
+    path = tmp_path_factory.mktemp("evalkb") / "kb"
+    kb = KnowledgeBase(path, base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
+    kb.ingest_documents(read_dataset(EVAL_FIXTURE, "squad").documents)
+    kb.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def eval_kb_dir(eval_kb_master, tmp_path_factory) -> Path:
+    """This test module's copy of `eval_kb_master`."""
+    path = tmp_path_factory.mktemp("evalkb_copy") / "kb"
+    shutil.copytree(eval_kb_master, path)
+    return path
+
+
+@pytest.fixture()
+def eval_kb(eval_kb_dir, tiny_base):
+    """The module's eval-fixture knowledge base, opened for one test (its settings changes die with it)."""
+    from serving.pipeline import KnowledgeBase
+
+    k = KnowledgeBase(eval_kb_dir, base_model=str(tiny_base), progress=False)
+    yield k
+    k.close()

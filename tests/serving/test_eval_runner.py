@@ -6,30 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast_compile
 from serving.evaluate import cli
 from serving.evaluate.datasets import read_dataset
 from serving.evaluate.runner import EvalConfig, evaluate, router_recall, table, unrelated_atoms
-from serving.pipeline import KnowledgeBase
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "eval_fixture.json"
 MODE_KEYS = {"f1", "em", "acc", "refusal_accuracy", "false_refusal", "answerable", "unanswerable"}
 
 
-@pytest.fixture(scope="module")
-def kb_dir(tmp_path_factory, tiny_base):
-    path = tmp_path_factory.mktemp("evalkb") / "kb"
-    kb = KnowledgeBase(path, base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
-    kb.ingest_documents(read_dataset(FIXTURE, "squad").documents)
-    kb.close()
-    return path
+@pytest.fixture()
+def kb_dir(eval_kb_dir):
+    return eval_kb_dir
 
 
 @pytest.fixture()
-def kb(kb_dir, tiny_base):
-    k = KnowledgeBase(kb_dir, base_model=str(tiny_base), progress=False)
-    yield k
-    k.close()
+def kb(eval_kb):
+    return eval_kb
 
 
 def test_result_shape_and_saved_predictions(kb, tmp_path):

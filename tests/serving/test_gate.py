@@ -7,31 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast_compile
 from doc2atom import errors
 from doc2atom.store import atom_id
 from serving.evaluate.datasets import read_dataset, read_general
 from serving.evaluate.runner import EvalConfig, evaluate, table
-from serving.pipeline import KnowledgeBase
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "eval_fixture.json"
 GENERAL = ["What is the capital of France?", "How many legs does a spider have?", "Who painted the Mona Lisa?"]
 
 
-@pytest.fixture(scope="module")
-def kb_dir(tmp_path_factory, tiny_base):
-    path = tmp_path_factory.mktemp("gatekb") / "kb"
-    kb = KnowledgeBase(path, base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
-    kb.ingest_documents(read_dataset(FIXTURE, "squad").documents)
-    kb.close()
-    return path
-
-
 @pytest.fixture()
-def kb(kb_dir, tiny_base):
-    k = KnowledgeBase(kb_dir, base_model=str(tiny_base), progress=False)
-    yield k
-    k.close()
+def kb(eval_kb):
+    return eval_kb
 
 
 def _ungated(kb):
