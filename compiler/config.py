@@ -73,15 +73,13 @@ class CompileConfig(BaseModel):
     def on(self, device) -> "CompileConfig":
         """The settings as they apply on `device` (a torch.device or its type): on a GPU, batch_atoms and
         max_tokens_per_step are replaced by their gpu_ values. The atoms are trained the same way either way."""
-        kind = getattr(device, "type", device)
-        if kind != "cuda":
+        if getattr(device, "type", device) != "cuda":
             return self
         tokens = self.gpu_max_tokens_per_step
         if tokens is None:
             import torch
 
-            gib = torch.cuda.get_device_properties(device if isinstance(device, int) or hasattr(device, "type")
-                                                   else 0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2 ** 30
             tokens = 131072 if gib >= 64 else 32768 if gib >= 16 else 8192
         return self.model_copy(update={"batch_atoms": self.gpu_batch_atoms, "max_tokens_per_step": tokens})
 

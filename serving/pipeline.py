@@ -290,20 +290,19 @@ class KnowledgeBase:
         else:
             routes = self.route(questions, top_k)
         timings["route_ms"] = (time.perf_counter() - t0) * 1000
+        # the routes that choose atoms: none in base mode or when only the given atoms are to be composed
+        chosen = routes if routes and routed else None
         fired: list[list[str]] = []
-        extra_w: list[dict[str, float]] = [{} for _ in range(n)]  # extra atom -> its composition weight
+        adds: list[list[str]] = []  # the given atoms each question adds to its routed ones
         for i in range(n):
-            ids = [atom_id(r) for r in routes[i].ids] if routes and routed else []
-            if extra and extra[i]:
-                ids += [a for a in dict.fromkeys(extra[i]) if a not in ids]
-            fired.append(ids)
+            ids = [atom_id(r) for r in chosen[i].ids] if chosen else []
+            adds.append([a for a in dict.fromkeys(extra[i]) if a not in ids] if extra and extra[i] else [])
+            fired.append(ids + adds[i])
+        extra_w: list[dict[str, float]] = [{} for _ in range(n)]  # added atom -> its composition weight
         if extra and mode != "base":
-            adds = [[a for a in fired[i] if a not in set(map(atom_id, routes[i].ids)) or not routed]
-                    for i in range(n)]
             self.store.atoms_out(list(dict.fromkeys(a for ad in adds for a in ad)))  # unknown ids: a clear error
             if self.router_config.gate:
-                g = self.router().gate(questions, [[parse_atom_id(a) for a in ad] for ad in adds],
-                                       routes if routed else None)
+                g = self.router().gate(questions, [[parse_atom_id(a) for a in ad] for ad in adds], chosen)
             else:
                 g = [[1.0] * len(ad) for ad in adds]
             for i, ad in enumerate(adds):
@@ -323,7 +322,7 @@ class KnowledgeBase:
             pool = build_pool(self.atom_weights(uniq))
             slot_of = {a: k for k, a in enumerate(uniq)}
             slots = [[slot_of[a] for a in fired[i]] for i in answerable]
-            weights = [self._weights_for(routes[i] if routes and routed else None, fired[i], extra_w[i]) for i in answerable]
+            weights = [self._weights_for(chosen[i] if chosen else None, fired[i], extra_w[i]) for i in answerable]
         timings["load_ms"] = (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
         texts_out = {}
@@ -340,11 +339,11 @@ class KnowledgeBase:
             refused = i not in texts_out
             atoms = []
             if fired[i] and mode != "base":
-                r = routes[i]
-                score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)} if routed else {}
-                w = self._weights_for(r if routed else None, fired[i], extra_w[i])
+                r = chosen[i] if chosen else None
+                score_of = {atom_id(a): s for a, s in zip(r.ids, r.scores)} if r else {}
+                w = self._weights_for(r, fired[i], extra_w[i])
                 atoms = self.store.atoms_out(fired[i], [score_of.get(a, 0.0) for a in fired[i]], w)
-                sig = {atom_id(d.id): d for d in r.details} if routed else {}
+                sig = {atom_id(d.id): d for d in r.details} if r else {}
                 for a in atoms:
                     d = sig.get(a.id)
                     if d is not None:
