@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import lower_states, run_layers
+from compiler.layers import lower_bank, run_layers
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.train import AtomExample, CompiledAtom, _RowBank
 
@@ -40,8 +40,8 @@ def train_monolithic(model, tok, examples: list[AtomExample], cfg: CompileConfig
     L = first_layer(names)
     keys = [(a, q) for a, ex in enumerate(examples) for q in range(len(ex.prompts))]
     state.clear()
-    bank = _RowBank(lower_states(model, [examples[a].prompts[q] + examples[a].target(q) for a, q in keys], L,
-                                 pad_id, cfg.max_tokens_per_step),
+    seqs = [examples[a].prompts[q] + examples[a].target(q) for a, q in keys]
+    bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step), [len(x) for x in seqs],
                     [len(examples[a].prompts[q]) for a, q in keys], [examples[a].target(q) for a, q in keys], dev)
     rows = list(range(len(keys)))
     rnd = random.Random(cfg.seed)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
-from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_bank, lower_states, run_layers, stack_right
+from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_bank, run_layers
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
 from doc2atom.prompts import answer_ids, prompt_ids
@@ -207,15 +207,10 @@ class _RowBank:
     """Every training sequence of a chunk, ready on the device: the hidden states entering layer L
     (right-padded), prompt and target lengths and target ids. A micro-batch is a gather, not a loop."""
 
-    def __init__(self, lower: list[torch.Tensor] | torch.Tensor, prompt_lens: list[int], targets: list[list[int]],
-                 dev, seq_lens: list[int] | None = None):
-        """lower: each sequence's states (t_i, d), or them stacked already (layers.lower_bank) with seq_lens."""
-        if isinstance(lower, torch.Tensor):
-            self.h = lower
-            seq = list(seq_lens)
-        else:
-            self.h = stack_right(lower)
-            seq = [t.shape[0] for t in lower]
+    def __init__(self, h: torch.Tensor, seq_lens: list[int], prompt_lens: list[int], targets: list[list[int]], dev):
+        """h: (rows, longest, d) hidden states entering layer L, right-padded (layers.lower_bank)."""
+        self.h = h
+        seq = list(seq_lens)
         self.seq = torch.tensor(seq, device=dev)
         self.plen = torch.tensor(prompt_lens, device=dev)
         self.alen = torch.tensor([len(t) for t in targets], device=dev)
@@ -274,8 +269,9 @@ class _Negatives:
                     self.items.append((p, cont[i].tolist(), logp[i].to(torch.float16)))  # stays on the model's device
         self.owner = owners
         # hidden states entering the first layer with atoms, computed once (the lower layers are frozen)
-        lower = lower_states(model, [p + c for p, c, _ in self.items], L, pad_id, cfg.max_tokens_per_step)
-        self.bank = _RowBank(lower, [len(p) for p, _, _ in self.items], [c for _, c, _ in self.items], dev)
+        seqs = [p + c for p, c, _ in self.items]
+        self.bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step), [len(x) for x in seqs],
+                             [len(p) for p, _, _ in self.items], [c for _, c, _ in self.items], dev)
         self.base = torch.stack([lp for _, _, lp in self.items])  # (rows, n, V) fp16 base log-probs
         self.items = []
 
@@ -570,9 +566,8 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
     with _phase("lower", dev), _matmul_mode(fast):
         seqs = [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys]
-        bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step),
-                        [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev,
-                        seq_lens=[len(x) for x in seqs])
+        bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step), [len(x) for x in seqs],
+                        [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
         del seqs
     if cfg.init_a == "data":
         dirs = _input_directions(model, state, names, bank, [a for a, _ in keys], M, r, cfg.max_tokens_per_step, L,
