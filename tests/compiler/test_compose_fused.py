@@ -310,19 +310,10 @@ def test_atom_linear_fused_under_graph_capture(dtype, cfg):
 
 @needs_gpu
 def test_atom_linear_fused_changed_sibling_weight():
-    from test_compose_overlap import check as check_layer, inputs, layer, reference as ref_layer, setup
-    from torch import nn
+    from test_compose_overlap import check_changed_sibling_weight
 
-    dtype = torch.bfloat16
-    with fused_mode("auto"), torch.no_grad():
-        pool, st, mods, ids, idx, w = setup(dtype, 8, seed=5)
-        layer(mods, *inputs(8, 1, dtype, 6, mods))
-        k = next(n for n in mods if n.endswith("k_proj"))
-        mods[k].base.weight = nn.Parameter(torch.randn_like(mods[k].base.weight))  # a new weight object
-        xs = inputs(8, 1, dtype, 7, mods)
-        out = layer(mods, *xs)
-        torch.cuda.synchronize()
-        check_layer(out, ref_layer(pool, mods, xs, idx, w), dtype)
+    with fused_mode("auto"):
+        check_changed_sibling_weight(torch.bfloat16)
 
 
 def test_fused_mode_declines_on_cpu():

@@ -198,10 +198,10 @@ def test_side_stream_under_graph_capture(mode, dtype):
         assert grouped._sides, "the side stream was never made"
 
 
-@needs_gpu
-def test_changed_sibling_weight_is_not_served_stale():
-    dtype = torch.float32
-    with overlap_mode("always"), torch.no_grad():
+def check_changed_sibling_weight(dtype) -> None:
+    """A sibling projection whose weight object was replaced after a first call must not be served from the
+    group's earlier state: the layer's outputs match the reference with the new weight (under the caller's mode)."""
+    with torch.no_grad():
         pool, st, mods, ids, idx, w = setup(dtype, 8, seed=5)
         layer(mods, *inputs(8, 1, dtype, 6, mods))
         k = next(n for n in mods if n.endswith("k_proj"))
@@ -210,6 +210,12 @@ def test_changed_sibling_weight_is_not_served_stale():
         out = layer(mods, *xs)
         torch.cuda.synchronize()
         check(out, reference(pool, mods, xs, idx, w), dtype)
+
+
+@needs_gpu
+def test_changed_sibling_weight_is_not_served_stale():
+    with overlap_mode("always"):
+        check_changed_sibling_weight(torch.float32)
 
 
 @needs_gpu
