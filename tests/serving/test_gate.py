@@ -88,7 +88,6 @@ def test_eval_reports_gated_and_ungated_composition_and_leakage(kb):
     assert lk["n"] == [1, 2] and lk["questions"] == 3
     assert lk["ungated"]["applied"] == [1.0, 2.0]
     assert lk["gated"]["applied"] == [0.0, 0.0] and lk["gated"]["unchanged"] == [1.0, 1.0]
-    assert 0.0 <= min(lk["ungated"]["unchanged"]) <= 1.0
     assert "general answers unchanged (gated" in table(res) and "gate off" in table(res)
 
 
