@@ -352,7 +352,7 @@ def run_recipe(b: Bench, task: dict, recipe: str, ks: list[int], seed: int, limi
     return row
 
 
-def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False) -> dict:
+def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False, profile: str | None = None) -> dict:
     """atoms/s compiling n atoms (copies of the task's atoms) in one batched compile, and the FLOPs it spent.
 
     phases: also record the wall seconds of each compile phase (compiler.train.PHASE_TIMES; the device is
@@ -366,7 +366,10 @@ def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False) 
     compile_task(b, {"atoms": big["atoms"][:min(n, 64)]}, fields, recipe)  # warm-up (kernels, allocator)
     ctrain.PHASE_TIMES = {} if phases else None
     try:
-        weights, stats, secs = compile_task(b, big, fields, recipe)
+        if profile:
+            weights, stats, secs = _profiled(profile, lambda: compile_task(b, big, fields, recipe), b.device)
+        else:
+            weights, stats, secs = compile_task(b, big, fields, recipe)
         phase_s = dict(ctrain.PHASE_TIMES or {})
     finally:
         ctrain.PHASE_TIMES = None
@@ -405,6 +408,26 @@ def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False) 
     return row
 
 
+def _profiled(path: str, fn, device: str):
+    """fn() under torch.profiler; writes operator tables (by device time and by host time) and the sum of device
+    kernel time against the wall time to `path`. The profiler slows the host side: a profiled row's atoms/s is
+    not comparable with an unprofiled one."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        out = fn()
+    ka = prof.key_averages()
+    dev_attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
+    dev_us = sum(getattr(e, dev_attr, 0) for e in ka)
+    lines = [f"wall {out[2]:.2f} s; device kernel time (sum of self times) {dev_us / 1e6:.2f} s",
+             "", "## by self device time", ka.table(sort_by=dev_attr, row_limit=45) if dev_us else "(no device)",
+             "", "## by self host time", ka.table(sort_by="self_cpu_time_total", row_limit=45)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return out
+
+
 def run(args) -> None:
     import torch
 
@@ -412,6 +435,11 @@ def run(args) -> None:
 
     device = resolve_device(args.device)
     b = Bench(device, args.batch or (64 if device.startswith("cuda") else 8))
+    if getattr(args, "liger", False):  # experiment: Liger's fused RMSNorm / RoPE / SwiGLU kernels on the model
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False, model=b.model)
     out_path = Path(args.out or ROOT / "bench" / "results" / f"compile_recipes_{'gpu' if device != 'cpu' else 'cpu'}.json")
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     result.update({"benchmark": "compile_recipes", "git": _git(), "machine": _machine(device),
@@ -450,9 +478,12 @@ def run(args) -> None:
             save()
         for n in ([int(x) for x in args.throughput.split(",")] if args.throughput else []):
             for recipe in (args.throughput_recipes or "default").split(","):
-                r = throughput(b, task, recipe, n, args.phases)
+                r = throughput(b, task, recipe, n, args.phases, args.profile)
                 r["git"] = result["git"]
                 r["machine"] = result["machine"]
+                if args.profile:  # the profiler slows the host: printed, not stored as a throughput figure
+                    print(json.dumps(dict(r, profiled=args.profile)), flush=True)
+                    continue
                 keep_old(tp.get((tname, recipe, n)), "throughput")
                 tp[(tname, recipe, n)] = r
                 print(json.dumps(r), flush=True)
@@ -500,6 +531,9 @@ def main() -> None:
     r.add_argument("--throughput", default="", help="comma list of atom counts for the throughput measurement")
     r.add_argument("--throughput-recipes", default="default")
     r.add_argument("--phases", action="store_true", help="throughput rows also record wall seconds per compile phase")
+    r.add_argument("--profile", default=None, help="write torch.profiler tables of the throughput compile to this file "
+                   "(its row's timing is then not a throughput figure)")
+    r.add_argument("--liger", action="store_true", help="experiment: Liger kernels on the model (needs liger-kernel)")
     r.add_argument("--out", default=None)
     i = sub.add_parser("init-bench", help="time the data init's subspace iteration, Gram-Schmidt vs QR")
     i.add_argument("--device", default="auto")

@@ -55,13 +55,19 @@ class ComposeState:
             for n in grp.names:
                 self.groups[n] = grp
 
-    def set(self, idx: torch.Tensor | None, w: torch.Tensor | None = None) -> None:
+    def set(self, idx: torch.Tensor | None, w: torch.Tensor | None = None, *, trusted_size: int | None = None) -> None:
+        """The batch's slots and weights. trusted_size: the caller built idx itself and every slot is below this
+        pool size (the compiler's training steps): no range check, so no host sync, and no serving metadata
+        (a forward with gradients never uses it)."""
         if idx is not None and w is None:
             w = torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
         self.idx, self.w = idx, w
         self.meta = None
         self.checked = None
         self._drop_pending()
+        if idx is not None and trusted_size is not None:
+            self.checked = (idx, int(trusted_size))
+            return
         if idx is not None and idx.is_cuda and get_backend() != "torch":
             try:
                 from compiler.compose.triton_ops import ComposeMeta

@@ -56,7 +56,7 @@ def train_monolithic(model, tok, examples: list[AtomExample], cfg: CompileConfig
             total, ntok = 0.0, 0
             for s in range(0, len(rows), batch_rows):
                 mb = rows[s:s + batch_rows]
-                h0, pos, tgt, _ = bank.batch(torch.tensor(mb, device=dev), max(bank.seq_cpu[j] for j in mb))
+                h0, pos, tgt, _ = bank.batch(mb, max(bank.seq_cpu[j] for j in mb))
                 state.set(torch.zeros(len(mb), 1, dtype=torch.long, device=dev),
                           torch.ones(len(mb), 1, device=dev))
                 state.pools = {n: (A, B * scale) for n, (A, B) in params.items()}

@@ -88,13 +88,23 @@ def make_examples(tok, texts: list[str], questions: list[list[str]],
 _SENTINEL = "\u2063doc2atom-question\u2063"
 
 
-def _prompt_ids_many(tok, questions: list[str]) -> list[list[int]]:
-    """prompt_ids(tok, q) for every q, fast: the chat template is rendered once around a sentinel and the filled-in
-    texts are tokenised in one batched call (rendering the template per question cost ~1 ms/atom).
+def _encode_many(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens added: tok(texts) in one call, through the fast tokeniser's
+    backend where there is one (the same ids, without the per-text Python objects transformers builds)."""
+    backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
 
-    Exact by construction where the template inserts the question verbatim (the rendered text is then the same
-    string, tokenised the same way, as apply_chat_template does); checked on the first and last question against
-    prompt_ids, with the per-question path as the fallback."""
+
+def _prompt_ids_many(tok, questions: list[str]) -> list[list[int]]:
+    """prompt_ids(tok, q) for every q, fast: the chat template is rendered once around a sentinel, the text before
+    and after the question is tokenised once, and the questions alone in one batched call (rendering the template
+    per question cost ~1 ms/atom, tokenising the whole rendered prompts ~0.1 ms/question).
+
+    ids(pre) + ids(q) + ids(post) is the tokenisation of the rendered prompt where the template puts the question
+    between token boundaries (SmolLM2's: a newline before it, a special token after it). Checked against
+    prompt_ids on the first, the last and six questions in between; the per-question path is the fallback."""
     if len(questions) < 4:
         return [prompt_ids(tok, q) for q in questions]
     try:
@@ -104,9 +114,12 @@ def _prompt_ids_many(tok, questions: list[str]) -> list[list[int]]:
         if not isinstance(text, str) or text.count(_SENTINEL) != 1:
             raise ValueError("sentinel not rendered once")
         pre, post = text.split(_SENTINEL)
-        ids = tok([pre + q.strip() + post for q in questions], add_special_tokens=False)["input_ids"]
-        ids = [list(x) for x in ids]
-        for j in (0, len(questions) - 1):
+        pre_ids, post_ids = _encode_many(tok, [pre, post]) if pre and post else (None, None)
+        if pre_ids is None:
+            raise ValueError("the question is not between two texts")
+        ids = [pre_ids + q + post_ids for q in _encode_many(tok, [q.strip() for q in questions])]
+        n = len(questions)
+        for j in sorted({0, n - 1} | {n * i // 7 for i in range(1, 7)}):
             if ids[j] != prompt_ids(tok, questions[j]):
                 raise ValueError("batched ids differ")
         return ids
@@ -119,8 +132,8 @@ def _answer_ids_many(tok, answers: list[str]) -> list[list[int]]:
     if len(answers) < 4:
         return [answer_ids(tok, a) for a in answers]
     eos = answer_ids(tok, "")  # just the end-of-turn token (or nothing)
-    out = [list(x) + eos for x in tok(list(answers), add_special_tokens=False)["input_ids"]]
-    if out[0] != answer_ids(tok, answers[0]):
+    out = [x + eos for x in _encode_many(tok, list(answers))]
+    if out[0] != answer_ids(tok, answers[0]) or out[-1] != answer_ids(tok, answers[-1]):
         return [answer_ids(tok, a) for a in answers]
     return out
 
@@ -203,6 +216,31 @@ def _slots(row_atom: torch.Tensor, M: int, others: int, rnd: random.Random):
     return idx, torch.ones(idx.shape)
 
 
+def _to_device(t: torch.Tensor, dev) -> torch.Tensor:
+    """A host tensor on `dev`. To a GPU through pinned memory without blocking: a copy from pageable memory makes
+    the host wait for the GPU's queue to drain, and a compile step made several (the GPU then idled while the host
+    caught up)."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def _to_host(t: torch.Tensor, chunk_bytes: int = 64 << 20) -> torch.Tensor:
+    """t on the CPU (ordinary memory). From a GPU, large tensors go through a pinned staging buffer in chunks: a
+    copy into pageable memory ran at ~1.4 GB/s on the H200 machine (0.74 s for the weights of 4096 atoms)."""
+    if not t.is_cuda or t.numel() * t.element_size() <= chunk_bytes:
+        return t.cpu()
+    src = t.contiguous().view(-1)
+    out = torch.empty(src.numel(), dtype=t.dtype)
+    n = max(1, chunk_bytes // t.element_size())
+    stage = torch.empty(min(n, src.numel()), dtype=t.dtype, pin_memory=True)
+    for i in range(0, src.numel(), n):
+        m = min(n, src.numel() - i)
+        stage[:m].copy_(src[i:i + m])  # into pinned memory: the DMA engine's speed
+        out[i:i + m].copy_(stage[:m])
+    return out.view(t.shape)
+
+
 class _RowBank:
     """Every training sequence of a chunk, ready on the device: the hidden states entering layer L
     (right-padded), prompt and target lengths and target ids. A micro-batch is a gather, not a loop."""
@@ -210,24 +248,30 @@ class _RowBank:
     def __init__(self, h: torch.Tensor, seq_lens: list[int], prompt_lens: list[int], targets: list[list[int]], dev):
         """h: (rows, longest, d) hidden states entering layer L, right-padded (layers.lower_bank)."""
         self.h = h
+        self.dev = dev
         seq = list(seq_lens)
-        self.seq = torch.tensor(seq, device=dev)
-        self.plen = torch.tensor(prompt_lens, device=dev)
-        self.alen = torch.tensor([len(t) for t in targets], device=dev)
+        self.seq_cpu = seq
+        self.plen_cpu = torch.tensor(prompt_lens, dtype=torch.long)
+        self.alen_cpu = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        self.alen = self.alen_cpu.to(dev)
         A = max(len(t) for t in targets)
         self.tgt = torch.tensor([list(t) + [0] * (A - len(t)) for t in targets], dtype=torch.long, device=dev)
-        self.seq_cpu = seq
 
-    def batch(self, rows: torch.Tensor, T: int):
-        """(h (b, T, d), target positions (n, 2), target ids (n,), row of each target (n,)) for bank rows."""
-        A = self.tgt.shape[1]
-        ar = torch.arange(A, device=rows.device)
-        m = ar[None] < self.alen[rows][:, None]
+    def batch(self, rows: list[int], T: int):
+        """(h (b, T, d), target positions (n, 2), target ids (n,), row of each target (n,)) for bank rows.
+
+        The index arrays are built on the host from the known lengths and sent in one non-blocking copy: no
+        data-dependent shape on the device, so no wait for it."""
+        r = torch.as_tensor(rows, dtype=torch.long)
+        al = self.alen_cpu[r]
+        trow = torch.repeat_interleave(torch.arange(len(r)), al)  # the batch row of each target token
+        k = torch.arange(len(trow)) - torch.repeat_interleave(torch.cumsum(al, 0) - al, al)  # its place in the answer
         # logits at position j predict token j+1: answer token k sits at plen+k, predicted from plen+k-1
-        p = self.plen[rows][:, None] - 1 + ar[None]
-        r = torch.arange(len(rows), device=rows.device)[:, None].expand_as(p)
-        pos = torch.stack([r[m], p[m]], 1)
-        return self.h[rows, :T], pos, self.tgt[rows][m], r[m]
+        p = self.plen_cpu[r][trow] - 1 + k
+        packed = _to_device(torch.cat([r, trow, p, k]), self.dev)
+        b, n = len(r), len(trow)
+        r_d, trow_d, p_d, k_d = packed[:b], packed[b:b + n], packed[b + n:b + 2 * n], packed[b + 2 * n:]
+        return self.h[r_d, :T], torch.stack([trow_d, p_d], 1), self.tgt[r_d[trow_d], k_d], trow_d
 
 
 class _Negatives:
@@ -300,7 +344,7 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int
     for s in range(0, len(rows), g):
         part = rows[s:s + g]
         ri = torch.tensor([i for _, i in part], device=dev)
-        h0, pos, _, _ = bank.batch(ri, max(bank.seq_cpu[i] for _, i in part))
+        h0, pos, _, _ = bank.batch([i for _, i in part], max(bank.seq_cpu[i] for _, i in part))
         state.set(torch.tensor([a for a, _ in part], device=dev)[:, None], torch.ones(len(part), 1, device=dev))
         with torch.enable_grad(), _matmul_mode(fast):
             state.pools = _pools(params, cfg.scale, frozen_copy=False)
@@ -330,15 +374,27 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     # bf16 copies of the frozen weights, made once per call and dropped with it
     fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
     try:
-        for start in range(0, len(examples), cfg.batch_atoms):
-            chunk = examples[start:start + cfg.batch_atoms]
-            out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast))
-            if progress:
-                progress(len(chunk))
+        with _attention_backends(dev):
+            for start in range(0, len(examples), cfg.batch_atoms):
+                chunk = examples[start:start + cfg.batch_atoms]
+                out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast))
+                if progress:
+                    progress(len(chunk))
     finally:
         state.clear()
         state.pools = {}
     return out
+
+
+def _attention_backends(dev):
+    """On a GPU, SDPA's flash and memory-efficient kernels before cuDNN's: the compile's passes change shape at
+    every step, and cuDNN attention built a new plan per shape (~3 ms of host time a call, ~6 s of a 4096-atom
+    Rhine compile on an H200, with the GPU waiting). Elsewhere: no change."""
+    if dev.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def compile_statements(model, tok, texts: list[str], questions: list[list[str]], cfg: CompileConfig,
@@ -387,7 +443,7 @@ def _input_directions(model, state, names, bank, row_atom: list[int], M: int, r:
     try:
         with _phase("init_forward", dev), _matmul_mode(fast):
             for part in groups:
-                h0, pos, _, trow = bank.batch(torch.tensor(part, device=dev), max(bank.seq_cpu[j] for j in part))
+                h0, pos, _, trow = bank.batch(part, max(bank.seq_cpu[j] for j in part))
                 run_layers(model, h0, L, None)
                 atoms.append(torch.tensor([row_atom[j] for j in part], device=dev)[trow])
                 for n in names:
@@ -430,6 +486,15 @@ def _top_directions(X: torch.Tensor, r: int, iters: int = 8, method: str = "gs")
     Gram-Schmidt applied twice (a handful of batched element-wise ops for r <= 16), "qr" by torch.linalg.qr
     (the plain path; on CUDA a batched QR of 1024 tall matrices was the slow part of the data init). The
     final r x r Rayleigh-Ritz eigenproblem is solved on the CPU in float64."""
+    if X.is_cuda and torch.backends.cuda.matmul.fp32_precision != "tf32":
+        # on a GPU the products run in TF32: these are starting directions, not an exact SVD (fp32 GEMMs were
+        # ~1.3 of the 1.7 s of a 4096-atom data init on an H200)
+        old = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        try:
+            return _top_directions(X, r, iters, method)
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = old
     M, n, d = X.shape
     g = torch.Generator(device=X.device).manual_seed(0)
     V = 1e-3 * torch.randn(M, d, r, generator=g, device=X.device, dtype=X.dtype)
@@ -600,19 +665,19 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             per_atom = torch.zeros(M, device=dev)
             pmin = torch.ones(M, device=dev)
             counts = torch.zeros(M).index_add_(0, ra, tlen[torch.tensor([off[a] + q for a, q in rows])])
-            counts = counts.to(dev)
+            counts = _to_device(counts, dev)
             composing = M > 1 and rnd.random() < cfg.compose_prob
             prows, seen = [], []  # each row's min answer-token p (device) and its (atom, question)
             mbs = _micro_batches(chunk, rows, cfg.max_tokens_per_step, cfg.sort_rows)
         for mb in mbs:
             with _phase("step_fwd_bwd", dev):
                 bank_rows = [off[a] + q for a, q in mb]
-                h0, pos, tgt, trow = bank.batch(torch.tensor(bank_rows, device=dev),
-                                                max(bank.seq_cpu[j] for j in bank_rows))
+                h0, pos, tgt, trow = bank.batch(bank_rows, max(bank.seq_cpu[j] for j in bank_rows))
                 row_atom = torch.tensor([a for a, _ in mb])
                 idx, w = _slots(row_atom, M, cfg.compose_others if composing else 0, rnd)
-                state.set(idx.to(dev), w.to(dev))
-                row_atom = row_atom.to(dev)
+                # the slots are built here, below the pools' size: no range check (a host sync) per pass
+                state.set(_to_device(idx, dev), _to_device(w, dev), trusted_size=2 * M if composing else M)
+                row_atom = _to_device(row_atom, dev)
                 with torch.enable_grad(), _matmul_mode(fast):
                     state.pools = _pools(params, cfg.scale, frozen_copy=composing)
                     h = run_layers(model, h0, L, None, final_norm=True)
@@ -643,9 +708,9 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
             steps[act_t] += 1
             boost = None
             if cfg.warm_lr_steps > 0 and cfg.warm_lr_factor != 1.0:
-                boost = torch.where(steps <= cfg.warm_lr_steps, cfg.warm_lr_factor, 1.0).to(dev)
+                boost = _to_device(torch.where(steps <= cfg.warm_lr_steps, cfg.warm_lr_factor, 1.0), dev)
         with _phase("step_opt", dev):
-            opt.step(active.to(dev), steps.to(dev), boost)
+            opt.step(_to_device(active, dev), _to_device(steps, dev), boost)
             if bases is not None:
                 for n, (A, _) in params.items():
                     project_out(A.data, bases[n])
@@ -661,7 +726,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     with _phase("finish", dev), torch.no_grad():
         # each atom's tensors are views of one host copy per module (unbind: no per-atom copy, ~80k of them
         # cost seconds at 4096 atoms); the stats leave their tensors once
-        host = {n: (A.detach().float().cpu().unbind(0), (B * cfg.scale).detach().float().cpu().unbind(0))
+        host = {n: (_to_host(A.detach().float()).unbind(0), _to_host((B * cfg.scale).detach().float()).unbind(0))
                 for n, (A, B) in params.items()}
         st, lp, ll, ok = steps.tolist(), last_p.tolist(), last_loss.tolist(), (reached >= 0).tolist()
         for a in range(M):

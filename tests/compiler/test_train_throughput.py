@@ -134,3 +134,21 @@ def test_compiled_atoms_own_their_rows_and_stats(tiny_base):
         assert isinstance(c.stats["min_answer_prob"], float)
         for n, (A, B) in c.weights.items():
             assert torch.equal(shard[n + ".A"][i], A.half()) and torch.equal(shard[n + ".B"][i], B.half())
+
+
+def test_to_host_on_the_cpu_is_cpu():
+    t = torch.arange(10, dtype=torch.float32)
+    assert train._to_host(t) is t.cpu()
+
+
+def test_to_host_through_the_staging_buffer_equals_cpu():
+    """The chunked pinned copy (GPU only) gives what .cpu() gives, for sizes around the chunk."""
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("the staging path needs CUDA")
+    for n in (1, 1000, 4096, 4097, 40000):
+        x = torch.randn(n, 3, device="cuda")
+        assert torch.equal(train._to_host(x, chunk_bytes=4096 * 12), x.cpu())
+    y = torch.randn(8, 5, 7, device="cuda").transpose(0, 2)  # not contiguous
+    assert torch.equal(train._to_host(y, chunk_bytes=64), y.cpu())
