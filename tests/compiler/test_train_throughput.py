@@ -152,3 +152,35 @@ def test_to_host_through_the_staging_buffer_equals_cpu():
         assert torch.equal(train._to_host(x, chunk_bytes=4096 * 12), x.cpu())
     y = torch.randn(8, 5, 7, device="cuda").transpose(0, 2)  # not contiguous
     assert torch.equal(train._to_host(y, chunk_bytes=64), y.cpu())
+
+
+def test_data_init_in_row_count_groups_spans_what_one_pack_spans():
+    """_row_count_groups packs atoms by similar row counts; with each group given its slice of one noise draw,
+    each atom's directions must be those of packing all atoms to the longest (only the zero padding differs)."""
+    from compiler.train import _pack_by_atom, _row_count_groups
+
+    g = torch.Generator().manual_seed(0)
+    M, r, d = 11, 3, 24
+    counts = [1, 2, 3, 5, 8, 13, 21, 4, 40, 6, 9]
+    xs, atom = [], []
+    for a, n in enumerate(counts):
+        basis = torch.linalg.qr(torch.randn(d, r, generator=g)).Q.T  # (r, d) planted directions, clear gaps
+        coef = torch.randn(n, r, generator=g) * torch.tensor([9.0, 3.0, 1.0])
+        xs.append(coef @ basis + 0.01 * torch.randn(n, d, generator=g))
+        atom += [a] * n
+    perm = torch.randperm(len(atom), generator=g)  # rows arrive in any order
+    x, atom = torch.cat(xs)[perm], torch.tensor(atom)[perm]
+    full = _top_directions(_pack_by_atom(x, atom, M, r), r)
+    grouped = torch.empty_like(full)
+    groups = _row_count_groups(atom, M)
+    assert sorted(int(i) for ids, _, _ in groups for i in ids) == list(range(M))
+    noise = train._start_noise(M, d, r, x)
+    for ids, rows, local in groups:
+        grouped[ids] = _top_directions(_pack_by_atom(x[rows], local, len(ids), r), r, noise=noise[ids])
+    # the same starting noise per atom: the same subspaces (directions up to sign and rounding): the top min(n, r)
+    # directions inside the rows' span, and all r together (those outside the span come from the same noise)
+    for a, n in enumerate(counts):
+        for k in {min(n, r), r}:
+            P = full[a, :k].T @ full[a, :k]
+            Q = grouped[a, :k].T @ grouped[a, :k]
+            assert torch.allclose(P, Q, atol=1e-3), (a, n, k, float((P - Q).abs().max()))
