@@ -18,7 +18,9 @@ machine without spaCy, FAISS or the embedder):
                8 random atoms composed; share of answers identical to the base model's;
              - bytes per atom (fp16), compile seconds per atom, atoms per second.
            Recipe "monolithic" trains one LoRA for the whole task instead (the baseline).
-  throughput  atoms/s of the batched compile on N copies of a task's atoms, with the FLOPs spent.
+  throughput  atoms/s of the batched compile on N copies of a task's atoms, with the FLOPs spent
+           (--phases: wall seconds per compile phase; --profile FILE: torch.profiler operator tables of the
+           same compile, printed row not stored; --liger: an experiment with Liger-Kernel on the model).
 
     .venv/bin/python bench/bench_compile.py prepare
     flock /tmp/doc2atom-cpu.lock .venv/bin/python bench/bench_compile.py run --tasks sample --recipes default,kl
