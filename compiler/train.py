@@ -518,15 +518,34 @@ def _top_directions(X: torch.Tensor, r: int, iters: int = 8, method: str = "gs",
 
     noise: (M, d, r), the small random part of the starting columns; None = drawn here (seed 0). A caller that
     splits the atoms into groups passes each group its slice of one draw, so the split changes nothing."""
-    if X.is_cuda and torch.backends.cuda.matmul.fp32_precision != "tf32":
-        # on a GPU the products run in TF32: these are starting directions, not an exact SVD (fp32 GEMMs were
-        # ~1.3 of the 1.7 s of a 4096-atom data init on an H200)
-        old = torch.backends.cuda.matmul.fp32_precision
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    # on a GPU the products run in TF32: these are starting directions, not an exact SVD (fp32 GEMMs were ~1.3 of
+    # the 1.7 s of a 4096-atom data init on an H200)
+    with _tf32_matmuls() if X.is_cuda else contextlib.nullcontext():
+        return _subspace_iteration(X, r, iters, method, noise)
+
+
+@contextlib.contextmanager
+def _tf32_matmuls():
+    """fp32 matrix products on a GPU in TF32 inside the block (the setting is restored after)."""
+    m = torch.backends.cuda.matmul
+    if hasattr(m, "fp32_precision"):  # torch >= 2.9
+        old = m.fp32_precision
+        m.fp32_precision = "tf32"
         try:
-            return _top_directions(X, r, iters, method, noise)
+            yield
         finally:
-            torch.backends.cuda.matmul.fp32_precision = old
+            m.fp32_precision = old
+    else:
+        old = m.allow_tf32
+        m.allow_tf32 = True
+        try:
+            yield
+        finally:
+            m.allow_tf32 = old
+
+
+def _subspace_iteration(X: torch.Tensor, r: int, iters: int, method: str, noise: torch.Tensor | None) -> torch.Tensor:
+    """_top_directions' work, in the current matmul precision."""
     M, n, d = X.shape
     V = 1e-3 * (_start_noise(M, d, r, X) if noise is None else noise.to(X))
     k = min(n, r)

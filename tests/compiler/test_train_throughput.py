@@ -184,3 +184,12 @@ def test_data_init_in_row_count_groups_spans_what_one_pack_spans():
             P = full[a, :k].T @ full[a, :k]
             Q = grouped[a, :k].T @ grouped[a, :k]
             assert torch.allclose(P, Q, atol=1e-3), (a, n, k, float((P - Q).abs().max()))
+
+
+def test_tf32_block_restores_the_matmul_setting():
+    m = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"
+    before = getattr(m, name)
+    with train._tf32_matmuls():
+        assert getattr(m, name) in ("tf32", True)
+    assert getattr(m, name) == before
