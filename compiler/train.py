@@ -253,7 +253,6 @@ class _RowBank:
         self.seq_cpu = seq
         self.plen_cpu = torch.tensor(prompt_lens, dtype=torch.long)
         self.alen_cpu = torch.tensor([len(t) for t in targets], dtype=torch.long)
-        self.alen = self.alen_cpu.to(dev)
         A = max(len(t) for t in targets)
         self.tgt = torch.tensor([list(t) + [0] * (A - len(t)) for t in targets], dtype=torch.long, device=dev)
 
@@ -528,20 +527,13 @@ def _top_directions(X: torch.Tensor, r: int, iters: int = 8, method: str = "gs",
 def _tf32_matmuls():
     """fp32 matrix products on a GPU in TF32 inside the block (the setting is restored after)."""
     m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):  # torch >= 2.9
-        old = m.fp32_precision
-        m.fp32_precision = "tf32"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:
-        old = m.allow_tf32
-        m.allow_tf32 = True
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
+    name, value = ("fp32_precision", "tf32") if hasattr(m, "fp32_precision") else ("allow_tf32", True)  # torch < 2.9
+    old = getattr(m, name)
+    setattr(m, name, value)
+    try:
+        yield
+    finally:
+        setattr(m, name, old)
 
 
 def _subspace_iteration(X: torch.Tensor, r: int, iters: int, method: str, noise: torch.Tensor | None) -> torch.Tensor:
@@ -706,7 +698,7 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     off = [0] * M  # bank row of each atom's question 0
     for a in range(1, M):
         off[a] = off[a - 1] + len(chunk[a - 1].prompts)
-    tlen = bank.alen.float().cpu()  # answer tokens of each bank row
+    tlen = bank.alen_cpu.float()  # answer tokens of each bank row
     while bool(active.any()):
         with _phase("step_host", dev):
             act_t = active.nonzero().flatten()
