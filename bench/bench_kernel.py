@@ -196,6 +196,93 @@ def layer_level(res: dict, copy_bw: float, layer_T=(1, 32, 256)) -> None:
     log("host us per call:", res["layer"]["host_us_per_call"])
 
 
+WIDE_SPACE = {"block_t": [32, 64, 128], "block_s": [16, 32, 64, 128], "block_d": [32, 64, 128, 256],
+              "split_d": [1, 2, 4, 8, 16], "groups": [1, 2, 4, 8, 16, 32], "block_n": [64, 128, 256],
+              "warps_s": [4, 8], "warps_e": [4, 8], "stages_s": [2, 3, 4, 5], "stages_e": [1, 2, 3]}
+FUSED_SPACE = {"block_t": [16, 32, 64, 128], "block_d": [64, 128, 256, 512], "block_n": [64, 128, 256],
+               "num_warps": [4, 8], "num_stages": [2, 3, 4, 5]}
+
+
+def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float) -> None:
+    """Coordinate descent over the tile plans' overrides at one T (tokens per request), per (K, r).
+
+    Same problem as the layer-level rows (bsz 32, d 4096, atoms distinct per request, bf16), timed
+    the same way (do_bench, median, L2 flushed); each candidate's output is checked against the
+    untuned plan's. The winner is re-timed as a CUDA graph of 20 calls (GPU time only). Also the
+    floors of this size: a device copy x -> out (the bytes of the bound but for the atoms), a
+    zero-fill of out (the write alone)."""
+    from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
+
+    bsz, d_in, d_out = 32, 4096, 4096
+    out_rows = []
+    x = torch.randn(bsz, T, d_in, dtype=DT, device="cuda")
+    buf = torch.empty(bsz, T, d_out, dtype=DT, device="cuda")
+    floors = {"copy_x_to_out_us": bench_ms(lambda: buf.copy_(x)) * 1e3,
+              "zero_out_us": bench_ms(lambda: buf.zero_()) * 1e3,
+              "read_x_sum_us": bench_ms(lambda: x.sum(dtype=torch.float32)) * 1e3}
+    log(f"tune T={T}: floors {floors}")
+    t0 = time.perf_counter()
+    for K, r in combos:
+        N = bsz * K
+        A = torch.randn(N, r, d_in, dtype=DT, device="cuda") / 64
+        B = pool_b(N, d_out, r, 1 / 8)
+        meta = ComposeMeta(torch.randperm(N, device="cuda").reshape(bsz, K), torch.rand(bsz, K, device="cuda") + 0.5,
+                           n_slots=N)
+        byts = (A.numel() + B.numel() + x.numel() + buf.numel()) * 2
+        bound_us = byts / copy_bw * 1e6
+        ref = compose_delta_triton(x, A, B, meta=meta, path="wide").float()
+        scale = ref.abs().max().item()
+        row = dict(T=T, K=K, r=r, bound_us=bound_us, tried={})
+        for path, space in (("wide", WIDE_SPACE), ("fused", FUSED_SPACE)):
+            seen: dict = {}
+
+            def timed(cfg: dict) -> float:
+                key = json.dumps(cfg, sort_keys=True)
+                if key in seen:
+                    return seen[key]
+                try:
+                    y = compose_delta_triton(x, A, B, meta=meta, out=buf, path=path, tune=dict(cfg))
+                    err = (y.float() - ref).abs().max().item() / scale
+                    t = float("inf") if not err < 2e-2 else bench_ms(
+                        lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path=path, tune=dict(cfg))) * 1e3
+                    if not err < 2e-2:
+                        log(f"  {path} {cfg}: WRONG (rel err {err:.3g})")
+                except Exception as e:  # out of shared memory / registers, a too-large tile
+                    t = float("inf")
+                    log(f"  {path} {cfg}: {type(e).__name__}: {str(e)[:120]}")
+                seen[key] = t
+                return t
+
+            cfg: dict = {}
+            t_path = time.perf_counter()
+            best = timed(cfg)
+            start = best
+            for _round in range(2):
+                improved = False
+                for k, vals in space.items():
+                    for v in vals:
+                        if time.perf_counter() - t_path > budget_s / (2 * len(combos)):
+                            break
+                        c = dict(cfg, **{k: v})
+                        t = timed(c)
+                        if t < best * 0.985:
+                            best, cfg, improved = t, c, True
+                if not improved:
+                    break
+            g_us = graph_us_per_call([lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path=path,
+                                                                   tune=dict(cfg))] * 20) if best < float("inf") else None
+            row[path] = dict(default_us=start, best_us=best, best_cfg=cfg, best_over_bound=best / bound_us,
+                             default_over_bound=start / bound_us, best_graph_us=g_us, n_tried=len(seen))
+            row["tried"][path] = {k: v for k, v in seen.items()}
+            log(f"tune T={T} K={K} r={r} {path}: default {start:.1f}us ({start / bound_us:.2f}x) best {best:.1f}us "
+                f"({best / bound_us:.2f}x, graph {g_us if g_us is None else round(g_us, 1)}us) {cfg} "
+                f"[{len(seen)} tried, {time.perf_counter() - t0:.0f}s]")
+        out_rows.append(row)
+        del A, B
+    res.setdefault("layer_tune", []).append(dict(T=T, floors=floors, rows=out_rows, wide_space=WIDE_SPACE,
+                                                 fused_space=FUSED_SPACE))
+
+
 def graph_us_per_call(calls: list, reps: int = 5) -> float:
     """Median over replays of (one graph holding every call in `calls`) / len(calls), in us."""
     side = torch.cuda.Stream()
@@ -392,7 +479,7 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
 
 # ------------------------------------------------------------------------------------------
 def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2,
-                   carveouts=(), fused_configs=()) -> None:
+                   carveouts=(), fused_configs=(), only: str = "") -> None:
     """Llama-8B layers' 7 projections through compiler.lora.AtomLinear alone (no attention), b32, T=1.
 
     Per variant: GPU us per layer (n_layers layers captured in one graph, replays timed with
@@ -479,6 +566,8 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     carve_ok = hasattr(torch._C, "_set_sm_carveout_experimental")
     for c in carveouts if carve_ok else ():
         variants += [(f"base_carve{c}", None, None), (f"grouped_always_carve{c}", True, "always")]
+    if only:
+        variants = [v for v in variants if v[0] == "base" or re.search(only, v[0])]
     old_mode, old_prio, old_path = grouped.overlap, grouped.side_priority, grouped.default_path
     old_fl = (fl.mode, fl.use_pdl, dict(fl.config))
     with torch.no_grad():
@@ -894,6 +983,24 @@ def decode_section(res: dict, args, t_start: float) -> None:
             record(f"b{bsz}_base_eager_rep{rep}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
             attach(model, names)
             record(f"b{bsz}_grouped_eager_rep{rep}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
+        # paired eager measurement: base and composed (the default path) alternated, one ratio per pair, so
+        # that the host's drift over a run (15-25% between rows on the VM) falls on both sides of each ratio
+        if args.eager_pairs:
+            pairs = []
+            attach(model, names)
+            decode(model, bsz, args.prompt, 4)  # warm-up: kernels compiled, launch caches filled
+            for _ in range(args.eager_pairs):
+                unwrap(model, names)
+                b_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
+                attach(model, names)
+                c_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
+                pairs.append({"base_ms": b_ms, "composed_ms": c_ms, "ratio": b_ms / c_ms})
+            rs = sorted(p_["ratio"] for p_ in pairs)
+            dec[f"eager_pairs_b{bsz}"] = {"path": "grouped_eager (fused_linear auto)", "pairs": pairs,
+                                          "median_ratio": rs[len(rs) // 2] if len(rs) % 2 else
+                                          (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2,
+                                          "min_ratio": rs[0], "max_ratio": rs[-1]}
+            log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}")
         if bsz == batches[0]:
             fl_mod.mode = "never"  # round-4 plan comparisons
             for gpath in ("wide", "fused"):
@@ -978,6 +1085,11 @@ def decode_section(res: dict, args, t_start: float) -> None:
             ("decode_ratio_composed_over_base_zipf", ("triton_meta_eager_zipf", "grouped_eager_zipf")),
             ("decode_ratio_composed_over_base_graphed_zipf", ("triton_meta_graphed_zipf", "grouped_graphed_zipf"))):
         res[out_key], res[out_key + "_path"] = best(keys)
+    if dec.get("eager_pairs_b32"):  # the paired median replaces the best single eager row (noise-picked)
+        res["decode_ratio_composed_over_base_best_single_row"] = res["decode_ratio_composed_over_base"]
+        res["decode_ratio_composed_over_base"] = dec["eager_pairs_b32"]["median_ratio"]
+        res["decode_ratio_composed_over_base_path"] = (f"grouped_eager, median of "
+                                                       f"{len(dec['eager_pairs_b32']['pairs'])} alternated pairs")
     # what reading each distinct atom once costs, on top of the base step as measured (graphed)
     copy_bw = res.get("copy_bandwidth_GBps")
     for bsz in batches:
@@ -1097,6 +1209,17 @@ def main() -> None:
     ap.add_argument("--fused-pick-best", action="store_true",
                     help="run the decode rows with the fused-linear tile override that was fastest in the "
                          "serving-layer section (recorded as fused_config_in_decode)")
+    ap.add_argument("--layer-tune", default="",
+                    help="T values (tokens per request) at which to search the tile plans' overrides per (K, r), "
+                         "e.g. 256; rows in 'layer_tune'")
+    ap.add_argument("--layer-tune-combos", default="1x1,8x2,8x4,32x2,32x4", help="KxR pairs for --layer-tune")
+    ap.add_argument("--layer-tune-budget", type=float, default=240.0,
+                    help="seconds per T for --layer-tune, shared equally by the (K, r) pairs and the two plans")
+    ap.add_argument("--eager-pairs", type=int, default=0,
+                    help="alternate base and composed eager decodes N times per batch; the b32 median of the pair "
+                         "ratios becomes the headline eager ratio")
+    ap.add_argument("--serving-only", default="",
+                    help="regex: the serving-layer variants to run besides 'base' (e.g. 'fused|grouped_always$')")
     ap.add_argument("--carveouts", default="",
                     help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
@@ -1137,8 +1260,14 @@ def main() -> None:
             save(res, args.out)
         if not args.skip_serving and DEV == "cuda":
             serving_layers(res, bw, carveouts=[int(c) for c in args.carveouts.split(",") if c],
-                           fused_configs=parse_configs(args.fused_configs))
+                           fused_configs=parse_configs(args.fused_configs), only=args.serving_only)
             save(res, args.out)
+        if args.layer_tune and DEV == "cuda":
+            combos = [tuple(int(v) for v in c.split("x")) for c in args.layer_tune_combos.split(",")]
+            with torch.no_grad():
+                for T in (int(t) for t in args.layer_tune.split(",")):
+                    layer_tune(res, bw, T, combos, args.layer_tune_budget)
+                    save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():
                 layer_level(res, bw, [int(t) for t in args.layer_T.split(",")])

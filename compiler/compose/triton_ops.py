@@ -17,8 +17,9 @@ Plans (S = K atoms x R pool rank stacked rows per request; a "row" is one token 
   tile fused  (T > 4, small eager calls) one launch of tensor-core tiles, as gemv fused.
   tile wide   (T > 4, large calls) shrink partials then expand, tensor-core tiles.
 "auto" takes, for T <= 4, the GEMV plan measured faster for the shape on an H200 (the same
-eager and under capture); for T > 4, tile wide above 256 tokens or under capture, else tile
-fused. Kernels are compiled on first use, which a CUDA-graph capture does not allow: run each
+eager and under capture); for T > 4, tile fused when 32-token blocks of the batch fill the GPU
+(its large-call tiles, e.g. prefill), else tile wide above 256 tokens or under capture, else
+tile fused. Kernels are compiled on first use, which a CUDA-graph capture does not allow: run each
 shape once (both paths, for T > 4) before capturing.
 B is read through its strides: the pool keeps B as a transposed view of a contiguous
 (N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row. A is read through
@@ -564,23 +565,45 @@ def _expand_partial_kernel(
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
+def _fills_gpu(bsz: int, T: int, n_sm: int) -> bool:
+    """Whether 32-token blocks of the batch alone give every SM a program: the tile-fused plan's
+    large regime, which "auto" takes for any T > 4 (a 32-row x tile read once, h kept in registers,
+    y written once: the delta's bytes in one pass, no partials)."""
+    return bsz * triton.cdiv(T, 32) >= n_sm
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None, esize: int):
-    """Tile-fused plan: tile sizes and grid; pure function of the shapes, cached."""
+    """Tile-fused plan: tile sizes, grid and pipeline depth; pure function of the shapes, cached.
+
+    Large calls (`_fills_gpu`): the tiles found by bench_kernel.py --layer-tune 256 on an H200
+    (KERNEL_NOTES "Stop 15"): 32-token tiles and a 5-deep pipeline while the stacked ranks are
+    few (S <= 32); 128-token tiles above (the gathered A and B rows are then re-read per token
+    tile: fewer, taller tiles read them fewer times), wide output tiles."""
     S = K * R
-    block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
     single = S <= _S_REGISTERS
     block_s = _pow2_at_least(S, 16) if single else _S_CHUNK
-    # about 32 KB of operands per pipeline stage (x tile + gathered A rows)
-    block_d = min(512, max(64, _pow2_at_most((32768 // esize) // (block_t + block_s))))
-    block_n = min(128, max(64, _pow2_at_most(8192 // (block_t + block_s))))
+    if _fills_gpu(bsz, T, n_sm) and T > _GEMV_MAX_T and esize <= 2:  # fp32 tiles this size overflow shared memory
+        block_t = 32 if S <= 32 or T <= 32 else (64 if T <= 64 else 128)
+        block_n = 128 if S <= 16 else 256
+        block_d = 128
+        # pipeline depth within ~200 KB of shared memory (the H200 has 227 KB per block): 5 stages of
+        # 32-token tiles; 128-token tiles with 128 stacked ranks take 64 KB a stage, so 3
+        stage = max((block_t + block_s) * block_d, block_s * block_n) * esize
+        num_stages = max(2, min(5 if block_t <= 32 else 4, (200 * 1024) // stage))
+    else:
+        block_t = 16 if T <= 16 else (32 if T <= 32 else 64)
+        block_n = min(128, max(64, _pow2_at_most(8192 // (block_t + block_s))))
+        num_stages = 3
+        # about 32 KB of operands per pipeline stage (x tile + gathered A rows)
+        block_d = min(512, max(64, _pow2_at_most((32768 // esize) // (block_t + block_s))))
     n_prog = bsz * triton.cdiv(T, block_t)
     n_nb = triton.cdiv(d_out, block_n)
     if split is None:
         split = max(1, n_sm // max(1, n_prog))  # one program per SM when the batch alone cannot fill the GPU
     split = max(1, min(split, n_nb))
     num_warps = 4 if block_t * block_s <= 2048 else 8
-    return block_t, block_s, block_d, block_n, single, split, num_warps
+    return block_t, block_s, block_d, block_n, single, split, num_warps, num_stages
 
 
 @functools.lru_cache(maxsize=4096)
@@ -606,6 +629,37 @@ def _plan_wide(bsz: int, T: int, K: int, R: int, d_in: int, d_out: int, n_sm: in
     warps_s = 8 if block_t * block_s >= 4096 else 4
     warps_e = 8 if block_t * max(block_s, block_n) >= 8192 else 4
     return block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s, warps_e
+
+
+_WIDE_TUNE_KEYS = ("block_t", "block_s", "block_d", "split_d", "groups", "block_n", "warps_s", "warps_e",
+                   "stages_s", "stages_e")
+
+
+def _tune_wide(tune: dict, S: int, d_in: int, d_out: int, block_t: int, block_s: int, block_d: int, split_d: int,
+               groups: int, block_n: int, warps_s: int, warps_e: int, stages_s: int, stages_e: int) -> tuple:
+    """The tile-wide plan with benchmark overrides applied (`tune` keys: _WIDE_TUNE_KEYS); derived sizes recomputed."""
+    bad = set(tune) - set(_WIDE_TUNE_KEYS)
+    if bad:
+        raise ValueError(f"unknown tune keys for the wide plan: {sorted(bad)}; known: {_WIDE_TUNE_KEYS}")
+    block_t = tune.get("block_t", block_t)
+    block_s = tune.get("block_s", block_s)
+    block_d = tune.get("block_d", block_d)
+    block_n = tune.get("block_n", block_n)
+    for name, v in (("block_t", block_t), ("block_s", block_s), ("block_d", block_d), ("block_n", block_n)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+    n_sc = triton.cdiv(S, block_s)
+    n_db = triton.cdiv(d_in, block_d)
+    split_d = max(1, min(tune.get("split_d", split_d), n_db))
+    d_per = triton.cdiv(n_db, split_d) * block_d
+    split_d = triton.cdiv(d_in, d_per)
+    n_nb = triton.cdiv(d_out, block_n)
+    groups = max(1, min(tune.get("groups", groups), n_nb))
+    n_per = triton.cdiv(n_nb, groups) * block_n
+    groups = triton.cdiv(d_out, n_per)
+    return (block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n,
+            tune.get("warps_s", warps_s), tune.get("warps_e", warps_e), tune.get("stages_s", stages_s),
+            tune.get("stages_e", stages_e))
 
 
 # ---- launching -------------------------------------------------------------------------------
@@ -767,7 +821,8 @@ def compose_delta_triton(
               every element is overwritten with the delta, or, with accumulate=True,
               out += delta (e.g. out = the base layer's output y).
         split, tune: overrides for benchmarks and tuning: the d_out split per row of the fused
-              plans; any of block_t, block_d, block_n, num_warps, num_stages of the tile-fused plan.
+              plans; any of block_t, block_d, block_n, num_warps, num_stages of the tile-fused plan;
+              any of `_WIDE_TUNE_KEYS` of the tile-wide plan (T > 4).
         path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto" (the
               module docstring says which; per shape for T <= 4 tokens per request).
         stream: launch on this stream instead of the current one (the caller orders it against
@@ -909,24 +964,30 @@ def compose_delta_triton(
         # more stacked ranks than registers hold: the tile-fused kernel with scratch (one launch)
 
     if path == "auto":
-        path = "wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused"
+        large = _fills_gpu(bsz, T, n_sm) and x.element_size() <= 2
+        path = "fused" if large else ("wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused")
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     if path == "wide":
         (block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s,
          warps_e) = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())
+        stages_s, stages_e = 3, 2
+        if tune:
+            (block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s, warps_e, stages_s,
+             stages_e) = _tune_wide(tune, S, d_in, d_out, block_t, block_s, block_d, split_d, groups, block_n,
+                                    warps_s, warps_e, stages_s, stages_e)
         grid0 = bsz * triton.cdiv(T, block_t)
         hp = torch.empty(grid0 * n_sc * split_d * block_t * block_s, dtype=torch.float32, device=dev)
         _launch(_shrink_partial_kernel, (grid0, split_d, n_sc), (x, A, idx, w, hp, T, d_in, K, d_per, saN),
-                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, PREC=prec), warps_s, 3, dev_index)
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, PREC=prec), warps_s, stages_s,
+                dev_index)
         _launch(_expand_partial_kernel, (grid0, groups, 1),
                 (hp, B, idx, out, T, d_out, K, split_d, sbN, sbO, sbR, n_per),
                 dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_N=block_n, ONE_CHUNK=n_sc == 1,
-                     ACCUMULATE=accumulate, PREC=prec), warps_e, 2, dev_index)
+                     ACCUMULATE=accumulate, PREC=prec), warps_e, stages_e, dev_index)
         return out
 
-    block_t, block_s, block_d, block_n, single, n_split, num_warps = _plan(bsz, T, K, R, d_out, n_sm, split,
-                                                                          x.element_size())
-    num_stages = 3
+    block_t, block_s, block_d, block_n, single, n_split, num_warps, num_stages = _plan(
+        bsz, T, K, R, d_out, n_sm, split, x.element_size())
     if tune:
         block_t = tune.get("block_t", block_t)
         block_d = tune.get("block_d", block_d)

@@ -279,13 +279,19 @@ def test_tiny_llama_grouped_matches_ungrouped(dtype):
             return torch.cat(logits, dim=1)
 
     calls = []
-    orig = grouped.compose_group_triton
-    grouped.compose_group_triton = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    orig, orig_fused = grouped.compose_group_triton, grouped._fl.fused_linear_group
+    grouped.compose_group_triton = lambda *a, **k: calls.append("delta") or orig(*a, **k)
+    # fused_linear "auto" takes bf16/fp16 eager decode calls from a shape's second call on (the group's
+    # base GEMMs and deltas in one pass): that is a grouped launch too (single linears, o/down, also go
+    # through fused_linear_group, with one weight: not counted)
+    grouped._fl.fused_linear_group = lambda *a, **k: (len(a[1]) > 1 and calls.append("fused")) or orig_fused(*a, **k)
     try:
         got = run(True)
     finally:
-        grouped.compose_group_triton = orig
+        grouped.compose_group_triton, grouped._fl.fused_linear_group = orig, orig_fused
     assert len(calls) == 4 * 2 * 3, "one grouped launch per q/k/v and gate/up group, layer and forward"
+    if dtype == torch.float32:
+        assert set(calls) == {"delta"}
     ungrouped = run(False)
     reference = run(False, "torch")
     tol = 1e-4 if dtype == torch.float32 else 6e-2  # bf16: the kernel and torch paths round differently

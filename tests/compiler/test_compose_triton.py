@@ -344,3 +344,67 @@ def test_triton_under_cuda_graph_with_refilled_meta(bsz, d_out, path):
     torch.cuda.synchronize()
     ref = oracle(x, A, B, idx2, w2) + y.float().cpu()
     assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("K,R", [(1, 1), (4, 4), (8, 4), (16, 4), (32, 4), (64, 4)])  # S = 1 .. 256 (scratch)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_triton_large_call_plan(K, R, dtype, accumulate):
+    """Calls whose 32-token blocks fill the GPU take the tile-fused plan's large-call tiles (16-bit
+    dtypes; fp32 keeps the old tiles), in "auto", eagerly and under a CUDA graph."""
+    from compiler.compose.triton_ops import ComposeMeta, _fills_gpu, _num_sms, compose_delta_triton
+
+    T, d_in, d_out = 70, 256, 320  # ragged token tiles and output tiles
+    bsz = -(-_num_sms(torch.cuda.current_device()) // -(-T // 32))
+    assert _fills_gpu(bsz, T, _num_sms(torch.cuda.current_device()))
+    x, A, B, idx, w, unused = make_case(bsz, K, R, "zipf", T=T, d_in=d_in, d_out=d_out, seed=K * R)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused, b_rows=True)
+    meta = ComposeMeta(idx, w, n_slots=A.shape[0])
+    y = torch.randn(bsz, T, d_out).to("cuda", dtype)
+    ref = oracle(x, A, B, idx, w) + (y.float().cpu() if accumulate else 0)
+
+    out = y.clone() if accumulate else torch.full_like(y, float("nan"))
+    compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=accumulate)
+    assert torch.isfinite(out).all()
+    assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        compose_delta_triton(x, A, B, meta=meta, out=out, accumulate=accumulate)
+    out.copy_(y) if accumulate else out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err_per_request(out.float().cpu(), ref) < TOL[dtype]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")
+@pytest.mark.parametrize("path,tune", [
+    ("wide", {"block_t": 32, "split_d": 2, "block_n": 256}),
+    ("wide", {"block_s": 16, "block_d": 64, "groups": 3, "warps_s": 8, "stages_s": 4, "stages_e": 3}),
+    ("wide", {"block_t": 128, "split_d": 16, "warps_e": 8}),
+    ("fused", {"block_t": 32, "block_n": 256, "num_stages": 5}),
+    ("fused", {"block_t": 128, "block_d": 64, "num_warps": 8, "num_stages": 2}),
+])
+def test_triton_tune_overrides_keep_semantics(path, tune):
+    """bench_kernel.py --layer-tune's overrides change tiles, never results."""
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    x, A, B, idx, w, unused = make_case(5, 8, 4, "zipf", T=150, d_in=320, d_out=200, seed=3)
+    x, A, B, idx, w = to_dev(torch.bfloat16, x, A, B, idx, w, unused, b_rows=True)
+    out = torch.full((5, 150, 200), float("nan"), dtype=torch.bfloat16, device="cuda")
+    compose_delta_triton(x, A, B, idx, w, out=out, path=path, tune=tune)
+    assert torch.isfinite(out).all()
+    assert rel_err_per_request(out.float().cpu(), oracle(x, A, B, idx, w)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")
+def test_triton_wide_tune_rejects_unknown_keys():
+    from compiler.compose.triton_ops import compose_delta_triton
+
+    x, A, B, idx, w, _ = make_case(2, 2, 2, "distinct", T=8, d_in=64, d_out=64)
+    x, A, B, idx, w = to_dev(torch.bfloat16, x, A, B, idx, w)
+    with pytest.raises(ValueError, match="unknown tune keys"):
+        compose_delta_triton(x, A, B, idx, w, path="wide", tune={"block_q": 32})
+    with pytest.raises(ValueError, match="power of two"):
+        compose_delta_triton(x, A, B, idx, w, path="wide", tune={"block_d": 48})
