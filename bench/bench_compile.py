@@ -136,7 +136,15 @@ RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"que
                 "default_b4096": {"gpu_batch_atoms": 4096, "gpu_max_tokens_per_step": 1 << 17},
                 # fewer layers to run backward through, same or fewer bytes (6 x r5 = 10 x r3 = 126,720 B)
                 "default_top6_r5": {"layers": [-6, -5, -4, -3, -2, -1], "rank": 5},
-                "default_top8_r3": {"layers": [-8, -7, -6, -5, -4, -3, -2, -1], "rank": 3}})
+                "default_top8_r3": {"layers": [-8, -7, -6, -5, -4, -3, -2, -1], "rank": 3},
+                # CPU experiment (compiler/fused.py): the replayed layers as plain functions, eager or torch.compile'd,
+                # fp32 or bf16 residual stream
+                "default_fused": {"cpu_fused": "eager"},
+                "default_fused_bf16res": {"cpu_fused": "eager", "cpu_bf16_residual": True},
+                "default_tc": {"cpu_fused": "compile"},
+                "default_tc_dyn": {"cpu_fused": "compile", "cpu_fused_dynamic": True},
+                "default_tc_bf16res": {"cpu_fused": "compile", "cpu_bf16_residual": True},
+                "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0}
@@ -365,7 +373,11 @@ def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False, 
     fields = dict(RECIPES[recipe])  # on a GPU: the product's defaults (gpu_batch_atoms, gpu_max_tokens_per_step)
     reps = (n + len(task["atoms"]) - 1) // len(task["atoms"])
     big = {"atoms": (task["atoms"] * reps)[:n]}
+    graphs = _dynamo_graphs()
+    t_warm = time.perf_counter()
     compile_task(b, {"atoms": big["atoms"][:min(n, 64)]}, fields, recipe)  # warm-up (kernels, allocator)
+    t_warm = time.perf_counter() - t_warm
+    graphs_warm = _dynamo_graphs()
     ctrain.PHASE_TIMES = {} if phases else None
     try:
         if profile:
@@ -407,7 +419,21 @@ def throughput(b: Bench, task: dict, recipe: str, n: int, phases: bool = False, 
         row["mfu"] = round(flops / 1e12 / secs / peak, 4)
     if phases:
         row["phases_s"] = {k: round(v, 3) for k, v in sorted(phase_s.items(), key=lambda kv: -kv[1])}
+    # the warm-up call (min(n, 64) atoms) pays any one-time cost, torch.compile's included; torch.compile graphs
+    # made in the warm-up and in the timed call (a graph in the timed call is a recompile it paid for)
+    row["warmup_s"] = round(t_warm, 2)
+    row["dynamo_graphs_warmup"] = graphs_warm - graphs
+    row["dynamo_graphs_timed"] = _dynamo_graphs() - graphs_warm
     return row
+
+
+def _dynamo_graphs() -> int:
+    """torch.compile graphs made so far in this process (0 if dynamo was never used)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _profiled(path: str, fn, device: str):

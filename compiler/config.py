@@ -63,6 +63,14 @@ class CompileConfig(BaseModel):
     cpu_bf16: bool = Field(default=True, description="On a CPU with bf16 units (AVX512-BF16/AMX), multiply by the frozen base's weights in bf16 "
                            "(compiler.layers.Bf16Linears: activations, attention, norms, the atoms' weights, optimiser "
                            "state and losses stay fp32). No effect on a GPU")
+    cpu_fused: Literal["off", "eager", "compile"] = Field(
+        default="off", description="Experiment, CPU with cpu_bf16 active and a Llama-style base only: the replayed "
+        "upper layers as plain functions of bf16 weight copies (compiler.fused); 'compile' fuses them with "
+        "torch.compile (inductor; needs a C++ compiler, pays a one-time compile per process). off = HF layers")
+    cpu_fused_dynamic: bool | None = Field(default=None, description="torch.compile's dynamic= for cpu_fused "
+                                           "'compile' (None: automatic, a recompile when a shape first changes)")
+    cpu_bf16_residual: bool = Field(default=False, description="With cpu_fused: the residual stream between the "
+                                    "replayed layers in bf16 (norm statistics, attention, atoms, loss stay fp32)")
     nullspace_energy: float = Field(default=0.0, ge=0, lt=1, description="Keep each atom's A orthogonal to the "
                                     "principal input directions (this share of energy) of generic prompts (0 = off)")
     objective: Literal["statement", "distill"] = Field(

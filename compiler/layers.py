@@ -72,7 +72,7 @@ def _length_groups(seqs: list[list[int]], max_tokens: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def lower_bank(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: int = 4096) -> torch.Tensor:
+def lower_bank(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: int = 4096, replay=None) -> torch.Tensor:
     """stack_right(lower_states(...)) without a copy per sequence: (len(seqs), longest, d) on the model's device,
     row i the hidden states entering layer L of seqs[i], zero beyond its length. Each pass is written in one op
     (tens of thousands of per-sequence copies cost seconds at a 4096-atom chunk on a GPU)."""
@@ -83,8 +83,8 @@ def lower_bank(model, seqs: list[list[int]], L: int, pad_id: int, max_tokens: in
         T = max(len(seqs[i]) for i in part)
         ids = torch.tensor([seqs[i] + [pad_id] * (T - len(seqs[i])) for i in part], dtype=torch.long)  # right padding
         h = model.model.embed_tokens(ids.to(dev))
-        if L > 0:
-            h = run_layers(model, h, 0, L)
+        if L > 0:  # replay: compiler.fused.Replay (cfg.cpu_fused), the same layers as plain functions
+            h = run_layers(model, h, 0, L) if replay is None else replay.hidden(h, 0, L)
         if out is None:
             out = h.new_zeros(len(seqs), int(lens.max()), h.shape[-1])
         rows = torch.tensor(part, device=dev)

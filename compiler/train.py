@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler.config import CompileConfig
+from compiler.fused import lora_inputs
 from compiler.layers import Bf16Linears, cpu_has_bf16_units, lower_bank, run_layers
 from compiler.lora import attach, first_layer, module_shapes, target_names
 from compiler.padding import pad
@@ -372,11 +373,19 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     cfg = cfg.on(dev)  # a GPU takes gpu_batch_atoms and gpu_max_tokens_per_step
     # bf16 copies of the frozen weights, made once per call and dropped with it
     fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
+    replay = None
+    if cfg.cpu_fused != "off" and fast is not None:
+        from compiler import fused
+
+        if fused.supports(model):
+            replay = fused.Replay(model, first_layer(names), compile=cfg.cpu_fused == "compile",
+                                  bf16_residual=cfg.cpu_bf16_residual, dynamic=cfg.cpu_fused_dynamic)
     try:
         with _attention_backends(dev):
             for start in range(0, len(examples), cfg.batch_atoms):
                 chunk = examples[start:start + cfg.batch_atoms]
-                out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast))
+                out.extend(_compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast,
+                                          replay))
                 if progress:
                     progress(len(chunk))
     finally:
@@ -639,7 +648,8 @@ class _Cycles:
         return ok.all(1) & (cur >= ks)
 
 
-def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast=None) -> list[CompiledAtom]:
+def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_id, fast=None, replay=None
+                   ) -> list[CompiledAtom]:
     t0 = time.perf_counter()
     M, r = len(chunk), cfg.rank
     dev = next(model.parameters()).device
@@ -677,9 +687,9 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
     state.clear()
     # hidden states entering layer L for every (atom, question) sequence: computed once, replayed each step
     keys = [(a, q) for a in range(M) for q in range(len(chunk[a].prompts))]
-    with _phase("lower", dev), _matmul_mode(fast):
+    with _phase("lower", dev), _matmul_mode(fast if replay is None else None):
         seqs = [chunk[a].prompts[q] + chunk[a].target(q) for a, q in keys]
-        bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step), [len(x) for x in seqs],
+        bank = _RowBank(lower_bank(model, seqs, L, pad_id, cfg.max_tokens_per_step, replay), [len(x) for x in seqs],
                         [len(chunk[a].prompts[q]) for a, q in keys], [chunk[a].target(q) for a, q in keys], dev)
         del seqs
     if cfg.init_a == "data":
@@ -726,11 +736,14 @@ def _compile_chunk(model, tok, state, names, shapes, chunk, cfg, gen, rnd, pad_i
                 # the slots are built here, below the pools' size: no range check (a host sync) per pass
                 state.set(_to_device(idx, dev), _to_device(w, dev), trusted_size=2 * M if composing else M)
                 row_atom = _to_device(row_atom, dev)
-                with torch.enable_grad(), _matmul_mode(fast):
+                with torch.enable_grad(), _matmul_mode(fast if replay is None else None):
                     state.pools = _pools(params, cfg.scale, frozen_copy=composing)
-                    h = run_layers(model, h0, L, None, final_norm=True)
-                    logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
-                    logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
+                    if replay is not None:  # cfg.cpu_fused: the same maths as plain functions (compiler.fused)
+                        logp = replay.logp(h0, lora_inputs(state.pools, state.idx, state.w), pos, tgt)
+                    else:
+                        h = run_layers(model, h0, L, None, final_norm=True)
+                        logits = model.lm_head(h[pos[:, 0], pos[:, 1]])
+                        logp = F.log_softmax(logits.float(), dim=-1).gather(1, tgt[:, None]).squeeze(1)
                     tok_atom = row_atom[trow]
                     # mean over each atom's answer tokens in this step, so each atom weighs the same
                     loss = (-logp / counts[tok_atom]).sum()
