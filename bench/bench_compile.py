@@ -137,13 +137,11 @@ RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"que
                 # fewer layers to run backward through, same or fewer bytes (6 x r5 = 10 x r3 = 126,720 B)
                 "default_top6_r5": {"layers": [-6, -5, -4, -3, -2, -1], "rank": 5},
                 "default_top8_r3": {"layers": [-8, -7, -6, -5, -4, -3, -2, -1], "rank": 3},
-                # CPU experiment (compiler/fused.py): the replayed layers as plain functions, eager or torch.compile'd,
-                # fp32 or bf16 residual stream
+                # CPU (compiler/fused.py): the replayed layers as plain functions, eager or torch.compile'd, or the
+                # HF layers ("auto", the default, compiles for calls of >= cpu_compile_min_atoms atoms only)
                 "default_fused": {"cpu_fused": "eager"},
-                "default_fused_bf16res": {"cpu_fused": "eager", "cpu_bf16_residual": True},
                 "default_tc": {"cpu_fused": "compile"},
-                "default_tc_dyn": {"cpu_fused": "compile", "cpu_fused_dynamic": True},
-                "default_tc_bf16res": {"cpu_fused": "compile", "cpu_bf16_residual": True},
+                "default_off": {"cpu_fused": "off"},
                 "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate

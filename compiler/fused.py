@@ -1,15 +1,17 @@
-"""Experiment (CPU compile): the replayed upper layers of a Llama-style decoder as plain functions of bf16 weight
-copies, optionally fused by torch.compile (inductor), optionally with a bf16 residual stream.
+"""CPU compile: the replayed upper layers of a Llama-style decoder as plain functions of bf16 weight copies,
+optionally fused by torch.compile (inductor).
 
 The compile loop's forward+backward through the top layers spent ~20% of its CPU time in unfused element-wise fp32
 ops (norms, rotary, SiLU, residual sums) and ~11% in fp32<->bf16 casts around the bf16 matmuls (Bf16Linears). Here
 each decoder layer is one function `_layer` (the same maths as transformers' LlamaDecoderLayer with SDPA, causal,
 no mask); `_head` is the final norm, LM head and log-softmax at the answer-predicting positions only. With
 compile=True both go through torch.compile, so inductor fuses the norm + cast + rotary + SiLU + residual work and
-their backward; the frozen products stay aten bf16 matmuls (oneDNN, AMX here), attention stays fp32 SDPA.
+their backward; the frozen products stay aten bf16 matmuls (oneDNN, AMX here), attention stays fp32 SDPA. Without
+compile the functions give the HF layers' numbers under Bf16Linears (tests/compiler/test_fused.py).
 
-bf16_residual: the residual stream between layers is kept in bf16 (norm statistics, attention, the atoms' low-rank
-products and the loss stay fp32); without it everything between the matmuls is fp32 as in the Bf16Linears path.
+Used by compiler.train when CompileConfig.cpu_fused asks for it (the default "auto": compiled for calls of at
+least cpu_compile_min_atoms atoms when a C++ compiler is found). A compile that fails (no working compiler,
+an inductor error) falls back to the plain functions with a warning, before any result depends on it.
 
 Only for models whose layers are LlamaDecoderLayer-shaped (`supports(model)`); the atoms' deltas are passed per
 row as (a_cat (b, K*r, d_in), b_cat (b, K*r, d_out)), the weights already folded into b_cat.
@@ -17,7 +19,10 @@ row as (a_cat (b, K*r, d_in), b_cat (b, K*r, d_out)), the weights already folded
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +55,8 @@ def _proj(x16: torch.Tensor, xf: torch.Tensor | None, w16: torch.Tensor, lora) -
     return y
 
 
-def _layer(h, cos, sin, w, lora, eps: float, nh: int, nkv: int, bf16_residual: bool):
-    """One decoder layer. h: (b, T, d) fp32 (bf16 with bf16_residual); cos/sin (1, T, hd) fp32;
+def _layer(h, cos, sin, w, lora, eps: float, nh: int, nkv: int):
+    """One decoder layer. h: (b, T, d) fp32; cos/sin (1, T, hd) fp32;
     w = (ln1, q, k, v, o, ln2, gate, up, down), the projections bf16; lora: 7 entries (None or (a_cat, b_cat))."""
     ln1, wq, wk, wv, wo, ln2, wg, wu, wd = w
     lq, lk, lv, lo, lg, lu, ld = lora
@@ -71,12 +76,12 @@ def _layer(h, cos, sin, w, lora, eps: float, nh: int, nkv: int, bf16_residual: b
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     o = o.transpose(1, 2).reshape(b, T, -1)
     o = _proj(o.to(torch.bfloat16), o if lo is not None else None, wo, lo)
-    h = (h.float() + o).to(h.dtype) if bf16_residual else h + o
+    h = h + o
     x = _norm(h, ln2, eps)
     x16 = x.to(torch.bfloat16)
     m = F.silu(_proj(x16, x, wg, lg)) * _proj(x16, x, wu, lu)
     m = _proj(m.to(torch.bfloat16), m if ld is not None else None, wd, ld)
-    return (h.float() + m).to(h.dtype) if bf16_residual else h + m
+    return h + m
 
 
 def _head(hsel, norm_w, lm16, tgt, eps: float):
@@ -89,10 +94,10 @@ def _head(hsel, norm_w, lm16, tgt, eps: float):
 class Replay:
     """The upper layers [L, n) + final norm + LM head of `model` as functions of bf16 weight copies (made once)."""
 
-    def __init__(self, model, L: int, compile: bool = False, bf16_residual: bool = False, dynamic: bool | None = None):
+    def __init__(self, model, L: int, compile: bool = False):
         inner = model.model
         cfg = model.config
-        self.model, self.L, self.bf16_residual = model, L, bf16_residual
+        self.model, self.L = model, L
         self.eps = float(cfg.rms_norm_eps)
         self.nh, self.nkv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
         self._w: dict[int, tuple] = {}
@@ -100,7 +105,25 @@ class Replay:
         self.norm_w = inner.norm.weight.detach()
         self.lm16 = model.lm_head.weight.detach().to(torch.bfloat16)
         self.compiled = compile
-        self.layer_fn, self.head_fn = _compiled(dynamic) if compile else (_layer, _head)
+        self.layer_fn, self.head_fn = _compiled() if compile else (_layer, _head)
+        self._tried: set[str] = set()  # the methods whose compiled first call went through
+
+    def _guarded(self, what: str, call):
+        """call(); the first compiled call of each method, if compiling fails, falls back to the plain functions
+        (a failed compile raises before anything is computed, so the call is simply made again)."""
+        if not self.compiled or what in self._tried:
+            return call()
+        try:
+            out = call()
+        except Exception as e:  # noqa: BLE001 - inductor/C++ errors have no common base class
+            print(f"doc2atom: torch.compile of the replayed layers failed ({type(e).__name__}: {str(e)[:200]}); "
+                  "continuing without it (CompileConfig.cpu_fused='off' or 'eager' skips the attempt)",
+                  file=sys.stderr, flush=True)
+            self.compiled = False
+            self.layer_fn, self.head_fn = _layer, _head
+            return call()
+        self._tried.add(what)
+        return out
 
     def layer_weights(self, i: int) -> tuple:
         """Layer i's (ln1, q, k, v, o, ln2, gate, up, down): norms as they are, projections as bf16 copies (once)."""
@@ -116,9 +139,12 @@ class Replay:
     @torch.no_grad()
     def hidden(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Hidden states after layers [start, stop) without atoms (layers.run_layers' job, fp32 in and out)."""
+        return self._guarded("hidden", lambda: self._hidden(h, start, stop))
+
+    def _hidden(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         b, T = h.shape[:2]
         if self.compiled and b == 1:
-            return self.hidden(h.expand(2, -1, -1).contiguous(), start, stop)[:1]
+            return self._hidden(h.expand(2, -1, -1).contiguous(), start, stop)[:1]
         cos, sin = self.model.model.rotary_emb(h, torch.arange(T, device=h.device)[None])
         if self.compiled:
             _dynamic(cos, 1), _dynamic(sin, 1)
@@ -126,20 +152,23 @@ class Replay:
         for i in range(start, stop):
             if self.compiled:
                 _dynamic(h, 0, 1)
-            h = self.layer_fn(h, cos, sin, self.layer_weights(i), none, self.eps, self.nh, self.nkv, False)
+            h = self.layer_fn(h, cos, sin, self.layer_weights(i), none, self.eps, self.nh, self.nkv)
         return h
 
     def logp(self, h0: torch.Tensor, loras: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
              pos: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """log p of each target token. h0 (b, T, d) fp32 entering layer L; loras[(layer, proj)] = (a_cat, b_cat);
         pos (n, 2) (row, position) predicting tgt (n,)."""
+        return self._guarded("logp", lambda: self._logp(h0, loras, pos, tgt))
+
+    def _logp(self, h0, loras, pos, tgt) -> torch.Tensor:
         b, T = h0.shape[:2]
         if self.compiled and b == 1:  # one row: doubled, so that one dynamic graph (sizes >= 2) serves every pass
             h0 = h0.expand(2, -1, -1).contiguous()
             loras = {k: (a.expand(2, -1, -1).contiguous(), c.expand(2, -1, -1).contiguous())
                      for k, (a, c) in loras.items()}
         cos, sin = self.model.model.rotary_emb(h0, torch.arange(T, device=h0.device)[None])
-        h = h0.to(torch.bfloat16) if self.bf16_residual else h0
+        h = h0
         if self.compiled:
             _dynamic(cos, 1), _dynamic(sin, 1)
             for a, c in loras.values():
@@ -149,7 +178,7 @@ class Replay:
             lo = tuple(loras.get((li, p)) for p in PROJ)
             if self.compiled:
                 _dynamic(h, 0, 1)
-            h = self.layer_fn(h, cos, sin, w, lo, self.eps, self.nh, self.nkv, self.bf16_residual)
+            h = self.layer_fn(h, cos, sin, w, lo, self.eps, self.nh, self.nkv)
         hs = h[pos[:, 0], pos[:, 1]]
         if self.compiled:
             _dynamic(hs, 0), _dynamic(tgt, 0)
@@ -167,16 +196,28 @@ def _dynamic(t: torch.Tensor, *dims: int) -> None:
         torch._dynamo.maybe_mark_dynamic(t, d)
 
 
-def _compiled(dynamic: bool | None):
-    """torch.compile'd (_layer, _head), made once per process (their compiled code is kept across compile calls)."""
+def _compiled():
+    """torch.compile'd (_layer, _head), made once per process (their compiled code is kept across compile calls).
+    Sizes are marked dynamic at the first call (_dynamic), not dynamic=True (measured slower to compile)."""
     import torch._dynamo
 
-    # variants of _layer: first replayed layer (its input needs no gradient) or not, fp32 or bf16 residual, the
-    # atoms on other projections: more than the default limit of 8 in one process
+    # variants of _layer: first replayed layer (its input needs no gradient) or not, no-grad passes, the atoms on
+    # other projections: more than the default limit of 8 in one process
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    if dynamic not in _COMPILED:
-        _COMPILED[dynamic] = (torch.compile(_layer, dynamic=dynamic), torch.compile(_head, dynamic=dynamic))
-    return _COMPILED[dynamic]
+    if not _COMPILED:
+        _COMPILED["fns"] = (torch.compile(_layer), torch.compile(_head))
+    return _COMPILED["fns"]
+
+
+def have_cxx() -> bool:
+    """Whether a C++ compiler that inductor's CPU backend can use is on PATH (or named by $CXX)."""
+    cxx = os.environ.get("CXX")
+    return any(shutil.which(c) for c in ([cxx] if cxx else []) + ["g++", "c++", "clang++"])
+
+
+def compiled_before() -> bool:
+    """Whether this process already compiled the functions (later compile calls reuse them)."""
+    return bool(_COMPILED)
 
 
 _NAME = re.compile(r"\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$")

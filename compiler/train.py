@@ -373,13 +373,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     cfg = cfg.on(dev)  # a GPU takes gpu_batch_atoms and gpu_max_tokens_per_step
     # bf16 copies of the frozen weights, made once per call and dropped with it
     fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
-    replay = None
-    if cfg.cpu_fused != "off" and fast is not None:
-        from compiler import fused
-
-        if fused.supports(model):
-            replay = fused.Replay(model, first_layer(names), compile=cfg.cpu_fused == "compile",
-                                  bf16_residual=cfg.cpu_bf16_residual, dynamic=cfg.cpu_fused_dynamic)
+    replay = _replay(model, names, cfg, fast, len(examples))
     try:
         with _attention_backends(dev):
             for start in range(0, len(examples), cfg.batch_atoms):
@@ -392,6 +386,30 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
         state.clear()
         state.pools = {}
     return out
+
+
+def _replay_mode(cfg: CompileConfig, cpu_fast: bool, supported: bool, n_atoms: int, cxx: bool) -> str:
+    """What cfg.cpu_fused means for one compile call: "off", "eager" or "compile"."""
+    if not cpu_fast or not supported or cfg.cpu_fused == "off":
+        return "off"
+    if cfg.cpu_fused == "auto":
+        return "compile" if n_atoms >= cfg.cpu_compile_min_atoms and cxx else "off"
+    return cfg.cpu_fused
+
+
+def _replay(model, names, cfg: CompileConfig, fast, n_atoms: int):
+    """compiler.fused.Replay for this call (cfg.cpu_fused), or None for the HF layers."""
+    if fast is None or cfg.cpu_fused == "off":
+        return None
+    from compiler import fused
+
+    mode = _replay_mode(cfg, True, fused.supports(model), n_atoms, fused.have_cxx())
+    if mode == "off":
+        return None
+    if mode == "compile" and not fused.compiled_before():
+        log("compiling the replayed layers with torch.compile (once per process; ~40 s on 2 cores with a cold "
+            "cache). CompileConfig.cpu_fused='off' skips it")
+    return fused.Replay(model, first_layer(names), compile=mode == "compile")
 
 
 def _attention_backends(dev):

@@ -140,3 +140,47 @@ def test_compile_atoms_with_fused_replay_tracks_the_default(tiny_base, monkeypat
         for n in a.weights:
             torch.testing.assert_close(b.weights[n][1], a.weights[n][1], rtol=1e-3, atol=1e-4)
     layers.cpu_has_bf16_units.cache_clear()
+
+
+def test_replay_mode_policy():
+    """'auto' compiles only large calls with a C++ compiler; nothing acts without bf16 units or a supported model."""
+    from compiler.config import CompileConfig
+    from compiler.train import _replay_mode
+
+    auto = CompileConfig()
+    assert auto.cpu_fused == "auto"
+    n = auto.cpu_compile_min_atoms
+    assert _replay_mode(auto, True, True, n, True) == "compile"
+    assert _replay_mode(auto, True, True, n - 1, True) == "off"  # a small job: the one-time compile costs more
+    assert _replay_mode(auto, True, True, n, False) == "off"  # no C++ compiler
+    assert _replay_mode(auto, False, True, n, True) == "off"  # no bf16 units (or a GPU)
+    assert _replay_mode(auto, True, False, n, True) == "off"  # not a Llama-style SDPA model
+    for mode in ("eager", "compile", "off"):
+        cfg = CompileConfig(cpu_fused=mode)
+        assert _replay_mode(cfg, True, True, 1, False) == mode
+        assert _replay_mode(cfg, True, False, 10**6, True) == "off"
+
+
+def test_failed_compile_falls_back_to_the_plain_functions(monkeypatch, capsys):
+    """No usable C++ compiler (or any inductor error) at the first compiled call: a warning, then the eager
+    functions' results, and later calls never try again."""
+    model = _model()
+    L = 2
+    names = target_names(model, ["down_proj"], [2, 3])
+    attach(model, names)
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error (simulated)")
+
+    monkeypatch.setattr(fused, "_compiled", lambda: (broken, broken))
+    comp, eager = fused.Replay(model, L, compile=True), fused.Replay(model, L)
+    pools, h0, pos, tgt, idx, w = _case(model, names, 3, 6)
+    with torch.no_grad():
+        got = comp.logp(h0, fused.lora_inputs(pools, idx, w), pos, tgt)
+        ref = eager.logp(h0, fused.lora_inputs(pools, idx, w), pos, tgt)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(comp.hidden(h0, 0, L), eager.hidden(h0, 0, L))
+    assert calls == [1] and not comp.compiled
+    assert "torch.compile of the replayed layers failed" in capsys.readouterr().err
