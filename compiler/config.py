@@ -68,8 +68,9 @@ class CompileConfig(BaseModel):
         "layers as plain functions of bf16 weight copies (compiler.fused); 'compile' fuses them with torch.compile "
         "(inductor; needs a C++ compiler; a one-time compile per process, ~40 s on 2 cores with a cold inductor "
         "cache, ~7 s warm; falls back to 'eager' with a warning if it fails); 'eager' = the same functions "
-        "uncompiled; 'off' = the HF layers; 'auto' = 'compile' for compile calls of at least "
-        "cpu_compile_min_atoms atoms when a C++ compiler is found, else 'off'. No effect on a GPU")
+        "uncompiled; 'off' = the HF layers; 'auto' = 'compile' when a C++ compiler is found and the job (an "
+        "ingest's new atoms) has at least cpu_compile_min_atoms atoms or this process compiled already, else "
+        "'off'. No effect on a GPU")
     cpu_compile_min_atoms: int = Field(default=192, ge=1, description="'auto' compiles the replayed layers for calls "
                                        "of at least this many atoms: measured on 2 cores, compiling saved ~0.2 s an "
                                        "atom against ~38 s of one-time compile with a cold cache")

@@ -9,9 +9,10 @@ compile=True both go through torch.compile, so inductor fuses the norm + cast + 
 their backward; the frozen products stay aten bf16 matmuls (oneDNN, AMX here), attention stays fp32 SDPA. Without
 compile the functions give the HF layers' numbers under Bf16Linears (tests/compiler/test_fused.py).
 
-Used by compiler.train when CompileConfig.cpu_fused asks for it (the default "auto": compiled for calls of at
-least cpu_compile_min_atoms atoms when a C++ compiler is found). A compile that fails (no working compiler,
-an inductor error) falls back to the plain functions with a warning, before any result depends on it.
+Used by compiler.train when CompileConfig.cpu_fused asks for it (the default "auto": compiled when a C++
+compiler is found and the job has at least cpu_compile_min_atoms atoms, or once this process compiled). A
+compile that fails (no working compiler, an inductor error) falls back to the plain functions with a warning,
+before any result depends on it.
 
 Only for models whose layers are LlamaDecoderLayer-shaped (`supports(model)`); the atoms' deltas are passed per
 row as (a_cat (b, K*r, d_in), b_cat (b, K*r, d_out)), the weights already folded into b_cat.
@@ -106,6 +107,8 @@ class Replay:
         self.lm16 = model.lm_head.weight.detach().to(torch.bfloat16)
         self.compiled = compile
         self.layer_fn, self.head_fn = _compiled() if compile else (_layer, _head)
+        if compile:
+            _SEEN.add(_signature(model))
         self._tried: set[str] = set()  # the methods whose compiled first call went through
 
     def _guarded(self, what: str, call):
@@ -119,6 +122,9 @@ class Replay:
             print(f"doc2atom: torch.compile of the replayed layers failed ({type(e).__name__}: {str(e)[:200]}); "
                   "continuing without it (CompileConfig.cpu_fused='off' or 'eager' skips the attempt)",
                   file=sys.stderr, flush=True)
+            global _BROKEN
+            _BROKEN = True  # "auto" stops trying in this process
+            _SEEN.discard(_signature(self.model))
             self.compiled = False
             self.layer_fn, self.head_fn = _layer, _head
             return call()
@@ -209,15 +215,31 @@ def _compiled():
     return _COMPILED["fns"]
 
 
+_BROKEN = False  # a compile failed in this process
+
+
 def have_cxx() -> bool:
-    """Whether a C++ compiler that inductor's CPU backend can use is on PATH (or named by $CXX)."""
+    """Whether a C++ compiler that inductor's CPU backend can use is on PATH (or named by $CXX), and no compile
+    failed in this process."""
+    if _BROKEN:
+        return False
     cxx = os.environ.get("CXX")
     return any(shutil.which(c) for c in ([cxx] if cxx else []) + ["g++", "c++", "clang++"])
 
 
-def compiled_before() -> bool:
-    """Whether this process already compiled the functions (later compile calls reuse them)."""
-    return bool(_COMPILED)
+_SEEN: set = set()  # model signatures whose layers this process compiled
+
+
+def _signature(model) -> tuple:
+    c = model.config
+    return (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size,
+            str(next(model.parameters()).dtype))
+
+
+def compiled_before(model) -> bool:
+    """Whether this process already compiled the functions for a model of these shapes (later compile calls of
+    such a model reuse the graphs: nothing left to pay)."""
+    return _signature(model) in _SEEN
 
 
 _NAME = re.compile(r"\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$")

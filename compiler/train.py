@@ -358,8 +358,11 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int
 
 
 def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
-                  progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
-    """Train one micro-LoRA per example, `cfg.batch_atoms` at a time. Returns them in order."""
+                  progress: Callable[[int], None] | None = None, job_atoms: int | None = None) -> list[CompiledAtom]:
+    """Train one micro-LoRA per example, `cfg.batch_atoms` at a time. Returns them in order.
+
+    job_atoms: atoms of the whole job this call is part of (an ingest compiles in groups of documents), for
+    cfg.cpu_fused="auto"; default len(examples)."""
     names = target_names(model, cfg.modules, cfg.layers)
     if not names:
         raise ValueError(f"no linear layers match modules={cfg.modules} layers={cfg.layers} in this base model")
@@ -373,7 +376,7 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     cfg = cfg.on(dev)  # a GPU takes gpu_batch_atoms and gpu_max_tokens_per_step
     # bf16 copies of the frozen weights, made once per call and dropped with it
     fast = Bf16Linears() if cfg.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_units() else None
-    replay = _replay(model, names, cfg, fast, len(examples))
+    replay = _replay(model, names, cfg, fast, len(examples) if job_atoms is None else job_atoms)
     try:
         with _attention_backends(dev):
             for start in range(0, len(examples), cfg.batch_atoms):
@@ -388,25 +391,29 @@ def compile_atoms(model, tok, examples: list[AtomExample], cfg: CompileConfig,
     return out
 
 
-def _replay_mode(cfg: CompileConfig, cpu_fast: bool, supported: bool, n_atoms: int, cxx: bool) -> str:
-    """What cfg.cpu_fused means for one compile call: "off", "eager" or "compile"."""
+def _replay_mode(cfg: CompileConfig, cpu_fast: bool, supported: bool, job_atoms: int, cxx: bool,
+                 compiled_before: bool = False) -> str:
+    """What cfg.cpu_fused means for one compile call: "off", "eager" or "compile". "auto" compiles when the job
+    (job_atoms: the whole ingest, not only this call's group) is large enough to repay the one-time compile, or
+    when this process compiled already (nothing left to pay)."""
     if not cpu_fast or not supported or cfg.cpu_fused == "off":
         return "off"
     if cfg.cpu_fused == "auto":
-        return "compile" if n_atoms >= cfg.cpu_compile_min_atoms and cxx else "off"
+        return "compile" if cxx and (compiled_before or job_atoms >= cfg.cpu_compile_min_atoms) else "off"
     return cfg.cpu_fused
 
 
-def _replay(model, names, cfg: CompileConfig, fast, n_atoms: int):
+def _replay(model, names, cfg: CompileConfig, fast, job_atoms: int):
     """compiler.fused.Replay for this call (cfg.cpu_fused), or None for the HF layers."""
     if fast is None or cfg.cpu_fused == "off":
         return None
     from compiler import fused
 
-    mode = _replay_mode(cfg, True, fused.supports(model), n_atoms, fused.have_cxx())
+    before = fused.compiled_before(model)
+    mode = _replay_mode(cfg, True, fused.supports(model), job_atoms, fused.have_cxx(), before)
     if mode == "off":
         return None
-    if mode == "compile" and not fused.compiled_before():
+    if mode == "compile" and not before:
         log("compiling the replayed layers with torch.compile (once per process; ~40 s on 2 cores with a cold "
             "cache). CompileConfig.cpu_fused='off' skips it")
     return fused.Replay(model, first_layer(names), compile=mode == "compile")
@@ -424,8 +431,10 @@ def _attention_backends(dev):
 
 
 def compile_statements(model, tok, texts: list[str], questions: list[list[str]], cfg: CompileConfig,
-                       progress: Callable[[int], None] | None = None) -> list[CompiledAtom]:
-    """Compile atoms from their statements and synthesised questions, with the configured objective."""
+                       progress: Callable[[int], None] | None = None, job_atoms: int | None = None
+                       ) -> list[CompiledAtom]:
+    """Compile atoms from their statements and synthesised questions, with the configured objective
+    (job_atoms: as in compile_atoms)."""
     answers = None
     if cfg.objective == "distill":
         from compiler.distill import teacher_answers
@@ -433,7 +442,7 @@ def compile_statements(model, tok, texts: list[str], questions: list[list[str]],
         answers, share = teacher_answers(model, tok, texts, questions)
     with _phase("tokenize", torch.device("cpu")):
         examples = make_examples(tok, texts, questions, answers)
-    out = compile_atoms(model, tok, examples, cfg, progress)
+    out = compile_atoms(model, tok, examples, cfg, progress, job_atoms)
     if answers is not None:
         for c, a, t in zip(out, answers, texts):
             c.stats["distilled_questions"] = sum(x != t for x in a)  # questions taught the teacher's answer

@@ -191,7 +191,7 @@ class KnowledgeBase:
             tc = time.perf_counter()
             qs = [synth_questions(a.text, nlp, cfg.questions) for a in drafts]
             compiled = compile_statements(model, tok, [a.text for a in drafts], qs, cfg,
-                                          progress=bar.update)
+                                          progress=bar.update, job_atoms=total)
             report.compile_seconds += time.perf_counter() - tc
             embs = atom_key_vectors(self.embedder(), [a.key for a in drafts], qs)
             pos = 0

@@ -90,10 +90,12 @@ def test_lora_inputs_give_compose_delta():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
-def test_compiled_replay_tracks_eager_without_recompiling_per_shape():
+def test_compiled_replay_tracks_eager_without_recompiling_per_shape(monkeypatch):
     """torch.compile'd layers: bf16-rounding close to the eager functions, and new (rows, tokens) shapes, one row
     included, reuse the graphs of the first calls."""
     from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(fused, "_SEEN", set())  # later tests' "auto" must not see this model as compiled
 
     model = _model()
     L = 2
@@ -152,6 +154,8 @@ def test_replay_mode_policy():
     n = auto.cpu_compile_min_atoms
     assert _replay_mode(auto, True, True, n, True) == "compile"
     assert _replay_mode(auto, True, True, n - 1, True) == "off"  # a small job: the one-time compile costs more
+    assert _replay_mode(auto, True, True, 1, True, compiled_before=True) == "compile"  # nothing left to pay
+    assert _replay_mode(auto, True, True, 1, False, compiled_before=True) == "off"
     assert _replay_mode(auto, True, True, n, False) == "off"  # no C++ compiler
     assert _replay_mode(auto, False, True, n, True) == "off"  # no bf16 units (or a GPU)
     assert _replay_mode(auto, True, False, n, True) == "off"  # not a Llama-style SDPA model
@@ -175,6 +179,8 @@ def test_failed_compile_falls_back_to_the_plain_functions(monkeypatch, capsys):
         raise RuntimeError("InductorError: CppCompileError: C++ compile error (simulated)")
 
     monkeypatch.setattr(fused, "_compiled", lambda: (broken, broken))
+    monkeypatch.setattr(fused, "_SEEN", set())
+    monkeypatch.setattr(fused, "_BROKEN", False)
     comp, eager = fused.Replay(model, L, compile=True), fused.Replay(model, L)
     pools, h0, pos, tgt, idx, w = _case(model, names, 3, 6)
     with torch.no_grad():
@@ -184,3 +190,4 @@ def test_failed_compile_falls_back_to_the_plain_functions(monkeypatch, capsys):
         torch.testing.assert_close(comp.hidden(h0, 0, L), eager.hidden(h0, 0, L))
     assert calls == [1] and not comp.compiled
     assert "torch.compile of the replayed layers failed" in capsys.readouterr().err
+    assert not fused.have_cxx()  # "auto" does not try again in this process

@@ -120,3 +120,22 @@ def test_ingest_reports_bad_files_and_keeps_going(tmp_path, tiny_base):
     assert len(rep.added) == 1 and len(rep.failed) == 2
     assert any("UTF-8" in m for _, m in rep.failed) and any("empty" in m for _, m in rep.failed)
     assert len(k.atoms()) == 1
+
+
+def test_ingest_tells_the_compiler_the_whole_job_size(tmp_path, tiny_base, sample_copy, monkeypatch):
+    """An ingest compiles in groups of documents; each call carries the job's atom count (cpu_fused="auto"
+    weighs the one-time torch.compile against the whole job, not one group)."""
+    import compiler.train as ctrain
+
+    seen = []
+    real = ctrain.compile_statements
+
+    def spy(model, tok, texts, qs, cfg, progress=None, job_atoms=None):
+        seen.append((len(texts), job_atoms))
+        return real(model, tok, texts, qs, cfg, progress, job_atoms)
+
+    monkeypatch.setattr(ctrain, "compile_statements", spy)
+    k = KnowledgeBase(tmp_path / "kb", base_model=str(tiny_base), compile_config=fast_compile(), progress=False)
+    rep = k.ingest([str(sample_copy)])
+    assert len(seen) > 1  # several groups (batch_atoms 4)
+    assert {j for _, j in seen} == {sum(n for n, _ in seen)} == {rep.atoms}
