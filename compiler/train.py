@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
 import time
@@ -404,7 +405,13 @@ def _replay_mode(cfg: CompileConfig, cpu_fast: bool, supported: bool, job_atoms:
 
 
 def _replay(model, names, cfg: CompileConfig, fast, job_atoms: int):
-    """compiler.fused.Replay for this call (cfg.cpu_fused), or None for the HF layers."""
+    """compiler.fused.Replay for this call (cfg.cpu_fused; env DOC2ATOM_CPU_FUSED overrides it, e.g. for a knowledge
+    base whose stored settings say otherwise), or None for the HF layers."""
+    env = os.environ.get("DOC2ATOM_CPU_FUSED")
+    if env:
+        if env not in ("auto", "off", "eager", "compile"):
+            raise ValueError(f"DOC2ATOM_CPU_FUSED must be auto, off, eager or compile; got {env!r}")
+        cfg = cfg.model_copy(update={"cpu_fused": env})
     if fast is None or cfg.cpu_fused == "off":
         return None
     from compiler import fused

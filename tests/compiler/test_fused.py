@@ -191,3 +191,20 @@ def test_failed_compile_falls_back_to_the_plain_functions(monkeypatch, capsys):
     assert calls == [1] and not comp.compiled
     assert "torch.compile of the replayed layers failed" in capsys.readouterr().err
     assert not fused.have_cxx()  # "auto" does not try again in this process
+
+
+def test_env_overrides_cpu_fused(monkeypatch):
+    from compiler.config import CompileConfig
+    from compiler.layers import Bf16Linears
+    from compiler.train import _replay
+
+    model = _model()
+    names = target_names(model, ["down_proj"], [2, 3])
+    monkeypatch.setenv("DOC2ATOM_CPU_FUSED", "eager")
+    rep = _replay(model, names, CompileConfig(cpu_fused="off"), Bf16Linears(), 1)
+    assert isinstance(rep, fused.Replay) and not rep.compiled
+    monkeypatch.setenv("DOC2ATOM_CPU_FUSED", "off")
+    assert _replay(model, names, CompileConfig(cpu_fused="eager"), Bf16Linears(), 1) is None
+    monkeypatch.setenv("DOC2ATOM_CPU_FUSED", "fast")
+    with pytest.raises(ValueError, match="DOC2ATOM_CPU_FUSED"):
+        _replay(model, names, CompileConfig(), Bf16Linears(), 1)
