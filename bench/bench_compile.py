@@ -142,6 +142,7 @@ RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"que
                 "default_fused": {"cpu_fused": "eager"},
                 "default_tc": {"cpu_fused": "compile"},
                 "default_off": {"cpu_fused": "off"},
+                "default_tc_b32": {"cpu_fused": "compile", "batch_atoms": 32},
                 "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
