@@ -95,16 +95,18 @@ def _head(hsel, norm_w, lm16, tgt, eps: float):
 class Replay:
     """The upper layers [L, n) + final norm + LM head of `model` as functions of bf16 weight copies (made once)."""
 
-    def __init__(self, model, L: int, compile: bool = False):
+    def __init__(self, model, L: int, compile: bool = False, bf16=None):
+        """bf16: t -> t's bf16 copy (a Bf16Linears' `bf16`, to share its copies); default a copy made here."""
         inner = model.model
         cfg = model.config
         self.model, self.L = model, L
+        self._bf16 = bf16 or (lambda t: t.detach().to(torch.bfloat16))
         self.eps = float(cfg.rms_norm_eps)
         self.nh, self.nkv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
         self._w: dict[int, tuple] = {}
         self.weights = [self.layer_weights(i) for i in range(L, len(inner.layers))]
         self.norm_w = inner.norm.weight.detach()
-        self.lm16 = model.lm_head.weight.detach().to(torch.bfloat16)
+        self.lm16 = self._bf16(model.lm_head.weight)
         self.compiled = compile
         self.layer_fn, self.head_fn = _compiled() if compile else (_layer, _head)
         if compile:
@@ -137,7 +139,7 @@ class Replay:
             layer = self.model.model.layers[i]
             at, mlp = layer.self_attn, layer.mlp
             lin = [at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            w16 = [getattr(m, "base", m).weight.detach().to(torch.bfloat16) for m in lin]
+            w16 = [self._bf16(getattr(m, "base", m).weight) for m in lin]
             self._w[i] = (layer.input_layernorm.weight.detach(), *w16[:4], layer.post_attention_layernorm.weight.detach(),
                           *w16[4:])
         return self._w[i]

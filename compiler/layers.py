@@ -141,7 +141,9 @@ class Bf16Linears(torch.overrides.TorchFunctionMode):
         self._last = (x, x._version, xb, grad)
         return xb
 
-    def _bf16(self, t: torch.Tensor) -> torch.Tensor:
+    def bf16(self, t: torch.Tensor) -> torch.Tensor:
+        """t's bf16 copy, made once for the life of the mode (compiler.fused.Replay takes its weights from here
+        too, so the data init's HF pass and the replay share one copy)."""
         hit = self._cache.get(id(t))
         if hit is None or hit[0] is not t:
             hit = (t, t.detach().to(torch.bfloat16))
@@ -155,7 +157,7 @@ class Bf16Linears(torch.overrides.TorchFunctionMode):
             b = args[2] if len(args) > 2 else kwargs.get("bias")
             if x.dtype == torch.float32 and w.dtype == torch.float32 and not w.requires_grad and (
                     b is None or not b.requires_grad):
-                out = func(self._input(x), self._bf16(w), None if b is None else self._bf16(b))
+                out = func(self._input(x), self.bf16(w), None if b is None else self.bf16(b))
                 return out.to(torch.float32)
         return func(*args, **kwargs)
 

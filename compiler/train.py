@@ -344,8 +344,9 @@ def _locality_step(model, state, params, chunk, act, cfg, rnd, negatives, L: int
     g = max(1, min(cfg.max_tokens_per_step // T_all, (1 << 27) // (n * V)))
     for s in range(0, len(rows), g):
         part = rows[s:s + g]
-        ri = torch.tensor([i for _, i in part], device=dev)
-        h0, pos, _, _ = bank.batch([i for _, i in part], max(bank.seq_cpu[i] for _, i in part))
+        bank_rows = [i for _, i in part]
+        ri = torch.tensor(bank_rows, device=dev)
+        h0, pos, _, _ = bank.batch(bank_rows, max(bank.seq_cpu[i] for i in bank_rows))
         state.set(torch.tensor([a for a, _ in part], device=dev)[:, None], torch.ones(len(part), 1, device=dev))
         with torch.enable_grad(), _matmul_mode(fast):
             state.pools = _pools(params, cfg.scale, frozen_copy=False)
@@ -423,7 +424,7 @@ def _replay(model, names, cfg: CompileConfig, fast, job_atoms: int):
     if mode == "compile" and not before:
         log("compiling the replayed layers with torch.compile (once per process; ~40 s on 2 cores with a cold "
             "cache). CompileConfig.cpu_fused='off' skips it")
-    return fused.Replay(model, first_layer(names), compile=mode == "compile")
+    return fused.Replay(model, first_layer(names), compile=mode == "compile", bf16=fast.bf16)
 
 
 def _attention_backends(dev):

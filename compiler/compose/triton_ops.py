@@ -572,6 +572,11 @@ def _fills_gpu(bsz: int, T: int, n_sm: int) -> bool:
     return bsz * triton.cdiv(T, 32) >= n_sm
 
 
+def _large_call(bsz: int, T: int, n_sm: int, esize: int) -> bool:
+    """The large regime for 16-bit inputs (fp32 tiles this size overflow shared memory)."""
+    return esize <= 2 and _fills_gpu(bsz, T, n_sm)
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | None, esize: int):
     """Tile-fused plan: tile sizes, grid and pipeline depth; pure function of the shapes, cached.
@@ -583,7 +588,7 @@ def _plan(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, split: int | 
     S = K * R
     single = S <= _S_REGISTERS
     block_s = _pow2_at_least(S, 16) if single else _S_CHUNK
-    if _fills_gpu(bsz, T, n_sm) and T > _GEMV_MAX_T and esize <= 2:  # fp32 tiles this size overflow shared memory
+    if T > _GEMV_MAX_T and _large_call(bsz, T, n_sm, esize):
         block_t = 32 if S <= 32 or T <= 32 else (64 if T <= 64 else 128)
         block_n = 128 if S <= 16 else 256
         block_d = 128
@@ -964,7 +969,7 @@ def compose_delta_triton(
         # more stacked ranks than registers hold: the tile-fused kernel with scratch (one launch)
 
     if path == "auto":
-        large = _fills_gpu(bsz, T, n_sm) and x.element_size() <= 2
+        large = _large_call(bsz, T, n_sm, x.element_size())
         path = "fused" if large else ("wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused")
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     if path == "wide":
