@@ -47,6 +47,7 @@ run at batch 32 only by default (--peft-batches): it builds one adapter per requ
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -203,12 +204,13 @@ FUSED_SPACE = {"block_t": [16, 32, 64, 128], "block_d": [64, 128, 256, 512], "bl
                "num_warps": [4, 8], "num_stages": [2, 3, 4, 5]}
 
 
-def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float) -> None:
+def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float, grid: dict | None = None) -> None:
     """Coordinate descent over the tile plans' overrides at one T (tokens per request), per (K, r).
 
     Same problem as the layer-level rows (bsz 32, d 4096, atoms distinct per request, bf16), timed
     the same way (do_bench, median, L2 flushed); each candidate's output is checked against the
-    untuned plan's. The winner is re-timed as a CUDA graph of 20 calls (GPU time only). Also the
+    untuned plan's. The winner is re-timed as a CUDA graph of 20 calls (GPU time only). grid: instead of
+    the descent, every combination of these tile-fused overrides ({key: [values]}) is timed. Also the
     floors of this size: a device copy x -> out (the bytes of the bound but for the atoms), a
     zero-fill of out (the write alone)."""
     from compiler.compose.triton_ops import ComposeMeta, compose_delta_triton
@@ -233,7 +235,7 @@ def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float)
         ref = compose_delta_triton(x, A, B, meta=meta, path="wide").float()
         scale = ref.abs().max().item()
         row = dict(T=T, K=K, r=r, bound_us=bound_us, tried={})
-        for path, space in (("wide", WIDE_SPACE), ("fused", FUSED_SPACE)):
+        for path, space in ((("fused", FUSED_SPACE),) if grid else (("wide", WIDE_SPACE), ("fused", FUSED_SPACE))):
             seen: dict = {}
 
             def timed(cfg: dict) -> float:
@@ -257,7 +259,14 @@ def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float)
             t_path = time.perf_counter()
             best = timed(cfg)
             start = best
-            for _round in range(2):
+            if grid is not None:
+                keys = sorted(grid)
+                for vals in itertools.product(*(grid[k] for k in keys)):
+                    c = dict(zip(keys, vals))
+                    t = timed(c)
+                    if t < best:
+                        best, cfg = t, c
+            for _round in range(0 if grid is not None else 2):
                 improved = False
                 for k, vals in space.items():
                     for v in vals:
@@ -279,7 +288,7 @@ def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float)
                 f"[{len(seen)} tried, {time.perf_counter() - t0:.0f}s]")
         out_rows.append(row)
         del A, B
-    res.setdefault("layer_tune", []).append(dict(T=T, floors=floors, rows=out_rows, wide_space=WIDE_SPACE,
+    res.setdefault("layer_tune", []).append(dict(T=T, floors=floors, rows=out_rows, grid=grid, wide_space=WIDE_SPACE,
                                                  fused_space=FUSED_SPACE))
 
 
@@ -1001,6 +1010,13 @@ def decode_section(res: dict, args, t_start: float) -> None:
                                           (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2,
                                           "min_ratio": rs[0], "max_ratio": rs[-1]}
             log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}")
+        if args.profile_eager and bsz == batches[0]:  # host time per function: base vs the default composed path
+            unwrap(model, names)
+            log("profile: base eager")
+            dec[f"eager_profile_base_b{bsz}"] = profile_steps(model, bsz, args.prompt, n=8, top=30)
+            attach(model, names)
+            log("profile: composed eager (default path)")
+            dec[f"eager_profile_composed_b{bsz}"] = profile_steps(model, bsz, args.prompt, n=8, top=30)
         if bsz == batches[0]:
             fl_mod.mode = "never"  # round-4 plan comparisons
             for gpath in ("wide", "fused"):
@@ -1212,6 +1228,8 @@ def main() -> None:
     ap.add_argument("--layer-tune", default="",
                     help="T values (tokens per request) at which to search the tile plans' overrides per (K, r), "
                          "e.g. 256; rows in 'layer_tune'")
+    ap.add_argument("--layer-grid", default="", help="JSON {key: [values]} of tile-fused overrides: --layer-tune "
+                    "times every combination instead of its coordinate descent")
     ap.add_argument("--layer-tune-combos", default="1x1,8x2,8x4,32x2,32x4", help="KxR pairs for --layer-tune")
     ap.add_argument("--layer-tune-budget", type=float, default=240.0,
                     help="seconds per T for --layer-tune, shared equally by the (K, r) pairs and the two plans")
@@ -1266,7 +1284,8 @@ def main() -> None:
             combos = [tuple(int(v) for v in c.split("x")) for c in args.layer_tune_combos.split(",")]
             with torch.no_grad():
                 for T in (int(t) for t in args.layer_tune.split(",")):
-                    layer_tune(res, bw, T, combos, args.layer_tune_budget)
+                    layer_tune(res, bw, T, combos, args.layer_tune_budget,
+                               json.loads(args.layer_grid) if args.layer_grid else None)
                     save(res, args.out)
         if not args.skip_layer and DEV == "cuda":
             with torch.no_grad():

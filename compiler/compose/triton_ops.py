@@ -636,6 +636,7 @@ def _plan_wide(bsz: int, T: int, K: int, R: int, d_in: int, d_out: int, n_sm: in
     return block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s, warps_e
 
 
+_FUSED_TUNE_KEYS = ("block_t", "block_d", "block_n", "num_warps", "num_stages", "split")
 _WIDE_TUNE_KEYS = ("block_t", "block_s", "block_d", "split_d", "groups", "block_n", "warps_s", "warps_e",
                    "stages_s", "stages_e")
 
@@ -826,7 +827,7 @@ def compose_delta_triton(
               every element is overwritten with the delta, or, with accumulate=True,
               out += delta (e.g. out = the base layer's output y).
         split, tune: overrides for benchmarks and tuning: the d_out split per row of the fused
-              plans; any of block_t, block_d, block_n, num_warps, num_stages of the tile-fused plan;
+              plans; any of `_FUSED_TUNE_KEYS` of the tile-fused plan (split: its d_out split);
               any of `_WIDE_TUNE_KEYS` of the tile-wide plan (T > 4).
         path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto" (the
               module docstring says which; per shape for T <= 4 tokens per request).
@@ -994,12 +995,21 @@ def compose_delta_triton(
     block_t, block_s, block_d, block_n, single, n_split, num_warps, num_stages = _plan(
         bsz, T, K, R, d_out, n_sm, split, x.element_size())
     if tune:
+        bad = set(tune) - set(_FUSED_TUNE_KEYS)
+        if bad:
+            raise ValueError(f"unknown tune keys for the tile-fused plan: {sorted(bad)}; known: {_FUSED_TUNE_KEYS}")
         block_t = tune.get("block_t", block_t)
         block_d = tune.get("block_d", block_d)
         block_n = tune.get("block_n", block_n)
         num_warps = tune.get("num_warps", num_warps)
         num_stages = tune.get("num_stages", num_stages)
-        if split is None and "block_t" in tune:
+        for k in ("block_t", "block_d", "block_n"):
+            v = tune.get(k)
+            if v is not None and (v < 16 or v & (v - 1)):
+                raise ValueError(f"{k} must be a power of two >= 16, got {v}")
+        if split is None and "split" in tune:
+            n_split = max(1, min(int(tune["split"]), triton.cdiv(d_out, block_n)))
+        elif split is None and "block_t" in tune:
             n_split = max(1, min(n_sm // max(1, bsz * triton.cdiv(T, block_t)), triton.cdiv(d_out, block_n)))
     grid0 = bsz * triton.cdiv(T, block_t)
     if single:

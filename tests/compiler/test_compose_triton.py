@@ -385,6 +385,8 @@ def test_triton_large_call_plan(K, R, dtype, accumulate):
     ("wide", {"block_t": 128, "split_d": 16, "warps_e": 8}),
     ("fused", {"block_t": 32, "block_n": 256, "num_stages": 5}),
     ("fused", {"block_t": 128, "block_d": 64, "num_warps": 8, "num_stages": 2}),
+    ("fused", {"block_t": 64, "split": 3, "num_stages": 2}),
+    ("fused", {"split": 1}),
 ])
 def test_triton_tune_overrides_keep_semantics(path, tune):
     """bench_kernel.py --layer-tune's overrides change tiles, never results."""
@@ -408,3 +410,7 @@ def test_triton_wide_tune_rejects_unknown_keys():
         compose_delta_triton(x, A, B, idx, w, path="wide", tune={"block_q": 32})
     with pytest.raises(ValueError, match="power of two"):
         compose_delta_triton(x, A, B, idx, w, path="wide", tune={"block_d": 48})
+    with pytest.raises(ValueError, match="unknown tune keys"):
+        compose_delta_triton(x, A, B, idx, w, path="fused", tune={"split_d": 2})
+    with pytest.raises(ValueError, match="power of two"):
+        compose_delta_triton(x, A, B, idx, w, path="fused", tune={"block_n": 96})
