@@ -565,7 +565,8 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     import compiler.compose.fused_linear as fl
 
     # round 5: x W^T + delta in one pass (fused_linear); the round-4 variants below run with it off
-    fused_variants = [("fused", True, "never"), ("fused_pdl", True, "never"), ("fused_ungrouped", False, "never")]
+    fused_variants = [("fused", True, "never"), ("fused_nolane", True, "never"), ("fused_pdl", True, "never"),
+                      ("fused_ungrouped", False, "never"), ("fused_ungrouped_nolane", False, "never")]
     fused_variants += [(f"fused_cfg{i}", True, "never") for i in range(len(fused_configs))]
     variants = [("base", None, None)] + fused_variants + [
                 ("grouped_never", True, "never"), ("grouped_always", True, "always"),
@@ -597,6 +598,8 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
             carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
             fl.mode = "always" if key.startswith("fused") else "never"  # gpu numbers come from a captured graph
             fl.use_pdl = key == "fused_pdl"
+            grouped._LANE = not key.endswith("_nolane")  # the eager lane (host time only; same launches)
+            st.lanes.clear()
             fl.config.clear()
             if key.startswith("fused_cfg"):
                 fl.config.update(fused_configs[int(key[len("fused_cfg"):])])
@@ -624,13 +627,15 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     if carve_ok:
         torch._C._set_sm_carveout_experimental(None)
     grouped.overlap, grouped.side_priority, grouped.default_path = old_mode, old_prio, old_path
+    grouped._LANE = True
     fl.mode, fl.use_pdl = old_fl[0], old_fl[1]
     fl.config.clear()
     fl.config.update(old_fl[2])
     grouped._sides.clear()
     v = out["variants"]
     fused_rows = [(row["gpu_us_per_layer"], key) for key, row in v.items()
-                  if key.startswith("fused") and key not in ("fused_nopdl", "fused_pdl", "fused_ungrouped")
+                  if key.startswith("fused") and key not in ("fused_nopdl", "fused_pdl", "fused_ungrouped", "fused_nolane",
+                                                             "fused_ungrouped_nolane")
                   and "gpu_us_per_layer" in row]
     if fused_rows:
         best_key = min(fused_rows)[1]
@@ -995,6 +1000,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
         # paired eager measurement: base and composed (the default path) alternated, one ratio per pair, so
         # that the host's drift over a run (15-25% between rows on the VM) falls on both sides of each ratio
         if args.eager_pairs:
+            # each round: base, composed (the default path), composed without the eager lane (grouped._LANE off)
             pairs = []
             attach(model, names)
             decode(model, bsz, args.prompt, 4)  # warm-up: kernels compiled, launch caches filled
@@ -1003,13 +1009,24 @@ def decode_section(res: dict, args, t_start: float) -> None:
                 b_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
                 attach(model, names)
                 c_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
-                pairs.append({"base_ms": b_ms, "composed_ms": c_ms, "ratio": b_ms / c_ms})
+                grouped_mod._LANE = False
+                n_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
+                grouped_mod._LANE = True
+                pairs.append({"base_ms": b_ms, "composed_ms": c_ms, "ratio": b_ms / c_ms,
+                              "composed_nolane_ms": n_ms, "ratio_nolane": b_ms / n_ms})
+
+            def _median(v):
+                v = sorted(v)
+                return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
             rs = sorted(p_["ratio"] for p_ in pairs)
-            dec[f"eager_pairs_b{bsz}"] = {"path": "grouped_eager (fused_linear auto)", "pairs": pairs,
-                                          "median_ratio": rs[len(rs) // 2] if len(rs) % 2 else
-                                          (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2,
-                                          "min_ratio": rs[0], "max_ratio": rs[-1]}
-            log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}")
+            dec[f"eager_pairs_b{bsz}"] = {"path": "grouped_eager (fused_linear auto, eager lane on)", "pairs": pairs,
+                                          "median_ratio": _median(rs), "min_ratio": rs[0], "max_ratio": rs[-1],
+                                          "median_ratio_nolane": _median([p_["ratio_nolane"] for p_ in pairs]),
+                                          "median_lane_over_nolane_ms": _median([p_["composed_ms"] / p_["composed_nolane_ms"]
+                                                                                 for p_ in pairs])}
+            log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}; without the lane "
+                f"{sorted(round(p_['ratio_nolane'], 3) for p_ in pairs)}")
         if args.profile_eager and bsz == batches[0]:  # host time per function: base vs the default composed path
             unwrap(model, names)
             log("profile: base eager")

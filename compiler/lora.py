@@ -41,6 +41,7 @@ class ComposeState:
     meta: object | None = None  # triton_ops.ComposeMeta on CUDA: validated once per set(), no sync per layer
     checked: tuple | None = None  # (idx, pool size) whose slot range was checked: later layers skip the sync
     groups: dict = field(default_factory=dict)  # member name -> ComposeGroup (GPU serving path only)
+    lanes: dict = field(default_factory=dict)  # module name -> grouped._Lane (eager GPU serving; emptied per set())
 
     def set_groups(self, specs) -> None:
         """Projection groups sharing an input: specs = [(names, A_cat (N, sum r, d_in), ranks), ...].
@@ -50,6 +51,7 @@ class ComposeState:
         An empty list turns grouping off. Call again after the pools are replaced.
         """
         self.groups = {}
+        self.lanes.clear()
         for names, A, ranks in specs:
             grp = ComposeGroup(tuple(names), A, tuple(int(r) for r in ranks))
             for n in grp.names:
@@ -82,6 +84,7 @@ class ComposeState:
     def _drop_pending(self) -> None:
         for grp in self.groups.values():
             grp.pending = None
+        self.lanes.clear()
 
 
 class ComposeGroup:
@@ -154,7 +157,7 @@ class AtomLinear(nn.Module):
             from compiler.compose.grouped import serve_linear
             from compiler.compose.triton_ops import compose_delta_triton
 
-            y = serve_linear(self.base, x, A, B, st.meta)  # the delta on a side stream under the GEMM
+            y = serve_linear(self.base, x, A, B, st.meta, st, self.name)  # the delta on a side stream under the GEMM
             if y is not None:
                 return y
             # the kernel adds the delta into the base output in place: no extra buffer, no sync

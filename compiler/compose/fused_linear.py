@@ -51,7 +51,6 @@ from compiler.compose.triton_ops import (
     _launch,
     _num_sms,
     _plan_gemv,
-    _pow2_at_least,
     _pow2_at_most,
     _rows_contiguous,
     _slots_of,
@@ -356,6 +355,21 @@ def _fast(x, Ws, A, Bs, ranks, meta, pdl):
     call = _fused_calls.get(_key(x, Ws, A, Bs, ranks, meta.idx, pdl, capturing))
     if call is None or capturing or meta.max_slot >= A.shape[0] or not x.is_contiguous():
         return None
+    return replay_call(call, x, Ws, A, Bs, meta)
+
+
+def cached_call(x, Ws, A, Bs, ranks, meta, pdl: bool | None = None):
+    """The launch record an earlier eager call with these operands left (None: none), for callers that keep
+    it and check the operands' identity themselves (grouped's eager lane), then `replay_call` it."""
+    if pdl is None:
+        pdl = use_pdl
+    pdl = bool(pdl) and HAS_PDL and not _ops._INTERPRET
+    return _fused_calls.get(_key(x, Ws, A, Bs, tuple(int(r) for r in ranks), meta.idx, pdl, False))
+
+
+def replay_call(call, x, Ws, A, Bs, meta):
+    """Launch a cached call's kernels on these operands (shaped, strided and typed as when it was recorded; x
+    contiguous, meta.max_slot < A.shape[0], not capturing: the caller checked). None = take the full path."""
     if torch.cuda.current_device() != call.dev or _ops._hooks_active():
         return None
     outs = _alloc(x.shape[0] * x.shape[1], call.layout, x.dtype, x.device)

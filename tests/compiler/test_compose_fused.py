@@ -316,6 +316,78 @@ def test_atom_linear_fused_changed_sibling_weight():
         check_changed_sibling_weight(torch.bfloat16)
 
 
+@needs_gpu
+@pytest.mark.parametrize("grouped_on", [True, False], ids=["grouped", "ungrouped"])
+def test_eager_lane_replays_only_unchanged_operands(grouped_on):
+    """The eager lane (grouped._lane_run) replays a module's last fused launches, bit for bit what the full path
+    gives, and declines (full path, right outputs) after a new weight object, replaced pool entries, a changed
+    fused_linear setting; ComposeState.set empties it."""
+    from test_compose_overlap import batch, check as check_layer, inputs, layer, reference as ref_layer
+    from test_compose_overlap import setup
+    from torch import nn
+
+    import compiler.compose.grouped as gr
+
+    used = []
+    real = gr._lane_run
+
+    def spy(*a, **k):
+        y = real(*a, **k)
+        used.append(y is not None)
+        return y
+
+    dtype, bsz = torch.bfloat16, 8
+    with fused_mode("auto"), torch.no_grad():
+        pool, st, mods, ids, idx, w = setup(dtype, bsz, seed=11)
+        if not grouped_on:
+            st.set_groups([])
+        n_lanes = 4 if grouped_on else 7  # qkv, o, gate/up, down as groups or seven single linears
+
+        def run(seed):
+            xs = inputs(bsz, 1, dtype, seed, mods)
+            used.clear()
+            out = layer(mods, *xs)
+            torch.cuda.synchronize()
+            check_layer(out, ref_layer(pool, mods, xs, idx, w), dtype)
+            return xs, out
+
+        gr._lane_run = spy
+        try:
+            run(1)  # round-4 path (the first eager call of each shape)
+            run(2)  # fused: the lanes are made
+            assert len([v for v in st.lanes.values() if v is not None]) == n_lanes
+            xs, out = run(3)
+            assert used == [True] * n_lanes
+            st.lanes.clear()  # the same inputs through the full path: the same launches, the same bits
+            ref_out = layer(mods, *xs)
+            for n in out:
+                assert torch.equal(out[n], ref_out[n]), n
+            run(4)
+            k = next(n for n in mods if n.endswith("k_proj"))
+            mods[k].base.weight = nn.Parameter(torch.randn_like(mods[k].base.weight))  # a new weight object
+            run(5)  # grouped: q's lane still sees k's old weight (recorded at k's call): k recomputes its own
+            seen = list(used)
+            run(6)
+            assert False in seen + used
+            run(7)
+            assert all(used) and len(used) == n_lanes  # re-made with the new weight
+            st.pools = {n: (a, b) for n, (a, b) in st.pools.items()}  # the same tensors in new entries
+            run(8)
+            assert not any(used)
+            with fused_mode("auto", block_n=32):
+                run(9)
+                assert not any(used)
+            idx, w = batch(pool, ids, bsz, 6, seed=12)
+            st.set(idx.cuda(), w.cuda())
+            assert not st.lanes
+            run(10)
+            assert not any(used)
+            run(11)
+            assert all(used) and len(used) == n_lanes
+        finally:
+            gr._lane_run = real
+
+
 def test_fused_mode_declines_on_cpu():
     """On the CPU (or with mode "never") the serving path does not take the fused linear."""
     pytest.importorskip("triton")
