@@ -1004,14 +1004,18 @@ def decode_section(res: dict, args, t_start: float) -> None:
             pairs = []
             attach(model, names)
             decode(model, bsz, args.prompt, 4)  # warm-up: kernels compiled, launch caches filled
-            for _ in range(args.eager_pairs):
+            steps = args.eager_pair_steps or args.new_tokens
+            for i in range(args.eager_pairs):
+                # the two composed variants take turns in second place (drift within a round falls on both)
                 unwrap(model, names)
-                b_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
+                b_ms = decode(model, bsz, args.prompt, steps)["ms_per_step"]
                 attach(model, names)
-                c_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
-                grouped_mod._LANE = False
-                n_ms = decode(model, bsz, args.prompt, args.new_tokens)["ms_per_step"]
+                got = {}
+                for lane_on in ((True, False) if i % 2 == 0 else (False, True)):
+                    grouped_mod._LANE = lane_on
+                    got[lane_on] = decode(model, bsz, args.prompt, steps)["ms_per_step"]
                 grouped_mod._LANE = True
+                c_ms, n_ms = got[True], got[False]
                 pairs.append({"base_ms": b_ms, "composed_ms": c_ms, "ratio": b_ms / c_ms,
                               "composed_nolane_ms": n_ms, "ratio_nolane": b_ms / n_ms})
 
@@ -1023,6 +1027,9 @@ def decode_section(res: dict, args, t_start: float) -> None:
             dec[f"eager_pairs_b{bsz}"] = {"path": "grouped_eager (fused_linear auto, eager lane on)", "pairs": pairs,
                                           "median_ratio": _median(rs), "min_ratio": rs[0], "max_ratio": rs[-1],
                                           "median_ratio_nolane": _median([p_["ratio_nolane"] for p_ in pairs]),
+                                          "ratio_of_median_ms": _median([p_["base_ms"] for p_ in pairs])
+                                          / _median([p_["composed_ms"] for p_ in pairs]),
+                                          "steps_per_decode": steps,
                                           "median_lane_over_nolane_ms": _median([p_["composed_ms"] / p_["composed_nolane_ms"]
                                                                                  for p_ in pairs])}
             log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}; without the lane "
@@ -1250,6 +1257,8 @@ def main() -> None:
     ap.add_argument("--layer-tune-combos", default="1x1,8x2,8x4,32x2,32x4", help="KxR pairs for --layer-tune")
     ap.add_argument("--layer-tune-budget", type=float, default=240.0,
                     help="seconds per T for --layer-tune, shared equally by the (K, r) pairs and the two plans")
+    ap.add_argument("--eager-pair-steps", type=int, default=0, help="decode steps timed per run of --eager-pairs "
+                    "(default --new-tokens): shorter runs, more rounds")
     ap.add_argument("--eager-pairs", type=int, default=0,
                     help="alternate base and composed eager decodes N times per batch; the b32 median of the pair "
                          "ratios becomes the headline eager ratio")

@@ -285,10 +285,21 @@ def test_tiny_llama_grouped_matches_ungrouped(dtype):
     # base GEMMs and deltas in one pass): that is a grouped launch too (single linears, o/down, also go
     # through fused_linear_group, with one weight: not counted)
     grouped._fl.fused_linear_group = lambda *a, **k: (len(a[1]) > 1 and calls.append("fused")) or orig_fused(*a, **k)
+    # and a group's fused launches replayed by the eager lane (from the step after a fused call)
+    orig_lane = grouped._lane_run
+
+    def lane(lane_, state_, names, *a):
+        y = orig_lane(lane_, state_, names, *a)
+        if y is not None and len(names) > 1:
+            calls.append("lane")
+        return y
+
+    grouped._lane_run = lane
     try:
         got = run(True)
     finally:
         grouped.compose_group_triton, grouped._fl.fused_linear_group = orig, orig_fused
+        grouped._lane_run = orig_lane
     assert len(calls) == 4 * 2 * 3, "one grouped launch per q/k/v and gate/up group, layer and forward"
     if dtype == torch.float32:
         assert set(calls) == {"delta"}
