@@ -813,6 +813,55 @@ def profile_steps(model, bsz, prompt, n=3, top=18) -> list:
     return out
 
 
+def eager_breakdown(model, bsz, prompt, n=8) -> dict:
+    """Where an eager decode step's time goes: wall per step (synchronised), host time to enqueue a step (no
+    synchronisation between steps), and the GPU's busy time per step (the sum of its kernels' durations,
+    torch.profiler). Host-bound: wall ~ host enqueue, busy well below wall; GPU-bound: busy ~ wall."""
+    from torch.profiler import ProfilerActivity, profile
+
+    L = prompt + 4 * n + 8
+    cache = make_cache(model, bsz, L)
+    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV)
+    attn = torch.ones(bsz, L, dtype=torch.long, device=DEV)
+    model(input_ids=ids, attention_mask=attn, past_key_values=cache, cache_position=torch.arange(prompt, device=DEV),
+          use_cache=True, logits_to_keep=1)
+    tok = ids[:, -1:].contiguous()
+    pos = torch.tensor([prompt], device=DEV)
+
+    def step():
+        model(input_ids=tok, attention_mask=attn, past_key_values=cache, cache_position=pos, use_cache=True,
+              logits_to_keep=1)
+        pos.add_(1)
+
+    step()
+    sync()
+    walls = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        walls.append(time.perf_counter() - t0)
+    hosts = []
+    sync()
+    for _ in range(n):  # no synchronisation: enqueue time (blocks only if the launch queue fills)
+        t0 = time.perf_counter()
+        step()
+        hosts.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    sync()
+    drain = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        sync()
+    busy_us = sum(e.self_device_time_total for e in prof.key_averages())
+    n_kernels = sum(e.count for e in prof.key_averages() if e.self_device_time_total > 0)
+    del cache
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {"wall_ms": med(walls) * 1e3, "host_enqueue_ms": med(hosts) * 1e3, "drain_after_enqueue_ms": drain * 1e3,
+            "gpu_busy_ms": busy_us / n / 1e3, "gpu_ops_per_step": n_kernels / n, "steps": n}
+
+
 def unwrap(model, names):
     from compiler.lora import AtomLinear
 
@@ -1034,6 +1083,25 @@ def decode_section(res: dict, args, t_start: float) -> None:
                                                                                  for p_ in pairs])}
             log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}; without the lane "
                 f"{sorted(round(p_['ratio_nolane'], 3) for p_ in pairs)}")
+        if args.eager_breakdown and bsz == batches[0]:
+            rows = []
+            for rep in range(args.eager_breakdown):
+                for kind in ("base", "composed", "composed_nolane", "composed_round4"):
+                    if kind == "base":
+                        unwrap(model, names)
+                    else:
+                        attach(model, names)
+                    grouped_mod._LANE = kind != "composed_nolane"
+                    fl_mod.mode = "never" if kind == "composed_round4" else fl_default
+                    decode(model, bsz, args.prompt, 2)  # warm: the lanes made, kernels compiled
+                    r_ = eager_breakdown(model, bsz, args.prompt)
+                    r_.update(kind=kind, rep=rep)
+                    rows.append(r_)
+                    log(f"eager breakdown {kind}: {r_}")
+            grouped_mod._LANE = True
+            fl_mod.mode = fl_default
+            attach(model, names)
+            dec[f"eager_breakdown_b{bsz}"] = rows
         if args.profile_eager and bsz == batches[0]:  # host time per function: base vs the default composed path
             unwrap(model, names)
             log("profile: base eager")
@@ -1257,6 +1325,8 @@ def main() -> None:
     ap.add_argument("--layer-tune-combos", default="1x1,8x2,8x4,32x2,32x4", help="KxR pairs for --layer-tune")
     ap.add_argument("--layer-tune-budget", type=float, default=240.0,
                     help="seconds per T for --layer-tune, shared equally by the (K, r) pairs and the two plans")
+    ap.add_argument("--eager-breakdown", type=int, default=0, help="N rounds of eager_breakdown (wall, host enqueue, "
+                    "GPU busy time per step) for base, composed, composed without the eager lane")
     ap.add_argument("--eager-pair-steps", type=int, default=0, help="decode steps timed per run of --eager-pairs "
                     "(default --new-tokens): shorter runs, more rounds")
     ap.add_argument("--eager-pairs", type=int, default=0,
