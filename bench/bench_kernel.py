@@ -565,12 +565,15 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     import compiler.compose.fused_linear as fl
 
     # round 5: x W^T + delta in one pass (fused_linear); the round-4 variants below run with it off
-    fused_variants = [("fused", True, "never"), ("fused_nolane", True, "never"), ("fused_pdl", True, "never"),
+    # *_k0: no atoms (K=0): the fused kernel's GEMM part alone, and what the round-4 path costs without a delta
+    fused_variants = [("fused", True, "never"), ("fused_k0", True, "never"), ("fused_nolane", True, "never"),
+                      ("fused_pdl", True, "never"),
                       ("fused_ungrouped", False, "never"), ("fused_ungrouped_nolane", False, "never")]
     fused_variants += [(f"fused_cfg{i}", True, "never") for i in range(len(fused_configs))]
     variants = [("base", None, None)] + fused_variants + [
                 ("grouped_never", True, "never"), ("grouped_always", True, "always"),
                 ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
+                ("grouped_always_k0", True, "always"),
                 ("grouped_always_prio0", True, "always"), ("grouped_always_fused", True, "always"),
                 ("grouped_never_fused", True, "never")]
     carve_ok = hasattr(torch._C, "_set_sm_carveout_experimental")
@@ -599,7 +602,10 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
             fl.mode = "always" if key.startswith("fused") else "never"  # gpu numbers come from a captured graph
             fl.use_pdl = key == "fused_pdl"
             grouped._LANE = not key.endswith("_nolane")  # the eager lane (host time only; same launches)
-            st.lanes.clear()
+            if key.endswith("_k0"):
+                st.set(idx[:, :0], w[:, :0])
+            else:
+                st.set(idx, w)
             fl.config.clear()
             if key.startswith("fused_cfg"):
                 fl.config.update(fused_configs[int(key[len("fused_cfg"):])])
@@ -635,7 +641,7 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     v = out["variants"]
     fused_rows = [(row["gpu_us_per_layer"], key) for key, row in v.items()
                   if key.startswith("fused") and key not in ("fused_nopdl", "fused_pdl", "fused_ungrouped", "fused_nolane",
-                                                             "fused_ungrouped_nolane")
+                                                             "fused_ungrouped_nolane", "fused_k0")
                   and "gpu_us_per_layer" in row]
     if fused_rows:
         best_key = min(fused_rows)[1]
