@@ -85,8 +85,6 @@ AUTO_MAX_ROWS = 64
 _MAX_MEMBERS = 3
 # tile overrides for benchmarks (block_m, block_n, block_k, block_c, warps, stages); empty = the plan's own
 config: dict = {}
-# the delta part of each output tile in a program of its own (_plan's delta_split; config key "delta_split")
-DELTA_SPLIT = os.environ.get("DOC2ATOM_DELTA_SPLIT", "0") == "1"
 
 
 def wants(x: torch.Tensor) -> bool:
@@ -134,14 +132,13 @@ def _linear_tile(
     sbN, sbO, sbR, split_d,
     R: tl.constexpr, OFF: tl.constexpr, RG: tl.constexpr, BLOCK_SG: tl.constexpr, SPLIT_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-    SPLIT_K: tl.constexpr, DELTA_SPLIT: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
 ):
     """Split sk of y[rows of block rb, columns of tile nt] = x W^T + this member's delta.
 
     Split sk takes 1/SPLIT_K of d_in and 1/SPLIT_K of the stacked-row chunks of the delta; with
     SPLIT_K > 1 each split writes its fp32 partial tile to ws and the last split to arrive (per-tile
-    counter, reset by that split) sums them and stores y once. DELTA_SPLIT: the last split does the whole
-    delta and no W, the other SPLIT_K - 1 split d_in between them and do no delta."""
+    counter, reset by that split) sums them and stores y once."""
     offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < rows
     offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -149,8 +146,8 @@ def _linear_tile(
     x_rows = x_ptr + offs_m.to(tl.int64) * d_in
     w_rows = w_ptr + offs_n.to(tl.int64) * swN
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    kb_per = tl.cdiv(tl.cdiv(d_in, BLOCK_K), SPLIT_K - DELTA_SPLIT)
-    k_lo = sk * kb_per * BLOCK_K  # the delta split (sk = SPLIT_K - 1) starts past d_in: no W
+    kb_per = tl.cdiv(tl.cdiv(d_in, BLOCK_K), SPLIT_K)
+    k_lo = sk * kb_per * BLOCK_K
     k_hi = tl.minimum(k_lo + kb_per * BLOCK_K, d_in)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -163,13 +160,9 @@ def _linear_tile(
     # the delta: stacked rows c = (local row, s) of this row block, BLOCK_C at a time
     S = K * R
     n_c = tl.minimum(rows - rb * BLOCK_M, BLOCK_M) * S
-    if DELTA_SPLIT:
-        c_lo = 0
-        c_hi = tl.where(sk == SPLIT_K - 1, n_c, 0)
-    else:
-        cb_per = tl.cdiv(tl.cdiv(n_c, BLOCK_C), SPLIT_K)
-        c_lo = sk * cb_per * BLOCK_C
-        c_hi = tl.minimum(c_lo + cb_per * BLOCK_C, n_c)
+    cb_per = tl.cdiv(tl.cdiv(n_c, BLOCK_C), SPLIT_K)
+    c_lo = sk * cb_per * BLOCK_C
+    c_hi = tl.minimum(c_lo + cb_per * BLOCK_C, n_c)
     n_sc = tl.cdiv(K * RG, BLOCK_SG)
     lrow = tl.arange(0, BLOCK_M)
     for c0 in range(c_lo, c_hi, BLOCK_C):
@@ -222,7 +215,7 @@ def _linear_group_kernel(
     t1, t2,
     M: tl.constexpr, RG: tl.constexpr, BLOCK_SG: tl.constexpr, SPLIT_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-    SPLIT_K: tl.constexpr, DELTA_SPLIT: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
     R0: tl.constexpr, OFF0: tl.constexpr, R1: tl.constexpr, OFF1: tl.constexpr, R2: tl.constexpr,
     OFF2: tl.constexpr,
 ):
@@ -235,35 +228,34 @@ def _linear_group_kernel(
     if M == 1:
         _linear_tile(x_ptr, w0, hp_ptr, idx_ptr, b0, y0, ws_ptr, cnt_ptr, rb, t, tile, sk, rows, T, K, d_in, d0,
                      sw0, sbN0, sbO0, sbR0, split_d, R0, OFF0, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M, BLOCK_N, BLOCK_K,
-                     BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                     BLOCK_C, SPLIT_K, PREC, PDL)
     elif M == 2:
         if t < t1:
             _linear_tile(x_ptr, w0, hp_ptr, idx_ptr, b0, y0, ws_ptr, cnt_ptr, rb, t, tile, sk, rows, T, K, d_in,
                          d0, sw0, sbN0, sbO0, sbR0, split_d, R0, OFF0, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M, BLOCK_N,
-                         BLOCK_K, BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                         BLOCK_K, BLOCK_C, SPLIT_K, PREC, PDL)
         else:
             _linear_tile(x_ptr, w1, hp_ptr, idx_ptr, b1, y1, ws_ptr, cnt_ptr, rb, t - t1, tile, sk, rows, T, K,
                          d_in, d1, sw1, sbN1, sbO1, sbR1, split_d, R1, OFF1, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M,
-                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, PREC, PDL)
     else:
         if t < t1:
             _linear_tile(x_ptr, w0, hp_ptr, idx_ptr, b0, y0, ws_ptr, cnt_ptr, rb, t, tile, sk, rows, T, K, d_in,
                          d0, sw0, sbN0, sbO0, sbR0, split_d, R0, OFF0, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M, BLOCK_N,
-                         BLOCK_K, BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                         BLOCK_K, BLOCK_C, SPLIT_K, PREC, PDL)
         elif t < t2:
             _linear_tile(x_ptr, w1, hp_ptr, idx_ptr, b1, y1, ws_ptr, cnt_ptr, rb, t - t1, tile, sk, rows, T, K,
                          d_in, d1, sw1, sbN1, sbO1, sbR1, split_d, R1, OFF1, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M,
-                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, PREC, PDL)
         else:
             _linear_tile(x_ptr, w2, hp_ptr, idx_ptr, b2, y2, ws_ptr, cnt_ptr, rb, t - t2, tile, sk, rows, T, K,
                          d_in, d2, sw2, sbN2, sbO2, sbR2, split_d, R2, OFF2, RG, BLOCK_SG, SPLIT_PAD, BLOCK_M,
-                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, DELTA_SPLIT, PREC, PDL)
+                         BLOCK_N, BLOCK_K, BLOCK_C, SPLIT_K, PREC, PDL)
 
 
 # ---- plans -----------------------------------------------------------------------------------
 FusedPlan = namedtuple("FusedPlan", "block_s n_sc block_d split_d d_per warps_s split_pad "
-                                    "block_m row_blocks block_n block_k block_c warps stages split_k tiles "
-                                    "delta_split")
+                                    "block_m row_blocks block_n block_k block_c warps stages split_k tiles")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -290,12 +282,8 @@ def _plan(rows: int, K: int, RG: int, d_in: int, d_outs: tuple, n_sm: int, esize
     if split_k is None:  # about 3 programs per SM, at least 4 K blocks per split
         split_k = max(1, min(8, n_kb // 4, triton.cdiv(3 * n_sm, tiles)))
     split_k = max(1, min(split_k, n_kb))
-    # the delta in programs of its own (one more split per tile, beside the W splits), so that its gathered,
-    # latency-bound loads run while other programs stream W instead of after each program's W share
-    delta_split = K > 0 and bool(c.get("delta_split", DELTA_SPLIT))
     return FusedPlan(gs.block_s, gs.n_sc, gs.block_dw, gs.split_d, gs.d_per, gs.warps_s, gs.split_pad,
-                     block_m, row_blocks, block_n, block_k, c.get("block_c") or 128, warps, stages,
-                     split_k + delta_split, tiles, delta_split)
+                     block_m, row_blocks, block_n, block_k, c.get("block_c") or 128, warps, stages, split_k, tiles)
 
 
 # ---- host side -------------------------------------------------------------------------------
@@ -552,8 +540,7 @@ def fused_linear_group(
             scal += list(Bs[m].stride())
         scal += starts[:2]
         consts = dict(M=len(ms), RG=RG, BLOCK_SG=p.block_s, SPLIT_PAD=p.split_pad, BLOCK_M=p.block_m,
-                      BLOCK_N=p.block_n, BLOCK_K=p.block_k, BLOCK_C=p.block_c, SPLIT_K=p.split_k,
-                      DELTA_SPLIT=int(p.delta_split), PREC=prec,
+                      BLOCK_N=p.block_n, BLOCK_K=p.block_k, BLOCK_C=p.block_c, SPLIT_K=p.split_k, PREC=prec,
                       PDL=pdl and K > 0)
         offs = [sum(ranks[:m]) for m in range(M)]
         for i, m in enumerate(pad):
