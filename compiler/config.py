@@ -7,6 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Settings that change how fast atoms compile, not what they become (beyond float rounding): a knowledge base
+# stores all settings at its first ingest, but a later run may change these (serving.pipeline.KnowledgeBase).
+# compose_prob > 0 would make batch_atoms matter (the summed-in atoms come from the same batch); the pipeline
+# keeps the stored batch sizes in that case.
+SPEED_FIELDS = frozenset({"batch_atoms", "gpu_batch_atoms", "gpu_max_tokens_per_step", "max_tokens_per_step",
+                          "sort_rows", "cpu_bf16", "cpu_fused", "cpu_compile_min_atoms"})
 
 
 class CompileConfig(BaseModel):

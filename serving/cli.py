@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--max-bytes", type=int, default=None, help="per-file size limit in bytes (default 20 MB)")
     p.add_argument("--compile-config", default=None, metavar="JSON",
-                   help="compile settings for a new knowledge base, as JSON text or a .json file "
-                        "(fields of compiler.config.CompileConfig)")
+                   help="compile settings, as JSON text or a .json file (fields of compiler.config.CompileConfig); "
+                        "a knowledge base keeps the settings of its first ingest, except speed settings "
+                        "(batch sizes, cpu_bf16, cpu_fused, ...), which later runs may change")
     _kb_arg(p)
     _json_arg(p)
 

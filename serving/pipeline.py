@@ -47,6 +47,26 @@ class IngestReport:
                 "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2)}
 
 
+def _merge_settings(stored: CompileConfig, given: CompileConfig | None) -> CompileConfig:
+    """The settings an existing knowledge base compiles with: its stored ones, except that the speed settings
+    (compiler.config.SPEED_FIELDS) the caller gave explicitly apply to this run (never stored). Explicitly given
+    settings that would change what atoms become are refused with a warning: every atom of a knowledge base is
+    compiled the same way."""
+    from compiler.config import SPEED_FIELDS
+
+    if given is None:
+        return stored
+    speed = set(SPEED_FIELDS)
+    if stored.compose_prob > 0:  # the summed-in atoms come from the batch: its size changes the atoms
+        speed -= {"batch_atoms", "gpu_batch_atoms"}
+    asked = {k: getattr(given, k) for k in given.model_fields_set if getattr(given, k) != getattr(stored, k)}
+    fixed = sorted(k for k in asked if k not in speed)
+    if fixed:
+        _log(f"warning: this knowledge base was compiled with other settings for {', '.join(fixed)}; keeping the "
+             "stored ones (only speed settings can change after the first ingest)")
+    return stored.model_copy(update={k: v for k, v in asked.items() if k in speed})
+
+
 class KnowledgeBase:
     """A knowledge base folder plus the models that serve it.
 
@@ -63,10 +83,8 @@ class KnowledgeBase:
         self.progress = progress
         self.device_arg = device
         saved = self.store.settings()
-        if saved and compile_config is not None and compile_config.model_dump() != saved.get("compile"):
-            _log("warning: this knowledge base was compiled with other settings; keeping the stored ones")
-        self.compile_config = CompileConfig(**saved["compile"]) if saved.get("compile") else (
-            compile_config or CompileConfig())
+        self.compile_config = (_merge_settings(CompileConfig(**saved["compile"]), compile_config)
+                               if saved.get("compile") else compile_config or CompileConfig())
         self.router_config = router_config or RouterConfig()
         self._base = None
         self._model = None

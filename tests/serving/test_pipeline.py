@@ -139,3 +139,28 @@ def test_ingest_tells_the_compiler_the_whole_job_size(tmp_path, tiny_base, sampl
     rep = k.ingest([str(sample_copy)])
     assert len(seen) > 1  # several groups (batch_atoms 4)
     assert {j for _, j in seen} == {sum(n for n, _ in seen)} == {rep.atoms}
+
+
+def test_later_runs_may_change_speed_settings_only(kb, tiny_base, capsys):
+    """A knowledge base keeps the settings of its first ingest; a later run's explicitly given speed settings apply
+    to that run (never stored), anything that would change what atoms become is refused with a warning."""
+    from compiler.config import CompileConfig
+    from serving.pipeline import _merge_settings
+
+    stored = kb.store.settings()["compile"]
+    k = KnowledgeBase(kb.path, base_model=str(tiny_base), create=False, progress=False,
+                      compile_config=CompileConfig(batch_atoms=2, cpu_fused="off", rank=5, questions=2))
+    assert k.compile_config.batch_atoms == 2 and k.compile_config.cpu_fused == "off"
+    assert k.compile_config.rank == stored["rank"] != 5
+    err = capsys.readouterr().err
+    assert "other settings for rank;" in err  # questions=2 is what is stored: not a change
+    assert k.store.settings()["compile"] == stored
+    k2 = KnowledgeBase(kb.path, base_model=str(tiny_base), create=False, progress=False)
+    assert k2.compile_config.model_dump() == stored
+    assert capsys.readouterr().err == ""
+
+    # with atoms summed in from the batch while training, the batch size changes the atoms: kept
+    base = CompileConfig(compose_prob=0.5, batch_atoms=8)
+    got = _merge_settings(base, CompileConfig(batch_atoms=2, max_tokens_per_step=512))
+    assert got.batch_atoms == 8 and got.max_tokens_per_step == 512
+    assert _merge_settings(base, None) is base
