@@ -601,7 +601,7 @@ def _linear(base, x: torch.Tensor) -> torch.Tensor:
 # ComposeState.set/clear), the operands and launch record of its last fused call, and replays the record
 # when every one of them is the same object (or equal setting) again. Anything else takes the full path.
 _LANE = os.environ.get("DOC2ATOM_EAGER_LANE", "1") != "0"
-_Lane = namedtuple("_Lane", "shape dtype meta pools Ws A Bs call n mode pdl cfg knobs")
+_Lane = namedtuple("_Lane", "shape dtype dev meta pools Ws A Bs call n mode pdl cfg knobs")
 
 
 def _lane_make(state, names, x, Ws, A, Bs, ranks) -> _Lane | None:
@@ -611,14 +611,15 @@ def _lane_make(state, names, x, Ws, A, Bs, ranks) -> _Lane | None:
     call = _fl.cached_call(x, Ws, A, Bs, ranks, state.meta)
     if call is None:
         return None
-    return _Lane(x.shape, x.dtype, state.meta, tuple(state.pools.get(n) for n in names), tuple(Ws), A, tuple(Bs),
-                 call, A.shape[0], _fl.mode, _fl.use_pdl, dict(_fl.config), gemv_knobs())
+    return _Lane(x.shape, x.dtype, x.get_device(), state.meta, tuple(state.pools.get(n) for n in names), tuple(Ws),
+                 A, tuple(Bs), call, A.shape[0], _fl.mode, _fl.use_pdl, dict(_fl.config), gemv_knobs())
 
 
 def _lane_run(lane: _Lane, state, names, x: torch.Tensor, Ws) -> list[torch.Tensor] | None:
     """Every member's output through the lane's launches, or None when anything they depend on changed."""
     meta = state.meta
-    if (meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype or meta.max_slot >= lane.n
+    if (meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype or x.get_device() != lane.dev
+            or meta.max_slot >= lane.n
             or _fl.mode != lane.mode or _fl.use_pdl != lane.pdl or _fl.config != lane.cfg
             or gemv_knobs() != lane.knobs or not x.is_contiguous() or torch.cuda.is_current_stream_capturing()):
         return None
