@@ -787,19 +787,23 @@ class Wiring:
         self.path = path
 
 
+def prefilled(model, bsz, prompt, length):
+    """A static cache of `length` positions holding a random prompt's prefill: (cache, attention mask, the
+    next step's input ids, its cache position)."""
+    cache = make_cache(model, bsz, length)
+    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV)
+    attn = torch.ones(bsz, length, dtype=torch.long, device=DEV)
+    model(input_ids=ids, attention_mask=attn, past_key_values=cache, cache_position=torch.arange(prompt, device=DEV),
+          use_cache=True, logits_to_keep=1)
+    return cache, attn, ids[:, -1:].contiguous(), torch.tensor([prompt], device=DEV)
+
+
 def profile_steps(model, bsz, prompt, n=3, top=18) -> list:
     """cProfile of n eager decode steps (host time per function, what eager decode is bound by)."""
     import cProfile
     import pstats
 
-    L = prompt + n + 8
-    cache = make_cache(model, bsz, L)
-    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV)
-    attn = torch.ones(bsz, L, dtype=torch.long, device=DEV)
-    model(input_ids=ids, attention_mask=attn, past_key_values=cache, cache_position=torch.arange(prompt, device=DEV),
-          use_cache=True, logits_to_keep=1)
-    tok = ids[:, -1:].contiguous()
-    pos = torch.tensor([prompt], device=DEV)
+    cache, attn, tok, pos = prefilled(model, bsz, prompt, prompt + n + 8)
     sync()
     prof = cProfile.Profile()
     prof.enable()
@@ -825,14 +829,7 @@ def eager_breakdown(model, bsz, prompt, n=8) -> dict:
     torch.profiler). Host-bound: wall ~ host enqueue, busy well below wall; GPU-bound: busy ~ wall."""
     from torch.profiler import ProfilerActivity, profile
 
-    L = prompt + 4 * n + 8
-    cache = make_cache(model, bsz, L)
-    ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV)
-    attn = torch.ones(bsz, L, dtype=torch.long, device=DEV)
-    model(input_ids=ids, attention_mask=attn, past_key_values=cache, cache_position=torch.arange(prompt, device=DEV),
-          use_cache=True, logits_to_keep=1)
-    tok = ids[:, -1:].contiguous()
-    pos = torch.tensor([prompt], device=DEV)
+    cache, attn, tok, pos = prefilled(model, bsz, prompt, prompt + 4 * n + 8)
 
     def step():
         model(input_ids=tok, attention_mask=attn, past_key_values=cache, cache_position=pos, use_cache=True,
@@ -856,12 +853,14 @@ def eager_breakdown(model, bsz, prompt, n=8) -> dict:
     t0 = time.perf_counter()
     sync()
     drain = time.perf_counter() - t0
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            step()
-        sync()
-    busy_us = sum(e.self_device_time_total for e in prof.key_averages())
-    n_kernels = sum(e.count for e in prof.key_averages() if e.self_device_time_total > 0)
+    busy_us = n_kernels = float("nan")
+    if DEV == "cuda":  # (the --tiny CPU smoke run has no device time to sum)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            sync()
+        busy_us = sum(e.self_device_time_total for e in prof.key_averages())
+        n_kernels = sum(e.count for e in prof.key_averages() if e.self_device_time_total > 0)
     del cache
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     return {"wall_ms": med(walls) * 1e3, "host_enqueue_ms": med(hosts) * 1e3, "drain_after_enqueue_ms": drain * 1e3,
