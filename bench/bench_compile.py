@@ -143,7 +143,10 @@ RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"que
                 "default_tc": {"cpu_fused": "compile"},
                 "default_off": {"cpu_fused": "off"},
                 "default_tc_b32": {"cpu_fused": "compile", "batch_atoms": 32},
-                "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1}})
+                "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1},
+                # the same pair on two more seeds (stop 16: is the compiled path's rhine60 gap at seed 0 real?)
+                "default_off_s2": {"cpu_fused": "off", "seed": 2}, "default_tc_s2": {"cpu_fused": "compile", "seed": 2},
+                "default_off_s3": {"cpu_fused": "off", "seed": 3}, "default_tc_s3": {"cpu_fused": "compile", "seed": 3}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0}
