@@ -146,7 +146,8 @@ RECIPES.update({"default_qps2": {"questions_per_step": 2}, "default_qps4": {"que
                 "default_s1": {"seed": 1}, "default_tc_s1": {"cpu_fused": "compile", "seed": 1},
                 # the same pair on two more seeds (stop 16: is the compiled path's rhine60 gap at seed 0 real?)
                 "default_off_s2": {"cpu_fused": "off", "seed": 2}, "default_tc_s2": {"cpu_fused": "compile", "seed": 2},
-                "default_off_s3": {"cpu_fused": "off", "seed": 3}, "default_tc_s3": {"cpu_fused": "compile", "seed": 3}})
+                "default_off_s3": {"cpu_fused": "off", "seed": 3}, "default_tc_s3": {"cpu_fused": "compile", "seed": 3},
+                "warm3x3_s1": {"warm_lr_factor": 3.0, "warm_lr_steps": 3, "seed": 1}})
 
 # bf16 dense peak of the GPUs this bench ran on, TFLOP/s (vendor figure, no sparsity), for the FLOP-limit estimate
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0}
