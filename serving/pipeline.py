@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.config import CompileConfig
+from compiler.config import SPEED_FIELDS, CompileConfig
 from doc2atom import errors
 from doc2atom.readers import expand_paths, read_file
 from doc2atom.schemas import Answer, Document, Signals
@@ -52,8 +52,6 @@ def _merge_settings(stored: CompileConfig, given: CompileConfig | None) -> Compi
     (compiler.config.SPEED_FIELDS) the caller gave explicitly apply to this run (never stored). Explicitly given
     settings that would change what atoms become are refused with a warning: every atom of a knowledge base is
     compiled the same way."""
-    from compiler.config import SPEED_FIELDS
-
     if given is None:
         return stored
     speed = set(SPEED_FIELDS)
@@ -113,9 +111,7 @@ class KnowledgeBase:
 
     def model(self):
         if self._model is None:
-            from doc2atom.models import load_base
-
-            from doc2atom.models import resolve_device
+            from doc2atom.models import load_base, resolve_device
 
             self._model = load_base(str(self.base_info().path), resolve_device(self.device_arg))
         return self._model
