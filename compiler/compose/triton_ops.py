@@ -641,19 +641,26 @@ _WIDE_TUNE_KEYS = ("block_t", "block_s", "block_d", "split_d", "groups", "block_
                    "stages_s", "stages_e")
 
 
+def _tiles(tune: dict, known: tuple, plan: str, **tiles: int) -> tuple:
+    """The tile sizes `tiles` (name=plan value) with `tune`'s overrides; unknown keys and tiles that are not powers
+    of two >= 16 raise."""
+    bad = set(tune) - set(known)
+    if bad:
+        raise ValueError(f"unknown tune keys for the {plan} plan: {sorted(bad)}; known: {known}")
+    out = []
+    for name, v in tiles.items():
+        v = tune.get(name, v)
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+        out.append(v)
+    return tuple(out)
+
+
 def _tune_wide(tune: dict, S: int, d_in: int, d_out: int, block_t: int, block_s: int, block_d: int, split_d: int,
                groups: int, block_n: int, warps_s: int, warps_e: int, stages_s: int, stages_e: int) -> tuple:
     """The tile-wide plan with benchmark overrides applied (`tune` keys: _WIDE_TUNE_KEYS); derived sizes recomputed."""
-    bad = set(tune) - set(_WIDE_TUNE_KEYS)
-    if bad:
-        raise ValueError(f"unknown tune keys for the wide plan: {sorted(bad)}; known: {_WIDE_TUNE_KEYS}")
-    block_t = tune.get("block_t", block_t)
-    block_s = tune.get("block_s", block_s)
-    block_d = tune.get("block_d", block_d)
-    block_n = tune.get("block_n", block_n)
-    for name, v in (("block_t", block_t), ("block_s", block_s), ("block_d", block_d), ("block_n", block_n)):
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+    block_t, block_s, block_d, block_n = _tiles(tune, _WIDE_TUNE_KEYS, "wide", block_t=block_t, block_s=block_s,
+                                                block_d=block_d, block_n=block_n)
     n_sc = triton.cdiv(S, block_s)
     n_db = triton.cdiv(d_in, block_d)
     split_d = max(1, min(tune.get("split_d", split_d), n_db))
@@ -995,18 +1002,10 @@ def compose_delta_triton(
     block_t, block_s, block_d, block_n, single, n_split, num_warps, num_stages = _plan(
         bsz, T, K, R, d_out, n_sm, split, x.element_size())
     if tune:
-        bad = set(tune) - set(_FUSED_TUNE_KEYS)
-        if bad:
-            raise ValueError(f"unknown tune keys for the tile-fused plan: {sorted(bad)}; known: {_FUSED_TUNE_KEYS}")
-        block_t = tune.get("block_t", block_t)
-        block_d = tune.get("block_d", block_d)
-        block_n = tune.get("block_n", block_n)
+        block_t, block_d, block_n = _tiles(tune, _FUSED_TUNE_KEYS, "tile-fused", block_t=block_t, block_d=block_d,
+                                           block_n=block_n)
         num_warps = tune.get("num_warps", num_warps)
         num_stages = tune.get("num_stages", num_stages)
-        for k in ("block_t", "block_d", "block_n"):
-            v = tune.get(k)
-            if v is not None and (v < 16 or v & (v - 1)):
-                raise ValueError(f"{k} must be a power of two >= 16, got {v}")
         if split is None and "split" in tune:
             n_split = max(1, min(int(tune["split"]), triton.cdiv(d_out, block_n)))
         elif split is None and "block_t" in tune:
