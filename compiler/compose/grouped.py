@@ -681,6 +681,14 @@ def _group_B(group, state):
     return Bs
 
 
+def _hold_siblings(group, x: torch.Tensor, meta, ys, Ws) -> torch.Tensor:
+    """Every member's whole output made with weights Ws: the siblings' wait in group.pending for their own calls;
+    returns the first member's."""
+    if len(ys) > 1:
+        group.pending = (x, meta, {n: (y, w) for n, y, w in zip(group.names[1:], ys[1:], Ws[1:])})
+    return ys[0]
+
+
 def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> torch.Tensor | None:
     """Output x W^T + delta of member `name` of a projection group (compiler.lora.ComposeGroup); None: not here.
 
@@ -710,9 +718,7 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
     if lane is not None:
         ys = _lane_run(lane, state, names, x, tuple(ws.get(n) for n in names))
         if ys is not None:
-            if len(names) > 1:
-                group.pending = (x, state.meta, {n: (y, w) for n, y, w in zip(names[1:], ys[1:], lane.Ws[1:])})
-            return ys[0]
+            return _hold_siblings(group, x, state.meta, ys, lane.Ws)
     Bs = _group_B(group, state)
     if Bs is None:
         return None
@@ -724,9 +730,7 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
                and w.device == x.device and (w.stride(1) == 1 or w.shape[1] <= 1) for w, B in zip(Ws, Bs)):
             ys = _fl.fused_linear_group(x, Ws, group.A, Bs, meta=state.meta, ranks=group.ranks)
             state.lanes[name] = _lane_make(state, names, x, Ws, group.A, Bs, group.ranks)
-            if len(names) > 1:
-                group.pending = (x, state.meta, {n: (y, w) for n, y, w in zip(names[1:], ys[1:], Ws[1:])})
-            return ys[0]
+            return _hold_siblings(group, x, state.meta, ys, Ws)
     side = _side_for(x)
     if side is not None:
         Ws = [ws.get(n) for n in names]
@@ -747,9 +751,7 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
             torch.mm(x2, w.t(), out=y)
         _join(side, main)
         ybuf[:total].add_(ybuf[total:])  # every member's delta in one add (same layout)
-        if len(names) > 1:
-            group.pending = (x, state.meta, {n: (y, w) for n, y, w in zip(names[1:], ys[1:], Ws[1:])})
-        return ys[0]
+        return _hold_siblings(group, x, state.meta, ys, Ws)
     outs = compose_group_triton(x, group.A, Bs, meta=state.meta, ranks=group.ranks)
     rest = {n: (o, None) for n, o in zip(names[1:], outs[1:])}
     group.pending = (x, state.meta, rest) if rest else None
