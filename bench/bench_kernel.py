@@ -50,7 +50,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import platform
 import re
 import sys
@@ -292,8 +291,9 @@ def layer_tune(res: dict, copy_bw: float, T: int, combos: list, budget_s: float,
                                                  fused_space=FUSED_SPACE))
 
 
-def graph_us_per_call(calls: list, reps: int = 5) -> float:
-    """Median over replays of (one graph holding every call in `calls`) / len(calls), in us."""
+def captured(calls: list):
+    """A CUDA graph of every call in `calls` (the first two run eagerly on a side stream before: they compile and
+    warm what the capture launches)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -304,6 +304,36 @@ def graph_us_per_call(calls: list, reps: int = 5) -> float:
     with torch.cuda.graph(g):
         for c in calls:
             c()
+    return g
+
+
+def graph_kernel_profile(calls: list, reps: int = 5, per: int = 1, top: int = 16) -> list:
+    """torch.profiler over `reps` replays of one graph holding every call in `calls`: per kernel name, its
+    launches and summed GPU us per replay divided by `per` (e.g. layers), the largest first. Kernels on
+    concurrent streams overlap, so the sums can exceed the replay's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = captured(calls)
+    g.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            g.replay()
+        torch.cuda.synchronize()
+    agg: dict = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            n, us = agg.get(ev.name[:90], (0, 0.0))
+            agg[ev.name[:90]] = (n + 1, us + (ev.time_range.end - ev.time_range.start))
+    del g
+    rows = [{"kernel": k, "launches_per_replay": n / reps / per, "gpu_us_per_replay": us / reps / per}
+            for k, (n, us) in agg.items()]
+    return sorted(rows, key=lambda r: -r["gpu_us_per_replay"])[:top]
+
+
+def graph_us_per_call(calls: list, reps: int = 5) -> float:
+    """Median over replays of (one graph holding every call in `calls`) / len(calls), in us."""
+    g = captured(calls)
     g.replay()
     torch.cuda.synchronize()
     ts = []
@@ -488,7 +518,8 @@ def group_sweep(out_rows: list, copy_bw: float, bsz: int, pattern: str, K: int, 
 
 # ------------------------------------------------------------------------------------------
 def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, K: int = 8, r: int = 2,
-                   carveouts=(), fused_configs=(), only: str = "") -> None:
+                   carveouts=(), fused_configs=(), only: str = "", per_group: bool = False,
+                   profile: str = "") -> None:
     """Llama-8B layers' 7 projections through compiler.lora.AtomLinear alone (no attention), b32, T=1.
 
     Per variant: GPU us per layer (n_layers layers captured in one graph, replays timed with
@@ -497,7 +528,10 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     Variants: base (plain nn.Linear), grouped / ungrouped composition with the delta on the side
     stream (overlap "always") or on the current stream ("never"), the side stream at normal
     priority, the grouped fused plan, and cuBLAS told to leave `carveouts` SMs free (torch's
-    experimental SM carveout) so that the delta kernels find room beside the GEMMs."""
+    experimental SM carveout) so that the delta kernels find room beside the GEMMs.
+    per_group: also GPU us per layer of each projection group alone (q/k/v, o, gate/up, down; one graph of
+    that group's modules of every layer), to see which path is faster for which group under capture.
+    profile: regex of variants whose graph is also profiled per kernel (per group when per_group)."""
     import compiler.compose.grouped as grouped
     from compiler.lora import AtomLinear, ComposeState
     from serving.atom_pool import AtomPool
@@ -540,6 +574,19 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
         for names in layers:
             for n in names:
                 mods[n](xd if n.endswith("down_proj") else xa)
+
+    part_of = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
+               "down": ("down_proj",)}
+
+    def run_part(which, plain):
+        sel = part_of[which]
+
+        def fn():
+            for names in layers:
+                for n in names:
+                    if n.rsplit(".", 1)[1] in sel:
+                        (bases if plain else mods)[n](xd if n.endswith("down_proj") else xa)
+        return fn
 
     def gpu_us_per_layer(fn, reps=20):
         return graph_us_per_call([fn, fn], reps) / n_layers  # two warm-up passes, a graph of two passes
@@ -607,8 +654,8 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
             else:
                 st.set(idx, w)
             fl.config.clear()
-            if key.startswith("fused_cfg"):
-                fl.config.update(fused_configs[int(key[len("fused_cfg"):])])
+            if "_cfg" in key:
+                fl.config.update(fused_configs[int(key.rsplit("_cfg", 1)[1])])
             try:
                 if carve_ok:
                     torch._C._set_sm_carveout_experimental(carve)  # SMs cuBLAS leaves free (None: all used)
@@ -623,10 +670,26 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
                         grouped._sides.clear()
                     fn = run_wrapped
                 row = {"gpu_us_per_layer": gpu_us_per_layer(fn), "host_us_per_module": host_us_per_module(fn)}
+                if per_group and carve is None:
+                    row["gpu_us_per_layer_by_group"] = {
+                        part: gpu_us_per_layer(run_part(part, grouped_on is None)) for part in part_of}
+                if profile and re.search(profile, key):
+                    try:
+                        parts = list(part_of) if per_group else ["layer"]
+                        row["kernels_per_layer"] = {
+                            p: graph_kernel_profile([f, f], per=2 * n_layers)
+                            for p, f in ((p, fn if p == "layer" else run_part(p, grouped_on is None)) for p in parts)}
+                        for part, ks in row["kernels_per_layer"].items():
+                            for k in ks[:8]:
+                                log(f"  {key} {part}: {k['gpu_us_per_replay']:7.2f} us "
+                                    f"x{k['launches_per_replay']:.2g} {k['kernel']}")
+                    except Exception as e:
+                        row["kernels_per_layer"] = {"error": f"{type(e).__name__}: {e}"[:400]}
+                        traceback.print_exc()
             except Exception as e:
                 row = {"error": f"{type(e).__name__}: {e}"[:400]}
                 traceback.print_exc()
-            if key.startswith("fused_cfg"):
+            if "_cfg" in key:
                 row["config"] = dict(fl.config)
             out["variants"][key] = row
             log(f"serving layers {key}: {row}")
@@ -1339,6 +1402,10 @@ def main() -> None:
                          "ratios becomes the headline eager ratio")
     ap.add_argument("--serving-only", default="",
                     help="regex: the serving-layer variants to run besides 'base' (e.g. 'fused|grouped_always$')")
+    ap.add_argument("--serving-profile", default="",
+                    help="regex: serving-layer variants whose graph is profiled per kernel (torch.profiler)")
+    ap.add_argument("--serving-per-group", action="store_true",
+                    help="serving layers: also each projection group's GPU time alone (q/k/v, o, gate/up, down)")
     ap.add_argument("--carveouts", default="",
                     help="SM carveouts for cuBLAS tried in the serving-layer section and the b32 grouped graphed rows")
     args = ap.parse_args()
@@ -1379,7 +1446,8 @@ def main() -> None:
             save(res, args.out)
         if not args.skip_serving and DEV == "cuda":
             serving_layers(res, bw, carveouts=[int(c) for c in args.carveouts.split(",") if c],
-                           fused_configs=parse_configs(args.fused_configs), only=args.serving_only)
+                           fused_configs=parse_configs(args.fused_configs), only=args.serving_only,
+                           per_group=args.serving_per_group, profile=args.serving_profile)
             save(res, args.out)
         if args.layer_tune and DEV == "cuda":
             combos = [tuple(int(v) for v in c.split("x")) for c in args.layer_tune_combos.split(",")]
