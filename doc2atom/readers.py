@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -58,12 +59,31 @@ def _decode(path: Path, max_bytes: int) -> str:
     return text.lstrip("\ufeff")
 
 
-def _title_from(text: str, fallback: str) -> str:
-    for line in text.splitlines():
-        s = line.strip().lstrip("#").strip()
-        if s:
+_LIST_MARK = re.compile(r"^([-*+\u2022]|\d+[.)])\s")
+_TITLE_MAX_WORDS = 12
+
+
+def _title_from(text: str) -> str:
+    """The document's first line when it reads as a title: a Markdown heading, or a short line (at most
+    12 words, no list marker, not ending like a sentence or clause) with more text after it. Else "" (no
+    title): a sentence is not a title, and the atomizer takes the title for the document's topic (a first
+    sentence taken as one made "the astronomer" in that sentence resolve to the whole sentence)."""
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            heading = s.lstrip("#").strip()
+            if heading:
+                return heading[:200]
+            continue
+        more = any(rest.strip() for rest in lines[n + 1:])
+        if (more and len(s.split()) <= _TITLE_MAX_WORDS and not _LIST_MARK.match(s)
+                and not s.endswith((".", "!", "?", ";", ":", ","))):
             return s[:200]
-    return fallback
+        return ""
+    return ""
 
 
 _HTML_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "table", "pre", "blockquote", "dd", "dt"]
@@ -166,7 +186,7 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> Iterator[Document]:
         text, title = html_to_text(raw)
         if not text.strip():
             raise errors.empty_file(str(path))
-        yield Document(id=doc_id(str(path)), path=str(path), title=title or _title_from(text, path.stem), text=text,
+        yield Document(id=doc_id(str(path)), path=str(path), title=title or _title_from(text), text=text,
                        sha256=content_hash(text))
     elif suffix == ".jsonl":
         for n, line in enumerate(raw.splitlines(), 1):
@@ -185,10 +205,10 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> Iterator[Document]:
             if not text.strip():
                 continue
             key = f"{path}#{obj.get('id', n)}"
-            title = str(obj.get("title") or _title_from(text, path.stem))
+            title = str(obj.get("title") or _title_from(text))
             yield Document(id=doc_id(key), path=key, title=title, text=text, sha256=content_hash(text))
     else:
-        yield Document(id=doc_id(str(path)), path=str(path), title=_title_from(raw, path.stem), text=raw,
+        yield Document(id=doc_id(str(path)), path=str(path), title=_title_from(raw), text=raw,
                        sha256=content_hash(raw))
 
 
@@ -196,7 +216,7 @@ def document_from_text(key: str, text: str, title: str = "") -> Document:
     """A Document built in memory (datasets, the HTTP API)."""
     if not text.strip():
         raise errors.InputError(f"{key}: empty text; nothing to learn from.")
-    return Document(id=doc_id(key), path=key, title=title or _title_from(text, key), text=text, sha256=content_hash(text))
+    return Document(id=doc_id(key), path=key, title=title or _title_from(text), text=text, sha256=content_hash(text))
 
 
 def line_of(text: str, offset: int) -> int:

@@ -21,7 +21,8 @@ class Document(_Strict):
 
     id: str = Field(description="Stable document id: hash of the resolved path")
     path: str = Field(description="Path the document was read from (absolute) or a dataset key")
-    title: str = Field(description="Title or first heading, used as context for its atoms")
+    title: str = Field(description="Title or first heading, used as context for its atoms; empty when the "
+                       "document has none (its first line is a sentence)")
     text: str = Field(description="Decoded text; atom spans are offsets into it")
     sha256: str = Field(description="Content hash of `text`; re-ingesting unchanged content is a no-op")
 

@@ -43,6 +43,18 @@ def test_fragments_without_a_verb_are_dropped(nlp):
     assert [a.text for a in atoms] == ["The Korrin Bridge opened in 1957."]
 
 
+def test_a_first_sentence_is_not_taken_for_the_title(nlp, tmp_path):
+    """A file without a heading: its first sentence once became the title, hence the topic, and "the
+    astronomer" in it resolved to that whole sentence, pasted into every atom."""
+    p = tmp_path / "velmont.txt"
+    p.write_text("The Velmont Observatory was founded in 1873 by the astronomer Ilse Varga. The observatory has "
+                 "a 40-inch refractor. Varga died in 1901.\n", encoding="utf-8")
+    (d,) = read_file(p)
+    assert [a.text for a in atomize(d, nlp)] == [
+        "The Velmont Observatory was founded in 1873 by the astronomer Ilse Varga.",
+        "The observatory has a 40-inch refractor.", "Varga died in 1901."]
+
+
 def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))

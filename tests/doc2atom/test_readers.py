@@ -20,6 +20,24 @@ def test_txt_keeps_text_exactly(tmp_path):
     assert d.title == "Title line"
 
 
+@pytest.mark.parametrize("text, title", [
+    ("Title line\n\nThe Korrin Bridge is long.\n", "Title line"),
+    ("# The thessaloop\n- A thessaloop has seven reeds.\n", "The thessaloop"),
+    ("#\n## Velmora\nVelmora is a town.\n", "Velmora"),
+    # a sentence is not a title, nor is a list item, a lone line or a line that opens a list
+    ("The Velmont Observatory was founded in 1873 by the astronomer Ilse Varga.\nIt has a refractor.\n", ""),
+    ("The Velmont Observatory was founded in 1873 by the astronomer Ilse Varga.\n", ""),
+    ("- Velmont Observatory\n- Mount Orr\n", ""),
+    ("Velmont Observatory\n", ""),
+    ("Facts:\n\n- The thessaloop has seven reeds.\n", ""),
+    ("one two three four five six seven eight nine ten eleven twelve thirteen\nmore\n", ""),
+])
+def test_title_is_a_heading_or_nothing(tmp_path, text, title):
+    p = tmp_path / "velmont.txt"
+    p.write_text(text, encoding="utf-8")
+    assert one(p).title == title
+
+
 def test_html_drops_scripts_and_navigation(tmp_path):
     p = tmp_path / "a.html"
     p.write_text("<html><head><title>T</title><script>var x = 'secret';</script></head><body>"

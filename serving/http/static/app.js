@@ -71,7 +71,7 @@ async function showAtom(atom) {
                                              api(`/v1/atoms/${encodeURIComponent(atom.id)}`)]);
     document.querySelectorAll("tr.selected").forEach((tr) => tr.classList.remove("selected"));
     document.querySelectorAll(`tr[data-atom="${atom.id}"]`).forEach((tr) => tr.classList.add("selected"));
-    $("doc-title").textContent = doc.title;
+    $("doc-title").textContent = doc.title || doc.path;
     $("doc-path").textContent = `${doc.path} · ${doc.n_atoms} atoms`;
     $("detail-id").textContent = detail.id;
     $("detail-type").textContent = detail.type;
@@ -150,7 +150,7 @@ async function init() {
     for (const d of docs.documents) {
       const opt = document.createElement("option");
       opt.value = d.id;
-      opt.textContent = `${d.title} (${d.n_atoms})`;
+      opt.textContent = `${d.title || d.path} (${d.n_atoms})`;
       $("doc-filter").appendChild(opt);
     }
     for (const t of [...new Set(all.atoms.map((a) => a.type))].sort()) {
