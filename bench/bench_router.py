@@ -4,6 +4,8 @@
     flock /tmp/doc2atom-cpu.lock env OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_router.py latency
     # quality on the SQuAD 2.0 Rhine article and data/sample (no compilation: atomize, synthesise, key, route):
     flock /tmp/doc2atom-cpu.lock env OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_router.py quality
+    # one-document knowledge bases: the calibrated fit, the uncalibrated defaults, and calibration's choice
+    flock /tmp/doc2atom-cpu.lock env OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_router.py small
 
 Both update bench/results/router_cpu.json (one section each) with the machine, versions and settings.
 
@@ -479,6 +481,71 @@ def cmd_quality(args) -> None:
     write_section("quality", result)
 
 
+def cmd_small(args) -> None:
+    """Knowledge bases of one document each (every file of data/sample, every `--rhine-every`th Rhine paragraph):
+    per KB, the share of its own in-scope questions routed and of out-of-scope questions refused (the sample's 8
+    plus data/general_questions.json), with the calibrated fit (kept whatever it scores), with the uncalibrated
+    defaults, and with what calibration now chooses between them (router/calibrate.py KEEP_MARGIN)."""
+    import math
+
+    from doc2atom.models import load_spacy
+    from doc2atom.readers import expand_paths, read_file
+    from router.learned import LearnedRouter
+    from router.router import Router
+    from router.select import RouterConfig
+
+    nlp = load_spacy()
+    emb = CachedEmbedder(Path(args.cache) if args.cache else None)
+    sq = json.loads((ROOT / "data" / "sample_questions.json").read_text())["questions"]
+    general = json.loads((ROOT / "data" / "general_questions.json").read_text())["questions"]
+    outside = [q["question"] for q in sq if q["kind"] == "out_of_scope"] + [
+        q["question"] if isinstance(q, dict) else q for q in general]
+    cases = []
+    for f in expand_paths([str(ROOT / "data" / "sample")]):
+        inside = [q["question"] for q in sq if q["docs"] == [Path(f).name]]
+        cases.append((f"sample/{Path(f).name}", list(read_file(f)), inside))
+    docs, squad = read_squad(Path(args.dataset))
+    for i in range(0, len(docs), args.rhine_every):
+        inside = [q for q, d, imp in squad if d == docs[i].id and not imp]
+        if inside:
+            cases.append((f"rhine/p{i}", [docs[i]], inside))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kb_docs, inside in cases:
+            folder = Path(tmp) / name.replace("/", "_")
+            store = build_store(folder, kb_docs, nlp, emb, args.questions)
+            router = Router.open(folder, store, emb, RouterConfig())
+            row = {"kb": name, "atoms": store.count_atoms(), "in_scope": len(inside), "out_of_scope": len(outside)}
+            for variant in ("fit", "defaults", "chosen"):
+                if variant == "fit":
+                    st = router.calibrate(keep_margin=math.inf)
+                    row["heldout"] = {k: st["metrics"].get(k) for k in
+                                      ("heldout_balanced_calibrated", "heldout_balanced_default", "heldout_routed",
+                                       "oos_refused", "near_refused")} if st else None
+                elif variant == "defaults":
+                    router.state, router.model = {}, LearnedRouter()
+                else:
+                    st = router.calibrate()
+                    row["chosen"] = st["metrics"]["chosen"] if st else "uncalibrated (too few atoms)"
+                routes = router.route(inside + outside)
+                n = len(inside)
+                routed = sum(not r.refused for r in routes[:n]) / n
+                refused = sum(r.refused for r in routes[n:]) / len(outside)
+                row[variant] = {"threshold": round(router.threshold, 4), "in_scope_routed": round(routed, 4),
+                                "out_of_scope_refused": round(refused, 4), "balanced": round((routed + refused) / 2, 4)}
+            store.close()
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        emb.save()
+    summary = {v: {"mean_balanced": round(float(np.mean([r[v]["balanced"] for r in rows])), 4),
+                   "min_balanced": round(float(np.min([r[v]["balanced"] for r in rows])), 4)}
+               for v in ("fit", "defaults", "chosen")}
+    write_section("small_kbs", {"settings": {"questions_per_atom": args.questions, "rhine_every": args.rhine_every,
+                                             "note": "one document per KB; no compilation (atoms, synthesised "
+                                                     "questions and keys as ingest makes them)"},
+                                "summary": summary, "rows": rows})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -502,6 +569,12 @@ def main() -> int:
     p.add_argument("--cache", default=None, help="embedding cache .npz (speeds up reruns)")
     p.add_argument("--workdir", default=None, help="keep the built stores here and reuse them on reruns")
     p.set_defaults(fn=cmd_quality)
+    p = sub.add_parser("small", help="one-document knowledge bases: calibrated fit vs defaults vs the choice")
+    p.add_argument("--dataset", default=str(RHINE))
+    p.add_argument("--questions", type=int, default=6)
+    p.add_argument("--rhine-every", type=int, default=4, help="every n-th Rhine paragraph becomes a KB")
+    p.add_argument("--cache", default=None, help="embedding cache .npz (speeds up reruns)")
+    p.set_defaults(fn=cmd_small)
     args = ap.parse_args()
     args.fn(args)
     return 0

@@ -11,6 +11,10 @@ Three-fold cross-fitting by atom: each fold's questions are scored by a model fi
 other two, and the threshold is the score that routes `target_routed` of these held-out
 in-scope questions; the saved model is then fitted on all of them. The held-out figures
 (routed share, refusals, recall@1 on synthesised questions) go into router.json.
+The uncalibrated router (prior weights, DEFAULT_THRESHOLD) is scored on the same held-out
+questions, and replaces the fit when it does clearly better: with a handful of atoms the fit
+can saturate (every question at p = 1, nothing refused) or set the threshold above every
+user paraphrase (ROUTER_NOTES "Small knowledge bases").
 This module reads the store and never writes it.
 """
 
@@ -99,11 +103,27 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
     return round(float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))), 4)
 
 
+# the defaults replace a calibration whose held-out balanced accuracy they beat by more than this
+KEEP_MARGIN = 0.05
+
+
+def _balanced(scores: np.ndarray, kinds: np.ndarray, thr: float) -> float:
+    """Mean of the share of held-out in-scope questions routed and of out-of-scope questions and near misses
+    refused, at threshold thr (scores: each question's best score)."""
+    pos = scores[kinds == "pos"]
+    neg = scores[(kinds == "oos") | (kinds == "near")]
+    parts = [float((pos >= thr).mean())] if len(pos) else []
+    parts += [float((neg < thr).mean())] if len(neg) else []
+    return sum(parts) / len(parts) if parts else 0.0
+
+
 def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS, l2: float = 0.005,
-              per_atom_edits: int = 3, nlp=None) -> dict | None:
+              per_atom_edits: int = 3, nlp=None, keep_margin: float = KEEP_MARGIN) -> dict | None:
     """Fit on up to max_atoms atoms' questions; returns the new router state, or None when too few atoms.
 
     prior, l2: the weights the fit is pulled towards, and how hard (see LearnedRouter.fit).
+    keep_margin: the prior weights and DEFAULT_THRESHOLD replace the fit when their held-out balanced accuracy
+    (in-scope routed, out-of-scope and near misses refused) is higher by more than this (inf: always the fit).
     per_atom_edits: near misses edited from each atom's questions (router/nearmiss.py; 0 = none);
     nlp: the spaCy pipeline for their entity labels (default: the embedded en_core_web_sm)."""
     from router.router import MIN_CALIBRATION_ATOMS
@@ -203,7 +223,26 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         s = scores_all[kinds_a == kind]
         return round(float(((s < thr) if refused else (s >= thr)).mean()), 4) if len(s) else None
 
+    # The uncalibrated router (the prior weights, DEFAULT_THRESHOLD) on the same held-out questions. With few
+    # atoms the fit can saturate (every question, in scope or not, at p = 1: nothing refused) or put the
+    # threshold above users' paraphrases; the calibration is kept unless the defaults do clearly better.
+    from router.router import DEFAULT_THRESHOLD
+
+    def_p = LearnedRouter(prior).prob(F)
+    def_top, def_ok = {}, {}
+    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
+        j = lo + int(np.argmax(def_p[lo:hi]))
+        def_top[int(g[lo])], def_ok[int(g[lo])] = float(def_p[j]), bool(y[j] > 0)
+    def_all = np.array([def_top.get(qi, 0.0) for qi in range(len(texts))])
+    chosen = "calibrated"
+    bal_cal, bal_def = _balanced(scores_all, kinds_a, thr), _balanced(def_all, kinds_a, DEFAULT_THRESHOLD)
+    if bal_def > bal_cal + keep_margin:
+        chosen, final, thr, scores_all, top_ok = "default", LearnedRouter(prior), DEFAULT_THRESHOLD, def_all, def_ok
+        missed = sum(1 for qi in range(n_orig) if not top_ok.get(qi, False) and qi in top_p)
+
     metrics = {
+        "chosen": chosen, "heldout_balanced_calibrated": round(bal_cal, 4),
+        "heldout_balanced_default": round(bal_def, 4),
         "atoms": len(atoms), "questions": n_orig, "paraphrase_like": len(aug), "oos": len(OUT_OF_SCOPE),
         "near_misses": len(near), "heldout_routed": share("pos", False),
         "heldout_recall@1": round(float(np.mean([top_ok.get(qi, False) for qi in range(n_orig)])), 4),

@@ -174,3 +174,45 @@ def test_approximate_index_path_end_to_end(sample_kb, embedder, approx):
     assert "Jonas Rook" in _texts(store, route.ids[:1])[0]
     store2, again = _open(sample_kb, embedder, exact_max=5, approx=approx)
     assert again.dense.kind == approx and np.array_equal(again.dense.ids(), store2.rowids())
+
+
+def test_a_calibration_that_refuses_nothing_gives_way_to_the_defaults(tmp_path, nlp, embedder):
+    """Five atoms (data/sample/korrin_bridge.txt): the fit saturates, every held-out question in scope or not
+    scores p = 1 and the threshold lands at 1.0, so nothing would be refused. The uncalibrated router does
+    better on the same held-out questions and is kept."""
+    from router_helpers import build_store
+
+    from router.calibrate import KEEP_MARGIN
+    from router.router import DEFAULT_THRESHOLD
+
+    store = build_store(tmp_path / "kb", [SAMPLE / "korrin_bridge.txt"], nlp, embedder)
+    r = Router.open(tmp_path / "kb", store, embedder)
+    state = r.calibrate()
+    m = state["metrics"]
+    assert m["chosen"] == "default"
+    assert m["heldout_balanced_default"] > m["heldout_balanced_calibrated"] + KEEP_MARGIN
+    assert state["threshold"] == DEFAULT_THRESHOLD == r.threshold
+    route = r.route(["Who designed the Korrin Bridge?", "What is the capital of Japan?", "Who painted the Mona Lisa?"])
+    assert [x.refused for x in route] == [False, True, True]
+    assert "Maud Ellery" in _texts(store, route[0].ids[:1])[0]
+
+
+def test_calibration_is_kept_unless_the_defaults_do_clearly_better(sample_kb, embedder, monkeypatch):
+    import router.calibrate as cal
+    from router.learned import LearnedRouter
+
+    _, r = _open(sample_kb, embedder)
+    state = r.calibrate()
+    assert state["metrics"]["chosen"] == "calibrated"  # 23 atoms: the fit holds
+    real_fit = LearnedRouter.fit
+
+    def saturated(*a, **k):  # a fit whose every score is 1: it routes everything
+        m = real_fit(*a, **k)
+        m.w = m.w * 0.0
+        m.w[-1] = 40.0
+        return m
+
+    monkeypatch.setattr(cal.LearnedRouter, "fit", staticmethod(saturated))
+    state = r.calibrate()
+    assert state["metrics"]["chosen"] == "default" and state["metrics"]["heldout_balanced_calibrated"] <= 0.5
+    assert r.route(["What is the capital of Japan?"])[0].refused
