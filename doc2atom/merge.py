@@ -153,11 +153,13 @@ class DocPlan:
     new: list[AtomDraft] = field(default_factory=list)  # atoms this document introduces: compiled, stored under it
     spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per new atom: its spans in this document
     links: list[tuple[AtomRef, int, int]] = field(default_factory=list)  # (atom, start, end): provenance only
+    reused: int = 0  # of the linked atoms, how many are this document's own earlier atoms (it was replaced)
 
 
 def plan_ingest(drafts_per_doc: Sequence[Sequence[AtomDraft]],
                 existing: Callable[[list[str]], dict[str, str]] | None = None,
-                threshold: float = 0.8) -> list[DocPlan]:
+                threshold: float = 0.8,
+                own: Sequence[dict[tuple[str, str], str]] | None = None) -> list[DocPlan]:
     """Decide, for the documents of one ingest (in commit order), which atoms to compile and where
     each near-duplicate only adds a provenance.
 
@@ -166,6 +168,11 @@ def plan_ingest(drafts_per_doc: Sequence[Sequence[AtomDraft]],
     (`existing(keys) -> {key: atom id}`) adds a provenance to it for every member; otherwise the
     representative is compiled once, stored under the group's first document with that
     document's spans, and later documents link to it. Returns one DocPlan per document.
+
+    own[j]: for a document being replaced, its stored atoms by (text, key). A group that only document
+    j states, and whose representative's text and key are those of one of them, keeps that atom (a
+    provenance, counted in DocPlan.reused) instead of compiling it again: the parts of an edited
+    document that did not change are not recompiled.
     """
     items = [(j, d) for j, drafts in enumerate(drafts_per_doc) for d in drafts]
     texts = [d.text for _, d in items]
@@ -176,6 +183,11 @@ def plan_ingest(drafts_per_doc: Sequence[Sequence[AtomDraft]],
     for members in groups:
         rep = _representative(texts, members)
         match = next((found[keys[n]] for n in [rep] + members if keys[n] in found), None)
+        j0 = items[members[0]][0]
+        if match is None and own is not None and all(items[n][0] == j0 for n in members):
+            match = own[j0].get((items[rep][1].text, items[rep][1].key))
+            if match is not None:
+                plans[j0].reused += 1
         if match is None:
             j0, first = items[members[0]]
             r = items[rep][1]

@@ -368,6 +368,18 @@ class KBStore:
                     out[sig] = atom_id(rid)
         return out
 
+    def own_atoms(self, doc_id: str) -> dict[tuple[str, str], str]:
+        """(text, key) -> atom id of the atoms whose only provenance is `doc_id` (a document about to be replaced
+        may keep them; an atom other documents state too is found by atoms_by_signature instead)."""
+        rows = self.conn.execute(
+            "SELECT a.rowid, a.text, a.key FROM atoms a WHERE a.rowid IN (SELECT atom_id FROM atom_sources "
+            "WHERE doc_id = ?) AND NOT EXISTS (SELECT 1 FROM atom_sources s WHERE s.atom_id = a.rowid AND "
+            "s.doc_id != ?) ORDER BY a.rowid", (doc_id, doc_id))
+        out: dict[tuple[str, str], str] = {}
+        for rid, text, key in rows:
+            out.setdefault((text, key), atom_id(rid))
+        return out
+
     def remove_document(self, doc: str) -> tuple[dict, list[int]]:
         """Forget `doc` in one transaction: its provenance goes, and every atom left without one.
         Returns (the forget report, rowids of the deleted atoms)."""

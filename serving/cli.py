@@ -167,7 +167,8 @@ def cmd_ingest(args) -> int:
     if args.json:
         _print_json(rep.as_dict())
     else:
-        print(f"ingested {len(rep.added)} document(s) ({rep.atoms} atoms) in {rep.seconds:.1f} s; "
+        kept = f", {rep.reused} kept from earlier versions" if rep.reused else ""
+        print(f"ingested {len(rep.added)} document(s) ({rep.atoms} atoms compiled{kept}) in {rep.seconds:.1f} s; "
               f"{len(rep.unchanged)} unchanged; {len(rep.failed)} failed")
         for path, msg in rep.failed:
             print(f"  failed: {msg}")

@@ -37,13 +37,14 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
     atoms: int = 0  # atoms compiled (new)
     merged: int = 0  # spans that became a provenance of an atom already stored or compiled in this call
+    reused: int = 0  # atoms a changed document kept unchanged from its previous version (not compiled again)
     seconds: float = 0.0
     compile_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {"added": self.added, "unchanged": self.unchanged,
                 "failed": [{"path": p, "error": m} for p, m in self.failed], "atoms": self.atoms,
-                "merged": self.merged,
+                "merged": self.merged, "reused": self.reused,
                 "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2)}
 
 
@@ -186,8 +187,10 @@ class KnowledgeBase:
         router = self.router()
         # near-duplicates (within this call, or already stored for another document) are compiled once:
         # a document's plan lists the atoms it introduces and the spans that only add a provenance
+        # a changed document keeps its atoms whose text and key did not change (they are not compiled again)
         plans = plan_ingest(list(atomize_many(docs, nlp)),
-                            lambda keys: self.store.atoms_by_signature(keys, exclude_docs=[d.id for d in docs]))
+                            lambda keys: self.store.atoms_by_signature(keys, exclude_docs=[d.id for d in docs]),
+                            own=[self.store.own_atoms(d.id) for d in docs])
         drafts_per_doc = [p.new for p in plans]
         made: dict[tuple[int, int], str] = {}  # (doc index, position in its plan) -> atom id, once committed
         total = sum(len(d) for d in drafts_per_doc)
@@ -218,7 +221,8 @@ class KnowledgeBase:
                 ids, old = self.store.commit(docs[j], drafts_per_doc[j], shard, stats, embs[pos:pos + n],
                                              spans=plans[j].spans, links=links)
                 made.update({(j, k): a for k, a in enumerate(ids)})
-                report.merged += len(links) + sum(len(sp) - 1 for sp in plans[j].spans)
+                report.merged += len(links) - plans[j].reused + sum(len(sp) - 1 for sp in plans[j].spans)
+                report.reused += plans[j].reused
                 router.on_commit(np.array([int(a[1:]) for a in ids], dtype=np.int64), old, embs[pos:pos + n])
                 for a in old:
                     self._weights.pop(atom_id(a), None)

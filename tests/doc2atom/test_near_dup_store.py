@@ -40,7 +40,8 @@ def _ingest(store, pairs):
     """What KnowledgeBase._ingest does, with fake weights: plan, then one commit per document."""
     docs = [d for d, _ in pairs]
     plans = plan_ingest([drafts for _, drafts in pairs],
-                        lambda keys: store.atoms_by_signature(keys, exclude_docs=[d.id for d in docs]))
+                        lambda keys: store.atoms_by_signature(keys, exclude_docs=[d.id for d in docs]),
+                        own=[store.own_atoms(d.id) for d in docs])
     made, removed = {}, []
     for j, (doc, plan) in enumerate(zip(docs, plans)):
         n = len(plan.new)
@@ -124,7 +125,9 @@ def test_replacing_a_document_keeps_atoms_other_documents_state(tmp_path):
     atom = _bridge(s)
     a2 = document_from_text("a.txt", "Alpha is the first letter.")
     _, removed = _ingest(s, [(a2, [_draft(a2, "Alpha is the first letter.")])])
-    assert int(atom.id[1:]) not in removed and len(removed) == 2  # a's own old atoms, not the shared one
+    # a's own atom it no longer states goes; the shared one stays, and so does "Alpha ...", which a2 states
+    # again with the same text and key (kept, not compiled again)
+    assert int(atom.id[1:]) not in removed and len(removed) == 1
     assert [x.doc for x in _bridge(s).sources] == [b.id]
     assert s.count_atoms() == 3 and s.document("a.txt")["n_atoms"] == 1
     # the changed document states the fact again: it links to the atom b keeps alive, nothing is compiled
@@ -143,6 +146,42 @@ def test_atoms_only_stated_by_documents_being_replaced_are_not_reused(tmp_path):
     assert s.atoms_by_signature([key]) == {key: _bridge(s).id}
     assert s.atoms_by_signature([key], exclude_docs=[a.id]) == {}  # a is being replaced: its atoms may go
     assert s.atoms_by_signature([signature_key("The Korrin Bridge is 413 metres long.")]) == {}
+
+
+def test_a_replaced_document_keeps_its_unchanged_atoms(tmp_path):
+    s = KBStore(tmp_path / "kb", create=True)
+    (a, da), _ = _docs()
+    _ingest(s, [(a, da)])
+    before = {x.text: x.id for x in s.list_atoms()}
+    assert s.own_atoms(a.id) == {(x.text, x.key): before[x.text] for x in da}
+    # edited: a sentence added in front, one changed, one kept, one dropped
+    a2 = document_from_text("a.txt", f"New first line. Alpha is the first letter. {BRIDGE}")
+    plans, removed = _ingest(s, [(a2, [_draft(a2, "New first line."), _draft(a2, "Alpha is the first letter."),
+                                       _draft(a2, BRIDGE)])])
+    assert [d.text for d in plans[0].new] == ["New first line."] and plans[0].reused == 2
+    after = {x.text: x for x in s.list_atoms()}
+    assert after["Alpha is the first letter."].id == before["Alpha is the first letter."]
+    assert after[BRIDGE].id == before[BRIDGE]
+    assert [(x.start, x.end) for x in after[BRIDGE].sources] == [(43, 80)]  # its span in the new text
+    assert removed == [int(before["The Korrin Bridge was painted red."][1:])]
+    _check_spans(s, after[BRIDGE])
+    # the same text under another key (a changed heading, say) is compiled again
+    a3 = document_from_text("a.txt", "Alpha is the first letter.")
+    plans, _ = _ingest(s, [(a3, [AtomDraft(type="statement", text="Alpha is the first letter.", key="Greek; Alpha",
+                                           start=0, end=26)])])
+    assert len(plans[0].new) == 1 and plans[0].reused == 0
+
+
+def test_an_atom_two_replaced_documents_state_is_not_taken_from_either(tmp_path):
+    s = KBStore(tmp_path / "kb", create=True)
+    (a, da), (b, db) = _docs()
+    _ingest(s, [(a, da), (b, db)])
+    assert all("412" not in t for t, _ in s.own_atoms(b.id))  # b states the bridge, but a does too
+    # both replaced in one call, each still stating the fact: one group over two documents, compiled once
+    a2, b2 = document_from_text("a.txt", BRIDGE), document_from_text("b.txt", BRIDGE)
+    plans, _ = _ingest(s, [(a2, [_draft(a2, BRIDGE)]), (b2, [_draft(b2, BRIDGE)])])
+    assert len(plans[0].new) == 1 and plans[0].reused == 0 and plans[1].links == [((0, 0), 0, 37)]
+    _check_spans(s, _bridge(s))
 
 
 def test_within_one_document_near_duplicates_are_one_atom(tmp_path):

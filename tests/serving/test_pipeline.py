@@ -45,12 +45,45 @@ def test_reingest_unchanged_is_a_noop_and_changed_file_replaces_atoms(kb, sample
     assert {a.id for a in kb.atoms()} == before
     f = sample_copy / "korrin_bridge.txt"
     f.write_text(f.read_text().replace("412 metres", "415 metres"))
+    old_atoms = {a.text: a.id for a in kb.atoms(doc=str(f.resolve()))}
     rep = kb.ingest([str(f)])
     assert rep.added == [str(f.resolve())]
     texts = [a.text for a in kb.atoms(doc=str(f.resolve()))]
     assert "The Korrin Bridge is 415 metres long." in texts
     assert not any("412" in a.text for a in kb.atoms())
     assert _index_matches_store(kb)
+    # only the changed sentence was compiled again; the others kept their atoms (ids, weights)
+    assert rep.atoms == 1 and rep.reused == len(old_atoms) - 1 and rep.merged == 0
+    now = {a.text: a.id for a in kb.atoms(doc=str(f.resolve()))}
+    assert {t: i for t, i in now.items() if "415" not in t} == {t: i for t, i in old_atoms.items() if "412" not in t}
+
+
+def test_edited_document_keeps_its_unchanged_atoms_with_new_spans(kb, sample_copy):
+    f = sample_copy / "korrin_bridge.txt"
+    path = str(f.resolve())
+    old = {a.text: a for a in kb.atoms(doc=path)}
+    ask = "Which engineer designed the Korrin Bridge?"
+    answer = kb.ask(ask, mode="atoms").answer
+    # a sentence added at the top: every kept atom's span moves; a removed sentence's atom goes
+    text = f.read_text()
+    gone = next(t for t in old if "412" in t)
+    f.write_text(text.replace("The Korrin Bridge\n\n", "The Korrin Bridge\n\nThe bridge has four lanes.\n", 1)
+                 .replace("The Korrin Bridge is 412 metres long.\n", ""))
+    rep = kb.ingest([str(f)])
+    new = {a.text: a for a in kb.atoms(doc=path)}
+    assert gone not in new and rep.reused == len(old) - 1 and rep.atoms == len(new) - rep.reused
+    doc = kb.store.document(path)
+    moved = 0
+    for t, a in new.items():
+        if t in old:
+            assert a.id == old[t].id
+            moved += a.source.start != old[t].source.start
+        if t in doc["text"]:  # the span points at the sentence where it now stands
+            assert a.source.start == doc["text"].index(t)
+    assert moved == len(old) - 1
+    assert _index_matches_store(kb)
+    assert kb.ask(ask, mode="atoms").answer == answer  # the kept atom answers as before
+    assert not list(kb.store.shards.glob("*.tmp"))
 
 
 def test_forget_removes_atoms_from_store_and_index(kb, sample_copy):
