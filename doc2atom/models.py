@@ -152,11 +152,21 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def _quiet_loading() -> None:
+    """No per-tensor "Loading weights" bar from transformers: loading a local model takes a second, and doc2atom
+    shows its own progress for the long steps."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @lru_cache(maxsize=2)
 def load_base(path: str, device: str = "cpu"):
     """Load (model, tokenizer) from a local folder: fp32 on the CPU, bf16 on a GPU; eval mode, frozen."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_loading()
 
     tok = AutoTokenizer.from_pretrained(path)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -181,6 +191,7 @@ def embedder_path() -> Path:
 def load_embedder():
     from sentence_transformers import SentenceTransformer
 
+    _quiet_loading()
     return SentenceTransformer(str(embedder_path()), device="cpu")
 
 
