@@ -359,7 +359,15 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
         return finish(f"{name} was {low}{prep} {value}")
     if words and words[-1].lower() in ("by", "in", "at", "on", "from", "of"):
         return finish(f"{name}, {low} {value}")
+    if (len(words) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
+            and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count: "Platforms" 3 -> "X has 3 platforms."
+        return finish(f"{name} has {value} {low[:-1] if value == '1' else low}")
     return finish(f"The {low} of {name} is {value}")
+
+
+# one-word headers that end in -s but do not name a count of things
+_NOT_PLURAL = {"class", "status", "series", "species", "means", "news", "physics", "mathematics", "economics",
+               "corpus", "census", "campus", "genus", "bus", "gas", "chaos", "lens", "atlas", "canvas"}
 
 
 def atomize(doc: Document, nlp) -> list[AtomDraft]:

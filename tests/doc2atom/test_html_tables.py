@@ -69,6 +69,21 @@ def test_key_value_table_is_one_row_about_its_subject(nlp, tmp_path):
     assert atoms["Korrin Bridge was opened in 1902."].type == "event"
 
 
+@pytest.mark.parametrize("header, value, sentence", [
+    ("Platforms", "3", "Velmora has 3 platforms."),
+    ("Platforms", "1", "Velmora has 1 platform."),
+    ("Employees", "1,200", "Velmora has 1,200 employees."),
+    ("Platforms", "3 (2 in use)", "The platforms of Velmora is 3 (2 in use)."),  # not a bare count
+    ("Status", "2", "The status of Velmora is 2."),
+    ("Length", "300 metres", "The length of Velmora is 300 metres."),
+    ("Opened", "1911", "Velmora was opened in 1911."),
+])
+def test_cell_sentences(header, value, sentence):
+    from doc2atom.atomizer import _cell_sentence
+
+    assert _cell_sentence("Velmora", header, value) == sentence
+
+
 def test_caption_names_the_subject_and_pipes_in_cells_are_escaped():
     html = ("<table><caption>Tarn Light</caption><tr><th>Height</th><td>31 m | 102 ft</td></tr>"
             "<tr><th>Lit</th><td>1871</td></tr></table>")
