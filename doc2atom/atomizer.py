@@ -335,8 +335,9 @@ def _table_atoms(st: _DocState, block: Block) -> None:
             continue
         name = cells[0]
         if len(row) == 1:
-            st.atoms.append(AtomDraft(type="list_member", text=finish(f"{context}: {name}"),
-                                      key=make_key(f"{context}: {name}", name, None), start=row[0][0], end=row[0][1]))
+            ctx = context or header[0]  # a document without a title or heading: the column's header
+            st.atoms.append(AtomDraft(type="list_member", text=finish(f"{ctx}: {name}"),
+                                      key=make_key(f"{ctx}: {name}", name, None), start=row[0][0], end=row[0][1]))
             continue
         for j in range(1, min(len(row), len(header))):
             h, v = header[j], cells[j]

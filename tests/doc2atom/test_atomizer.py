@@ -55,6 +55,12 @@ def test_a_first_sentence_is_not_taken_for_the_title(nlp, tmp_path):
         "The observatory has a 40-inch refractor.", "Varga died in 1901."]
 
 
+def test_a_one_column_table_without_a_title_is_named_by_its_header(nlp):
+    d, atoms = _atoms("Some facts are listed here.\n\n| Station |\n| --- |\n| Velmora |\n| Harlow Point |\n", nlp)
+    assert d.title == ""
+    assert [a.text for a in atoms][1:] == ["Station: Velmora.", "Station: Harlow Point."]
+
+
 def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))
