@@ -620,7 +620,9 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     variants = [("base", None, None)] + fused_variants + [
                 ("grouped_never", True, "never"), ("grouped_always", True, "always"),
                 ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
-                ("grouped_always_k0", True, "always"),
+                ("grouped_always_k0", True, "always"), ("grouped_always_w4", True, "always"),
+                ("grouped_never_w4", True, "never"), ("grouped_always_wauto", True, "always"),
+                ("grouped_never_wauto", True, "never"),
                 ("grouped_always_prio0", True, "always"), ("grouped_always_fused", True, "always"),
                 ("grouped_never_fused", True, "never")]
     carve_ok = hasattr(torch._C, "_set_sm_carveout_experimental")
@@ -629,6 +631,9 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     if only:
         variants = [v for v in variants if v[0] == "base" or re.search(only, v[0])]
     old_mode, old_prio, old_path = grouped.overlap, grouped.side_priority, grouped.default_path
+    from compiler.compose.triton_ops import set_gemv_knobs
+
+    old_knobs = set_gemv_knobs()
     old_fl = (fl.mode, fl.use_pdl, dict(fl.config))
     with torch.no_grad():
         # correctness of the fused path on these shapes: its outputs vs the round-4 path's (two passes each,
@@ -647,6 +652,9 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
         for key, grouped_on, mode in variants:
             carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
             fl.mode = "always" if key.startswith("fused") else "never"  # gpu numbers come from a captured graph
+            # *_w4 / *_wauto: the two-launch GEMV's shrink and expand with 4 warps / the earlier rule (gemv knob)
+            set_gemv_knobs(warps="4" if key.endswith("_w4") else "auto" if key.endswith("_wauto")
+                           else old_knobs["warps"])
             fl.use_pdl = key == "fused_pdl"
             grouped._LANE = not key.endswith("_nolane")  # the eager lane (host time only; same launches)
             if key.endswith("_k0"):
@@ -696,6 +704,7 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
     if carve_ok:
         torch._C._set_sm_carveout_experimental(None)
     grouped.overlap, grouped.side_priority, grouped.default_path = old_mode, old_prio, old_path
+    set_gemv_knobs(**old_knobs)
     grouped._LANE = True
     fl.mode, fl.use_pdl = old_fl[0], old_fl[1]
     fl.config.clear()
@@ -1069,6 +1078,16 @@ def decode_section(res: dict, args, t_start: float) -> None:
             record(f"b{bsz}_grouped_eager_round4{pattern}", lambda: decode(model, bsz, args.prompt, args.new_tokens))
             record(f"b{bsz}_grouped_graphed_round4{pattern}",
                    lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+        # round 4 with the two-launch GEMV's kernels at 4 warps and with the earlier warps rule (gemv knob)
+        from compiler.compose.triton_ops import set_gemv_knobs
+
+        for wk in ("4", "auto"):
+            knobs_default = set_gemv_knobs(warps=wk)
+            grouped_mod._warmed.clear()  # the warm-up's first eager calls compile the side-stream kernels again
+            state.set(idx_d, w_d)
+            record(f"b{bsz}_grouped_graphed_round4_w{wk}",
+                   lambda: decode(model, bsz, args.prompt, args.new_tokens, graphed=True))
+            set_gemv_knobs(**knobs_default)
         # the fused linear under capture too ("always"; "auto" keeps it to eager calls), with and without
         # programmatic dependent launch (off by default)
         fl_mod.mode = "always"
@@ -1226,6 +1245,8 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_zipf": ratio(f"b{bsz}_grouped_graphed_zipf", f"b{bsz}_base_graphed"),
             "grouped_eager_round4": ratio(f"b{bsz}_grouped_eager_round4", f"b{bsz}_base_eager"),
             "grouped_graphed_round4": ratio(f"b{bsz}_grouped_graphed_round4", f"b{bsz}_base_graphed"),
+            "grouped_graphed_round4_w4": ratio(f"b{bsz}_grouped_graphed_round4_w4", f"b{bsz}_base_graphed"),
+            "grouped_graphed_round4_wauto": ratio(f"b{bsz}_grouped_graphed_round4_wauto", f"b{bsz}_base_graphed"),
             "grouped_eager_round4_zipf": ratio(f"b{bsz}_grouped_eager_round4_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_round4_zipf": ratio(f"b{bsz}_grouped_graphed_round4_zipf", f"b{bsz}_base_graphed"),
             "grouped_graphed_fusedcap": ratio(f"b{bsz}_grouped_graphed_fusedcap", f"b{bsz}_base_graphed"),

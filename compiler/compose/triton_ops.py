@@ -25,9 +25,10 @@ B is read through its strides: the pool keeps B as a transposed view of a contig
 (N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row. A is read through
 its atom stride: contiguous, or a rank slice of a projection group's concatenated A (grouped.py
 computes a whole group's deltas in one launch; AtomPool stores group members that way).
-Knobs of the two-launch GEMV (`set_gemv_knobs`, env DOC2ATOM_GEMV_WIDE_TILES / _PARTIALS): tile
+Knobs of the two-launch GEMV (`set_gemv_knobs`, env DOC2ATOM_GEMV_WIDE_TILES / _PARTIALS / _WARPS): tile
 width ("max": 16K-element tiles, <= 1024 wide, the default; "sm": about one program per SM per
-pass) and how the expand sums the d_in partials of h ("tile": one 2-D load, the default; "loop").
+pass), how the expand sums the d_in partials of h ("tile": one 2-D load, the default; "loop") and
+the warps of its two passes ("4", the default; "auto": 8 for tiles of >= 8K elements).
 Under TRITON_INTERPRET=1 every launch goes through Triton's own dispatch (no fast launch), and
 CPU tensors are accepted.
 """
@@ -324,19 +325,24 @@ GemvPlan = namedtuple("GemvPlan", "block_s n_sc block_d block_n warps p n_per_f 
 # side by side. wide_tiles: "max" = the largest tiles (16K elements, <= 1024 wide; run 1 of
 # round 2), "sm" = tiles shrunk to about one program per SM per pass (run 2: 512-wide at batch
 # 32, measured 2-3 us slower per call). partials: "tile" = the expand loads all d_in partials of
-# h in one 2-D load, "loop" = one dependent load per partial (runs 1 and 2).
+# h in one 2-D load, "loop" = one dependent load per partial (runs 1 and 2). warps: "4" (the default since
+# stop 17) = 4 warps for both passes of the wide plan (and fused_linear's shrink): fewer registers per program,
+# so more programs and more bytes in flight per SM (expand 64 -> 49 registers, 4 -> 10 programs per SM by
+# registers); one H200 run, b32: the gate/up expand alone 18.5 -> 10.2 us, graphed decode 14.33 -> 13.91 ms per
+# step. "auto" = the earlier rule, 8 warps for tiles of >= 8K elements, else 4.
 _GEMV_KNOBS = {"wide_tiles": os.environ.get("DOC2ATOM_GEMV_WIDE_TILES", "max"),
-               "partials": os.environ.get("DOC2ATOM_GEMV_PARTIALS", "tile")}
-_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop")}
+               "partials": os.environ.get("DOC2ATOM_GEMV_PARTIALS", "tile"),
+               "warps": os.environ.get("DOC2ATOM_GEMV_WARPS", "4")}
+_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop"), "warps": ("auto", "4")}
 for _k, _v in _GEMV_KNOBS.items():
     if _v not in _KNOB_VALUES[_k]:
         raise ValueError(f"DOC2ATOM_GEMV_{_k.upper()} must be one of {_KNOB_VALUES[_k]}, got {_v!r}")
 
 
-def set_gemv_knobs(wide_tiles: str | None = None, partials: str | None = None) -> dict:
+def set_gemv_knobs(wide_tiles: str | None = None, partials: str | None = None, warps: str | None = None) -> dict:
     """Set the two-launch GEMV knobs for this process (None keeps one); returns the previous values."""
     old = dict(_GEMV_KNOBS)
-    for k, v in (("wide_tiles", wide_tiles), ("partials", partials)):
+    for k, v in (("wide_tiles", wide_tiles), ("partials", partials), ("warps", warps)):
         if v is not None:
             if v not in _KNOB_VALUES[k]:
                 raise ValueError(f"{k} must be one of {_KNOB_VALUES[k]}, got {v!r}")
@@ -344,8 +350,8 @@ def set_gemv_knobs(wide_tiles: str | None = None, partials: str | None = None) -
     return old
 
 
-def gemv_knobs() -> tuple[str, str]:
-    return _GEMV_KNOBS["wide_tiles"], _GEMV_KNOBS["partials"]
+def gemv_knobs() -> tuple[str, str, str]:
+    return _GEMV_KNOBS["wide_tiles"], _GEMV_KNOBS["partials"], _GEMV_KNOBS["warps"]
 
 
 def _warps(elements: int) -> int:
@@ -354,7 +360,7 @@ def _warps(elements: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None,
-               knobs: tuple[str, str] = ("max", "tile")) -> GemvPlan:
+               knobs: tuple[str, ...] = ("max", "tile", "4")) -> GemvPlan:
     """Tiles and grids of both GEMV plans and which one "auto" takes; pure function of the shapes, cached."""
     S = K * R
     block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))
@@ -388,9 +394,10 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
     # to fill the GPU, a short d_in loop, and no more output than input per row
     fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
+    four = len(knobs) > 2 and knobs[2] == "4"
     return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
-                    block_dw, split_d, d_per, _warps(block_s * block_dw), block_nw, groups, n_per_w,
-                    _warps(block_s * block_nw), fused, split_pad)
+                    block_dw, split_d, d_per, 4 if four else _warps(block_s * block_dw), block_nw, groups, n_per_w,
+                    4 if four else _warps(block_s * block_nw), fused, split_pad)
 
 
 # ---- tile plans (tensor cores; prefill-sized calls) ----------------------------------------
