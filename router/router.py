@@ -185,7 +185,10 @@ class Router:
         done = int(self.state.get("calibrated_atoms", 0))
         if n < MIN_CALIBRATION_ATOMS:
             return False
-        return done == 0 or abs(n - done) > RECALIBRATE_GROWTH * done
+        # a calibration from before the fit was checked against the defaults ("chosen" in its metrics) is redone
+        # at the next write, so that a saturated fit of a small KB does not stay
+        stale = done > 0 and "chosen" not in self.state.get("metrics", {})
+        return done == 0 or stale or abs(n - done) > RECALIBRATE_GROWTH * done
 
     def calibrate(self, seed: int = 0, max_atoms: int = 400, **fit) -> dict:
         """Fit the learned router and the refusal threshold on this KB's synthesised questions; save router.json.

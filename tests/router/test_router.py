@@ -216,3 +216,12 @@ def test_calibration_is_kept_unless_the_defaults_do_clearly_better(sample_kb, em
     state = r.calibrate()
     assert state["metrics"]["chosen"] == "default" and state["metrics"]["heldout_balanced_calibrated"] <= 0.5
     assert r.route(["What is the capital of Japan?"])[0].refused
+
+
+def test_a_calibration_from_before_the_defaults_check_is_redone(sample_kb, embedder):
+    _, r = _open(sample_kb, embedder)
+    assert not r.needs_calibration() and "chosen" in r.state["metrics"]
+    r.state["metrics"].pop("chosen")  # as router.json was written before stop 17
+    assert r.needs_calibration()
+    r.flush()
+    assert "chosen" in r.state["metrics"] and not r.needs_calibration()
