@@ -26,7 +26,14 @@ _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _HEADING = re.compile(r"^\s*#{1,6}\s")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 # markup dropped from atom text (kept in the document): links keep their label
-_MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation needed|[a-z])\]|\*\*|__|`|\s+")
+_MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation needed|[a-z])\]|\*\*|__|`|\s+"
+                     # single-character emphasis in pairs: *Ardent Atlas*, _Ardent Atlas_ (the text kept; not
+                     # 2 * 3, not snake_case, not a reconstructed form such as *Rīnaz)
+                     r"|(?<![\w*])\*([^\s*](?:[^*\n]*[^\s*])?)\*(?![\w*])|(?<!\w)_([^\s_](?:[^_\n]*[^\s_])?)_(?!\w)")
+# a person's life dates after their name: "Orrin Vale (born 12 March 1891 in Pemberly; died 1968)"
+_LIFE = re.compile(r"((?:[A-Z][\w'’.-]*\s+){0,5}[A-Z][\w'’.-]*)\s*\(\s*(?:born|b\.)\s+([^();]+?)\s*"
+                   r"(?:;\s*(?:died|d\.)\s+([^();]+?)\s*)?\)")
+_MONTH_WORDS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
 MIN_CHARS = 12
 # a full stop after these does not end a sentence
 _ABBREV = {"ca", "c", "e.g", "i.e", "eg", "ie", "cf", "vs", "approx", "st", "mt", "mr", "mrs", "ms", "dr", "prof",
@@ -141,6 +148,34 @@ def blocks(text: str) -> Iterator[tuple[int, int, str | None]]:
             yield b.start, b.end, b.heading
 
 
+def _when(phrase: str) -> str:
+    """'12 March 1891 in Pemberly' -> 'on 12 March 1891 in Pemberly'; '1968' -> 'in 1968'; 'c. 1850' kept."""
+    p = " ".join(phrase.split())
+    if re.match(rf"(\d{{1,2}}\s+{_MONTH_WORDS}|{_MONTH_WORDS}\s+\d{{1,2}}\b)", p):
+        return "on " + p
+    if re.match(r"\d{3,4}\b", p):
+        return "in " + p
+    return p
+
+
+def life_dates(raw: str) -> list[tuple[int, int, str, list[tuple[str, int, int]]]]:
+    """Life-date parentheticals in a block's raw text: (start, end) of the parenthesis (its leading space
+    included), the name before it, and one (statement, start, end) per date: "X was born on ...", "X died in ..."."""
+    out = []
+    for m in _LIFE.finditer(raw):
+        name = m.group(1).strip()
+        if len(name) < 2 or name.split()[0].lower() in ("the", "a", "an", "in", "on", "at", "by", "of"):
+            continue
+        facts = [(finish(f"{name} was born {_when(m.group(2))}"), m.start(2), m.end(2))]
+        if m.group(3):
+            facts.append((finish(f"{name} died {_when(m.group(3))}"), m.start(3), m.end(3)))
+        lo = raw.index("(", m.end(1))
+        while lo > m.end(1) and raw[lo - 1].isspace():
+            lo -= 1
+        out.append((lo, m.end(), name, facts))
+    return out
+
+
 def clean_map(raw: str) -> tuple[str, list[int]]:
     """Raw block text without markup and with whitespace collapsed, and each clean char's raw offset."""
     chars: list[str] = []
@@ -155,8 +190,8 @@ def clean_map(raw: str) -> tuple[str, list[int]]:
             if chars and chars[-1] != " ":
                 chars.append(" ")
                 offs.append(m.start())
-        elif m.group(1) is not None:
-            for k in range(m.start(1), m.end(1)):
+        elif m.lastindex is not None:  # a link's text or an emphasised phrase: kept without its markup
+            for k in range(m.start(m.lastindex), m.end(m.lastindex)):
                 chars.append(raw[k])
                 offs.append(k)
         pos = m.end()
@@ -393,10 +428,14 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                     yield (" ", (n, "table", b, None))
                     continue
                 raw = d.text[b.start:b.end]
+                # a person's life dates become atoms of their own; the sentence is parsed without them
+                lives = life_dates(raw) if b.kind != "item" else []
+                for lo, hi, _, _ in lives:
+                    raw = raw[:lo] + " " * (hi - lo) + raw[hi:]  # same length: offsets still map to the source
                 clean, offs = clean_map(raw)
                 nxt = bl[k + 1] if k + 1 < len(bl) else None
                 doc = _presegmented(nlp, clean, sentence_starts(clean, raw, offs))
-                yield (doc, (n, "block", b, (offs, nxt is not None and nxt.kind == "item")))
+                yield (doc, (n, "block", b, (offs, nxt is not None and nxt.kind == "item", lives)))
 
     cur: _DocState | None = None
     for parsed, (n, what, b, extra) in nlp.pipe(stream(), batch_size=batch_size, as_tuples=True):
@@ -409,7 +448,12 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
         elif what == "table":
             _table_atoms(cur, b)
         else:
-            offs, intro_next = extra
+            offs, intro_next, lives = extra
+            context = b.heading or cur.doc.title
+            for _, _, name, facts in lives:
+                for text, lo, hi in facts:
+                    cur.atoms.append(AtomDraft(type="event", text=text, key=make_key(f"{name}: life", text, context),
+                                               start=b.start + lo, end=b.start + hi))
             _prose_atoms(cur, b, parsed, offs, intro_next)
     if cur is not None:
         yield cur.atoms

@@ -61,6 +61,32 @@ def test_a_one_column_table_without_a_title_is_named_by_its_header(nlp):
     assert [a.text for a in atoms][1:] == ["Station: Velmora.", "Station: Harlow Point."]
 
 
+def test_life_dates_in_brackets_become_their_own_atoms(nlp):
+    text = ("# Orrin Vale\n\nOrrin Vale (born 12 March 1891 in Pemberly; died 1968) was a cartographer. "
+            "Piet Harrow (b. 1902) was her student. The river (born of two streams) is long.\n")
+    d, atoms = _atoms(text, nlp)
+    texts = [a.text for a in atoms]
+    assert texts[:3] == ["Orrin Vale was born on 12 March 1891 in Pemberly.", "Orrin Vale died in 1968.",
+                         "Piet Harrow was born in 1902."]
+    assert "Orrin Vale was a cartographer." in texts
+    by = {a.text: a for a in atoms}
+    assert d.text[by["Orrin Vale died in 1968."].start:by["Orrin Vale died in 1968."].end] == "1968"
+    assert d.text[by["Orrin Vale was born on 12 March 1891 in Pemberly."].start:][:13] == "12 March 1891"
+    # no name before the bracket: nothing taken out of the sentence
+    assert any("born of two streams" in t for t in texts)
+
+
+def test_single_character_emphasis_is_markup(nlp):
+    _, atoms = _atoms("# Atlas\n\nHer maps were published in 1923 as the *Ardent Atlas*. The _Vale Glacier_ is named "
+                      "after her. The file my_notes.txt holds 2 * 3 figures. The name comes from *Ardanos, a "
+                      "reconstructed form.\n", nlp)
+    texts = [a.text for a in atoms]
+    assert any("from *Ardanos" in t for t in texts), texts  # an unpaired asterisk is text
+    assert any("as the Ardent Atlas." in t for t in texts), texts
+    assert any(t.startswith("The Vale Glacier is named") for t in texts), texts
+    assert any("my_notes.txt holds 2 * 3 figures" in t for t in texts), texts
+
+
 def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))
