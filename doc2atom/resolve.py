@@ -349,6 +349,17 @@ class Discourse:
             s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
             if s > score:
                 best, score = e, s
+        if best is None and not plural:  # a name whose head word is the noun: "the Velmont Observatory",
+            for e in self.entities:      # "the University of Brantwick" for "the observatory", "the university"
+                words = e.name.split()
+                if words and words[0].lower() == "the":
+                    words = words[1:]
+                if not e.proper or e.plural or e.person or len(words) < 2 or not (  # not "the rook" -> "Jonas Rook"
+                        words[-1].lower() == lemma or (words[0].lower() == lemma and "of" in words[1:-1])):
+                    continue
+                s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
+                if s > score:
+                    best, score = e, s
         return best
 
     def _latter(self, local, former: bool) -> Entity | None:

@@ -52,7 +52,7 @@ def test_a_first_sentence_is_not_taken_for_the_title(nlp, tmp_path):
     (d,) = read_file(p)
     assert [a.text for a in atomize(d, nlp)] == [
         "The Velmont Observatory was founded in 1873 by the astronomer Ilse Varga.",
-        "The observatory has a 40-inch refractor.", "Varga died in 1901."]
+        "The Velmont Observatory has a 40-inch refractor.", "Varga died in 1901."]
 
 
 def test_a_one_column_table_without_a_title_is_named_by_its_header(nlp):
@@ -85,6 +85,15 @@ def test_single_character_emphasis_is_markup(nlp):
     assert any("as the Ardent Atlas." in t for t in texts), texts
     assert any(t.startswith("The Vale Glacier is named") for t in texts), texts
     assert any("my_notes.txt holds 2 * 3 figures" in t for t in texts), texts
+
+
+def test_the_head_noun_of_a_name_points_back_at_it(nlp):
+    _, atoms = _atoms("# Notes\n\nThe Velmont Observatory was founded in 1873 by the astronomer Ilse Varga. "
+                      "The observatory has a 40-inch refractor. Jonas Rook plays chess. The rook is his best piece.\n",
+                      nlp)
+    texts = [a.text for a in atoms]
+    assert "The Velmont Observatory has a 40-inch refractor." in texts, texts
+    assert not any("Jonas Rook is" in t for t in texts), texts  # a person's surname is not a class
 
 
 def test_blocks_offsets():
