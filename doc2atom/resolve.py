@@ -30,6 +30,9 @@ from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NO
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
 
+_GENDER = {"she": "f", "her": "f", "hers": "f", "herself": "f", "he": "m", "him": "m", "his": "m", "himself": "m"}
+
+
 @dataclass(eq=False)
 class Entity:
     """Something the discourse talks about."""
@@ -47,6 +50,7 @@ class Entity:
     count: int = 0
     patient: bool = False  # last mentioned as an object or passive subject
     clean: bool = False  # name is just "the" + proper nouns
+    gender: str | None = None  # "f" / "m" once a she/he pronoun was resolved to it
 
     @property
     def person(self) -> bool:
@@ -216,6 +220,8 @@ class Discourse:
                 ref = self._resolve_pronoun(t, local, sent, a, chunks)
                 if ref is not None:
                     a.refs[t.i] = ref
+                    if ref.kind == "pronoun" and ref.entity.gender is None and low in _GENDER:
+                        ref.entity.gender = _GENDER[low]  # later pronouns of the other gender are not this one
                     if ref.kind != "cataphor":
                         a.mention[t.i] = ref.entity
                         role = role_weight(t)
@@ -376,9 +382,10 @@ class Discourse:
     def _resolve_pronoun(self, p, local, sent, a: Analysis, chunks) -> Ref | None:
         plural, person, poss = PRONOUNS[p.lower_]
         poss = poss or p.tag_ == "PRP$"
+        gender = _GENDER.get(p.lower_)
 
         def ok(e: Entity) -> bool:
-            return e.plural == plural
+            return e.plural == plural and (gender is None or e.gender is None or e.gender == gender)
 
         def fit(e: Entity) -> float:
             """Named-entity tags are noisy ('the Rhine' as PERSON): person agreement is a preference."""

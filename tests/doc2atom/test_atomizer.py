@@ -96,6 +96,17 @@ def test_the_head_noun_of_a_name_points_back_at_it(nlp):
     assert not any("Jonas Rook is" in t for t in texts), texts  # a person's surname is not a class
 
 
+def test_a_pronoun_of_the_other_gender_does_not_take_a_gendered_person(nlp):
+    """Once "she" stood for Orrin Vale and "he" for Piet Harrow, "her" is not Piet Harrow (unresolved rather
+    than wrong when Vale is too far back)."""
+    _, atoms = _atoms("# Notes\n\nOrrin Vale taught at a university. She was strict. Piet Harrow studied with Vale. "
+                      "He became a geologist. Her students admired her. His maps were poor.\n", nlp)
+    texts = [a.text for a in atoms]
+    assert "Orrin Vale was strict." in texts and "Piet Harrow became a geologist." in texts
+    assert not any("Piet Harrow's students" in t for t in texts), texts
+    assert "Piet Harrow's maps were poor." in texts
+
+
 def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))
