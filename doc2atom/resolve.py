@@ -51,6 +51,9 @@ class Entity:
     patient: bool = False  # last mentioned as an object or passive subject
     clean: bool = False  # name is just "the" + proper nouns
     gender: str | None = None  # "f" / "m" once a she/he pronoun was resolved to it
+    # first mentioned with "a"/"an" and an of-phrase: "the expedition of eleven people up the Ardent River", what a
+    # later "the expedition" is replaced by
+    description: str = ""
 
     @property
     def person(self) -> bool:
@@ -90,7 +93,7 @@ class Analysis:
             return None  # the piece gives the pronoun an antecedent of its own: leave it as written
         if i != ref.tokens[0]:
             return ""
-        name = ref.entity.name
+        name = ref.entity.description if ref.kind == "description" and ref.entity.description else ref.entity.name
         if ref.possessive:
             return name + ("'" if name.endswith("s") and not name.endswith("ss") else "'s")
         return name
@@ -329,6 +332,12 @@ class Discourse:
                 return ent
         key = (det + " " if det in DEMONSTRATIVES else "") + norm(x.lemma_ for x in words)
         ent = self.by_key.get(key)
+        if (ent is not None and ent.description and det == "the" and len(c) == 2 and r.tag_ == "NN"
+                and ent.last >= self.sent - 2):
+            # "an expedition of eleven people ... The expedition lasted two years": the description it came with
+            toks = [x.i for x in c]
+            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+            return ent
         if ent is None:
             name = source_text(c, skip_det=True)
             of = next((x for x in r.children if x.dep_ == "prep" and x.lower_ == "of"), None)
@@ -341,6 +350,10 @@ class Discourse:
                 name = "the " + name
             ent = Entity(name=name, key=key, classes={lemma},
                          plural=r.tag_ == "NNS", votes=2 if lemma in PERSON_NOUNS else -1)
+            if (det in ("a", "an") and of is not None and r.tag_ == "NN" and lemma not in PERSON_NOUNS
+                    and of.right_edge.i - of.i <= 8 and not any(x.lower_ in PRONOUNS or x.tag_ == "PRP$"
+                                                                 for x in of.subtree)):
+                ent.description = "the " + source_text(r.doc[r.i:of.right_edge.i + 1], skip_det=False)
             self._add(ent)
         return ent
 

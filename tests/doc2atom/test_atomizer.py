@@ -107,6 +107,16 @@ def test_a_pronoun_of_the_other_gender_does_not_take_a_gendered_person(nlp):
     assert "Piet Harrow's maps were poor." in texts
 
 
+def test_the_noun_after_a_described_one_takes_its_description(nlp):
+    _, atoms = _atoms("# Notes\n\nIn 1919 Orrin Vale led an expedition of eleven people up the Ardent River. "
+                      "The expedition lasted two years. The war ended in 1918. The university opened in 1901. "
+                      "Vale lived in Pemberly. Vale had a dog. Vale liked tea. The expedition was costly.\n", nlp)
+    texts = [a.text for a in atoms]
+    assert "The expedition of eleven people up the Ardent River lasted two years." in texts, texts
+    assert "The war ended in 1918." in texts and "The university opened in 1901." in texts  # nothing introduced them
+    assert "The expedition was costly." in texts  # introduced too long ago
+
+
 def test_blocks_offsets():
     text = "a b c\nd e\n\n- item one\n"
     spans = list(blocks(text))
