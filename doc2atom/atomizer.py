@@ -402,8 +402,9 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
 
 
 # one-word headers that end in -s but do not name a count of things
-_NOT_PLURAL = {"class", "status", "series", "species", "means", "news", "physics", "mathematics", "economics",
-               "corpus", "census", "campus", "genus", "bus", "gas", "chaos", "lens", "atlas", "canvas"}
+# (words ending in -ss or -us never match the pattern)
+_NOT_PLURAL = {"series", "species", "means", "news", "physics", "mathematics", "economics", "gas", "chaos", "lens",
+               "atlas", "canvas"}
 
 
 def atomize(doc: Document, nlp) -> list[AtomDraft]:

@@ -189,7 +189,7 @@ def plan_ingest(drafts_per_doc: Sequence[Sequence[AtomDraft]],
             if match is not None:
                 plans[j0].reused += 1
         if match is None:
-            j0, first = items[members[0]]
+            first = items[members[0]][1]
             r = items[rep][1]
             pos = len(plans[j0].new)
             plans[j0].new.append(AtomDraft(type=r.type, text=r.text, key=r.key, start=first.start, end=first.end))

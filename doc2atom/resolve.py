@@ -365,7 +365,7 @@ class Discourse:
             if lemma not in e.classes or (e.plural != plural and not (e.proper and not plural)) or not (e.proper or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
-            s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
+            s = self._salience(e)
             if s > score:
                 best, score = e, s
         if best is None and not plural:  # a name whose head word is the noun: "the Velmont Observatory",
@@ -376,10 +376,14 @@ class Discourse:
                 if not e.proper or e.plural or e.person or len(words) < 2 or not (  # not "the rook" -> "Jonas Rook"
                         words[-1].lower() == lemma or (words[0].lower() == lemma and "of" in words[1:-1])):
                     continue
-                s = e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
+                s = self._salience(e)
                 if s > score:
                     best, score = e, s
         return best
+
+    def _salience(self, e: Entity) -> float:
+        """How readily a description points at e: its topic weight, how recently and how often it was mentioned."""
+        return e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
 
     def _latter(self, local, former: bool) -> Entity | None:
         names = [(p, e) for p, e, _, proper in local if proper] or [(p, e) for p, e, proper in self.prev_mentions

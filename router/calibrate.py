@@ -107,6 +107,17 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 KEEP_MARGIN = 0.05
 
 
+def _best_per_question(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[dict, dict]:
+    """Per question (g: each candidate row's question, rows grouped), its best candidate's score and whether
+    that candidate is the question's atom."""
+    top, ok = {}, {}
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
+        j = lo + int(np.argmax(p[lo:hi]))
+        top[int(g[lo])], ok[int(g[lo])] = float(p[j]), bool(y[j] > 0)
+    return top, ok
+
+
 def _balanced(scores: np.ndarray, kinds: np.ndarray, thr: float) -> float:
     """Mean of the share of held-out in-scope questions routed and of out-of-scope questions and near misses
     refused, at threshold thr (scores: each question's best score)."""
@@ -207,11 +218,7 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
         m = LearnedRouter.fit(F[tr], y[tr], g[tr], prior=prior, l2=l2)
         held_p[fold_of_row == f] = m.prob(F[fold_of_row == f])
     final = LearnedRouter.fit(F[train], y[train], g[train], prior=prior, l2=l2)
-    top_p, top_ok = {}, {}
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
-        j = lo + int(np.argmax(held_p[lo:hi]))
-        top_p[int(g[lo])], top_ok[int(g[lo])] = float(held_p[j]), bool(y[j] > 0)
+    top_p, top_ok = _best_per_question(held_p, y, g)
     # a question with no candidate at all (empty KB side) is refused
     pos_scores = np.array([top_p.get(qi, 0.0) for qi in range(n_orig)])
     thr = float(np.quantile(pos_scores, 1.0 - cfg.target_routed, method="lower")) if len(pos_scores) else 0.5
@@ -228,11 +235,7 @@ def calibrate(router, seed: int = 0, max_atoms: int = 400, prior=DEFAULT_WEIGHTS
     # threshold above users' paraphrases; the calibration is kept unless the defaults do clearly better.
     from router.router import DEFAULT_THRESHOLD
 
-    def_p = LearnedRouter(prior).prob(F)
-    def_top, def_ok = {}, {}
-    for lo, hi in zip(starts, np.r_[starts[1:], len(g)]):
-        j = lo + int(np.argmax(def_p[lo:hi]))
-        def_top[int(g[lo])], def_ok[int(g[lo])] = float(def_p[j]), bool(y[j] > 0)
+    def_top, def_ok = _best_per_question(LearnedRouter(prior).prob(F), y, g)
     def_all = np.array([def_top.get(qi, 0.0) for qi in range(len(texts))])
     chosen = "calibrated"
     bal_cal, bal_def = _balanced(scores_all, kinds_a, thr), _balanced(def_all, kinds_a, DEFAULT_THRESHOLD)

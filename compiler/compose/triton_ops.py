@@ -360,7 +360,7 @@ def _warps(elements: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None,
-               knobs: tuple[str, ...] = ("max", "tile", "4")) -> GemvPlan:
+               knobs: tuple[str, str, str] = ("max", "tile", "4")) -> GemvPlan:
     """Tiles and grids of both GEMV plans and which one "auto" takes; pure function of the shapes, cached."""
     S = K * R
     block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))
@@ -394,7 +394,7 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
     # to fill the GPU, a short d_in loop, and no more output than input per row
     fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
-    four = len(knobs) > 2 and knobs[2] == "4"
+    four = knobs[2] == "4"
     return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
                     block_dw, split_d, d_per, 4 if four else _warps(block_s * block_dw), block_nw, groups, n_per_w,
                     4 if four else _warps(block_s * block_nw), fused, split_pad)
