@@ -622,7 +622,8 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
                 ("ungrouped_never", False, "never"), ("ungrouped_always", False, "always"),
                 ("grouped_always_k0", True, "always"), ("grouped_always_w4", True, "always"),
                 ("grouped_never_w4", True, "never"), ("grouped_always_wauto", True, "always"),
-                ("grouped_never_wauto", True, "never"),
+                ("grouped_never_wauto", True, "never"), ("grouped_always_we2", True, "always"),
+                ("grouped_never_we2", True, "never"),
                 ("grouped_always_prio0", True, "always"), ("grouped_always_fused", True, "always"),
                 ("grouped_never_fused", True, "never")]
     carve_ok = hasattr(torch._C, "_set_sm_carveout_experimental")
@@ -652,9 +653,10 @@ def serving_layers(res: dict, copy_bw: float, bsz: int = 32, n_layers: int = 4, 
         for key, grouped_on, mode in variants:
             carve = int(key.rsplit("carve", 1)[1]) if "_carve" in key else None
             fl.mode = "always" if key.startswith("fused") else "never"  # gpu numbers come from a captured graph
-            # *_w4 / *_wauto: the two-launch GEMV's shrink and expand with 4 warps / the earlier rule (gemv knob)
+            # *_w4 / *_wauto / *_we2: the two-launch GEMV's shrink and expand with 4 warps / the earlier rule /
+            # the expand at 2 warps (gemv knob)
             set_gemv_knobs(warps="4" if key.endswith("_w4") else "auto" if key.endswith("_wauto")
-                           else old_knobs["warps"])
+                           else "e2" if key.endswith("_we2") else old_knobs["warps"])
             fl.use_pdl = key == "fused_pdl"
             grouped._LANE = not key.endswith("_nolane")  # the eager lane (host time only; same launches)
             if key.endswith("_k0"):
@@ -1081,7 +1083,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
         # round 4 with the two-launch GEMV's kernels at 4 warps and with the earlier warps rule (gemv knob)
         from compiler.compose.triton_ops import set_gemv_knobs
 
-        for wk in ("4", "auto"):
+        for wk in ("4", "auto", "e2"):
             knobs_default = set_gemv_knobs(warps=wk)
             grouped_mod._warmed.clear()  # the warm-up's first eager calls compile the side-stream kernels again
             state.set(idx_d, w_d)
@@ -1142,18 +1144,24 @@ def decode_section(res: dict, args, t_start: float) -> None:
             decode(model, bsz, args.prompt, 4)  # warm-up: kernels compiled, launch caches filled
             steps = args.eager_pair_steps or args.new_tokens
             for i in range(args.eager_pairs):
-                # the two composed variants take turns in second place (drift within a round falls on both)
-                unwrap(model, names)
-                b_ms = decode(model, bsz, args.prompt, steps)["ms_per_step"]
-                attach(model, names)
+                # rounds alternate their order, base / lane / no lane and no lane / lane / base, so that base
+                # runs first in half the rounds and last in the other half (drift within a round, or a cost of
+                # following another variant, falls on both sides of the ratio; until stop 17 base always ran
+                # first and the composed variants took turns in second place)
                 got = {}
-                for lane_on in ((True, False) if i % 2 == 0 else (False, True)):
-                    grouped_mod._LANE = lane_on
-                    got[lane_on] = decode(model, bsz, args.prompt, steps)["ms_per_step"]
+                for kind in (("base", True, False) if i % 2 == 0 else (False, True, "base")):
+                    if kind == "base":
+                        unwrap(model, names)
+                    else:
+                        attach(model, names)
+                        grouped_mod._LANE = kind
+                    got[kind] = decode(model, bsz, args.prompt, steps)["ms_per_step"]
                 grouped_mod._LANE = True
-                c_ms, n_ms = got[True], got[False]
+                attach(model, names)
+                b_ms, c_ms, n_ms = got["base"], got[True], got[False]
                 pairs.append({"base_ms": b_ms, "composed_ms": c_ms, "ratio": b_ms / c_ms,
-                              "composed_nolane_ms": n_ms, "ratio_nolane": b_ms / n_ms})
+                              "composed_nolane_ms": n_ms, "ratio_nolane": b_ms / n_ms,
+                              "base_first": i % 2 == 0})
 
             def _median(v):
                 v = sorted(v)
@@ -1166,6 +1174,10 @@ def decode_section(res: dict, args, t_start: float) -> None:
                                           "ratio_of_median_ms": _median([p_["base_ms"] for p_ in pairs])
                                           / _median([p_["composed_ms"] for p_ in pairs]),
                                           "steps_per_decode": steps,
+                                          "median_ratio_base_first": _median([p_["ratio"] for p_ in pairs
+                                                                              if p_["base_first"]]),
+                                          "median_ratio_base_last": _median([p_["ratio"] for p_ in pairs
+                                                                             if not p_["base_first"]] or [float("nan")]),
                                           "median_lane_over_nolane_ms": _median([p_["composed_ms"] / p_["composed_nolane_ms"]
                                                                                  for p_ in pairs])}
             log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}; without the lane "
@@ -1247,6 +1259,7 @@ def decode_section(res: dict, args, t_start: float) -> None:
             "grouped_graphed_round4": ratio(f"b{bsz}_grouped_graphed_round4", f"b{bsz}_base_graphed"),
             "grouped_graphed_round4_w4": ratio(f"b{bsz}_grouped_graphed_round4_w4", f"b{bsz}_base_graphed"),
             "grouped_graphed_round4_wauto": ratio(f"b{bsz}_grouped_graphed_round4_wauto", f"b{bsz}_base_graphed"),
+            "grouped_graphed_round4_we2": ratio(f"b{bsz}_grouped_graphed_round4_we2", f"b{bsz}_base_graphed"),
             "grouped_eager_round4_zipf": ratio(f"b{bsz}_grouped_eager_round4_zipf", f"b{bsz}_base_eager"),
             "grouped_graphed_round4_zipf": ratio(f"b{bsz}_grouped_graphed_round4_zipf", f"b{bsz}_base_graphed"),
             "grouped_graphed_fusedcap": ratio(f"b{bsz}_grouped_graphed_fusedcap", f"b{bsz}_base_graphed"),

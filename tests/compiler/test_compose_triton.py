@@ -414,3 +414,20 @@ def test_triton_wide_tune_rejects_unknown_keys():
         compose_delta_triton(x, A, B, idx, w, path="fused", tune={"split_d": 2})
     with pytest.raises(ValueError, match="power of two"):
         compose_delta_triton(x, A, B, idx, w, path="fused", tune={"block_n": 96})
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_gemv_warps_knob_sets_each_pass():
+    """The "warps" knob of the two-launch GEMV: "4" (default) both passes at 4 warps, "e2" the expand at 2,
+    "auto" the size rule (8 for 16K-element tiles); an unknown value raises and leaves the knob as it was."""
+    from compiler.compose.triton_ops import _plan_gemv, gemv_knobs, set_gemv_knobs
+
+    got = {k: _plan_gemv(32, 8, 2, 4096, 14336, 132, None, ("max", "tile", k)) for k in ("4", "e2", "auto")}
+    assert (got["4"].warps_s, got["4"].warps_e) == (4, 4)
+    assert (got["e2"].warps_s, got["e2"].warps_e) == (4, 2)
+    assert (got["auto"].warps_s, got["auto"].warps_e) == (8, 8)
+    assert got["e2"].block_nw == got["4"].block_nw  # the tiles do not change, only the warps
+    before = gemv_knobs()
+    with pytest.raises(ValueError, match="warps"):
+        set_gemv_knobs(warps="3")
+    assert gemv_knobs() == before
