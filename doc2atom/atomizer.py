@@ -34,6 +34,16 @@ _MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation ne
 _LIFE = re.compile(r"((?:[A-Z][\w'’.-]*\s+){0,5}[A-Z][\w'’.-]*)\s*\(\s*(?:born|b\.)\s+([^();]+?)\s*"
                    r"(?:;\s*(?:died|d\.)\s+([^();]+?)\s*)?\)")
 _MONTH_WORDS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
+# the encyclopedic lead form: "Amos Pelling (14 June 1751 – 2 February 1819) was ...", "**Ada Lark** (1790–1852) is
+# ...": a name opening a sentence (bold allowed, lowercase particles inside: "Ludwig van Beethoven"), two dates
+# joined by a dash, then was/is/were, and a he/she/his/her later in the block; "Calloway (1802–1806)" in mid-sentence
+# and "World War II (1939–1945) was ..." are periods, not lives
+_DATE = (rf"(?:(?:c\.|ca\.|circa)\s*)?(?:\d{{1,2}}\s+{_MONTH_WORDS}\s+|{_MONTH_WORDS}\s+\d{{1,2}},?\s+)?\d{{3,4}}"
+         r"(?:\s*(?:BC|BCE|AD|CE)\b)?")
+_NAME_WORD = r"[A-Z][\w'’.-]*"
+_LIFE_SPAN = re.compile(rf"(?:^|(?<=[.!?]\s))(?:\*\*|__)?((?:{_NAME_WORD}\s+(?:(?:van|von|de|der|den|da|di|du|la|le|del|della|"
+                        rf"bin|ibn|al)\s+)*){{0,5}}{_NAME_WORD})(?:\*\*|__)?\s*\(\s*({_DATE})\s*[–—-]\s*({_DATE})\s*\)"
+                        r"(?=\s+(?:was|is|were)\b)")
 MIN_CHARS = 12
 # a full stop after these does not end a sentence
 _ABBREV = {"ca", "c", "e.g", "i.e", "eg", "ie", "cf", "vs", "approx", "st", "mt", "mr", "mrs", "ms", "dr", "prof",
@@ -162,16 +172,29 @@ def life_dates(raw: str) -> list[tuple[int, int, str, list[tuple[str, int, int]]
     """Life-date parentheticals in a block's raw text: (start, end) of the parenthesis (its leading space
     included), the name before it, and one (statement, start, end) per date: "X was born on ...", "X died in ..."."""
     out = []
-    for m in _LIFE.finditer(raw):
+    spans = [(m, False) for m in _LIFE.finditer(raw)] + [(m, True) for m in _LIFE_SPAN.finditer(raw)]
+    taken: list[tuple[int, int]] = []
+    for m, dash in sorted(spans, key=lambda x: x[0].start()):
         name = m.group(1).strip()
         if len(name) < 2 or name.split()[0].lower() in ("the", "a", "an", "in", "on", "at", "by", "of"):
             continue
-        facts = [(finish(f"{name} was born {_when(m.group(2))}"), m.start(2), m.end(2))]
-        if m.group(3):
-            facts.append((finish(f"{name} died {_when(m.group(3))}"), m.start(3), m.end(3)))
+        if any(a < m.end() and m.start() < b for a, b in taken):
+            continue
+        if dash and not re.search(r"\b(?:he|she|his|her|him)\b", raw[m.end():], flags=re.I):
+            continue  # "World War II (1939–1945) was ...": a span of dates is a life only when the text says he or she
+        born, died = m.group(2), m.group(3)
+        era = re.search(r"\s(BC|BCE)$", died or "")
+        if dash and era and not re.search(r"\s(BC|BCE|AD|CE)$", born):  # "(c. 570 – c. 495 BC)"
+            born = f"{born} {era.group(1)}"
+        facts = [(finish(f"{name} was born {_when(born)}"), m.start(2), m.end(2))]
+        if died:
+            facts.append((finish(f"{name} died {_when(died)}"), m.start(3), m.end(3)))
         lo = raw.index("(", m.end(1))
-        while lo > m.end(1) and raw[lo - 1].isspace():
+        while lo > m.end(1) and raw[lo - 1] in " \t\n*_":  # the closing bold stays with the name
             lo -= 1
+        while raw[lo] in "*_":
+            lo += 1
+        taken.append((m.start(), m.end()))
         out.append((lo, m.end(), name, facts))
     return out
 

@@ -117,7 +117,8 @@ class Discourse:
         title = " ".join(title.split())
         bare = re.sub(r"^(the|a|an)\s+", "", title, flags=re.I)
         hits = [m.start() for m in re.finditer(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", text, flags=re.I)]
-        with_the = sum(1 for h in hits if text[max(0, h - 4):h].lower() == "the ")
+        # "The **Harrowgate Canal** is ...": emphasis, link or code markup between "the" and the name
+        with_the = sum(1 for h in hits if re.search(r"(?<!\w)the\s+[*_\[`]*$", text[max(0, h - 12):h], flags=re.I))
         if re.match(r"^the\s", title, flags=re.I) or (with_the and with_the * 2 >= len(hits)):
             name = "the " + bare
         else:

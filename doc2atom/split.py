@@ -285,6 +285,10 @@ def _remove(host: Piece, ids: set[int], doc) -> None:
 
 _NUMERIC = {"DATE", "TIME", "CARDINAL", "QUANTITY", "PERCENT", "MONEY", "ORDINAL"}
 _APPOS_OPENERS = {"i.e.", "e.g.", "namely", "ie", "eg"}
+# "He was born in Dunmere, the son of a miller": a kinship noun after a place describes the clause's subject,
+# not the place
+_KIN = {"son", "daughter", "child", "wife", "husband", "widow", "widower", "brother", "sister", "father", "mother",
+        "grandson", "granddaughter", "nephew", "niece", "cousin", "heir", "stepson", "stepdaughter"}
 
 
 def _adjacent(t, c, anchor: list[int]) -> bool:
@@ -296,6 +300,9 @@ def _appositive(t, c, own: set[int]) -> bool:
     if not (c.dep_ == "appos" and c.i > t.i and c.i in own and c.pos_ == "NOUN" and _comma_before(c)):
         return False
     if c.ent_type_ in ("GPE", "LOC") or c.ent_type_ in _NUMERIC or t.ent_type_ in _NUMERIC or t.like_num:
+        return False
+    if c.lemma_.lower() in _KIN and (t.ent_type_ in ("GPE", "LOC", "FAC") or (
+            t.dep_ == "pobj" and t.head.lower_ in ("in", "at", "near", "from"))):
         return False
     if _in_brackets(c) or not _definite(t) or t.dep_ == "appos" or any(x.dep_ == "conj" for x in t.children):
         return False

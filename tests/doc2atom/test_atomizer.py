@@ -76,6 +76,37 @@ def test_life_dates_in_brackets_become_their_own_atoms(nlp):
     assert any("born of two streams" in t for t in texts)
 
 
+def test_a_lead_sentence_span_of_dates_becomes_birth_and_death_atoms(nlp):
+    # the encyclopedic lead form; a dash span elsewhere (a period of work, a war) stays in its sentence
+    text = ("# Amos Pelling\n\n**Amos Pelling** (14 June 1751 – 2 February 1819) was an Ostmarkish civil engineer. "
+            "He designed the harbour walls of Calloway (1802–1806).\n\n"
+            "World War II (1939–1945) was a global conflict. It involved most nations.\n")
+    d, atoms = _atoms(text, nlp)
+    texts = [a.text for a in atoms]
+    assert texts[:3] == ["Amos Pelling was born on 14 June 1751.", "Amos Pelling died on 2 February 1819.",
+                         "Amos Pelling was an Ostmarkish civil engineer."], texts
+    by = {a.text: a for a in atoms}
+    assert d.text[by["Amos Pelling died on 2 February 1819."].start:].startswith("2 February 1819")
+    assert any(t.endswith("harbour walls of Calloway (1802–1806).") for t in texts), texts
+    assert not any("born" in t for t in texts[3:]), texts
+    assert any(t.startswith("World War II (1939–1945) was a global conflict") for t in texts), texts
+
+
+def test_a_kinship_apposition_after_a_place_stays_with_its_sentence(nlp):
+    _, atoms = _atoms("# Amos Pelling\n\nAmos Pelling was an engineer. He was born in Dunmere, the son of a miller. "
+                      "The engineer Rui Matos, the son of a sailor, taught him.\n", nlp)
+    texts = [a.text for a in atoms]
+    assert "Amos Pelling was born in Dunmere, the son of a miller." in texts, texts
+    assert not any(t.startswith("Dunmere was") for t in texts), texts
+
+
+def test_a_bold_lead_name_keeps_its_article(nlp):
+    # "The **Harrowgate Canal** is ...": the text names it with "the", so pronouns resolve to "the Harrowgate Canal"
+    _, atoms = _atoms("# Harrowgate Canal\n\nThe **Harrowgate Canal** is a canal in Ostmark. It was dug in 1790.\n", nlp)
+    texts = [a.text for a in atoms]
+    assert "The Harrowgate Canal was dug in 1790." in texts, texts
+
+
 def test_single_character_emphasis_is_markup(nlp):
     _, atoms = _atoms("# Atlas\n\nHer maps were published in 1923 as the *Ardent Atlas*. The _Vale Glacier_ is named "
                       "after her. The file my_notes.txt holds 2 * 3 figures. The name comes from *Ardanos, a "
