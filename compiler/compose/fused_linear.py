@@ -367,12 +367,19 @@ def cached_call(x, Ws, A, Bs, ranks, meta, pdl: bool | None = None):
     return _fused_calls.get(_key(x, Ws, A, Bs, tuple(int(r) for r in ranks), meta.idx, pdl, False))
 
 
-def replay_call(call, x, Ws, A, Bs, meta):
+def replay_call(call, x, Ws, A, Bs, meta, shaped: bool = False):
     """Launch a cached call's kernels on these operands (shaped, strided and typed as when it was recorded; x
-    contiguous, meta.max_slot < A.shape[0], not capturing: the caller checked). None = take the full path."""
-    if torch.cuda.current_device() != call.dev or _ops._hooks_active():
+    contiguous, meta.max_slot < A.shape[0], not capturing: the caller checked). None = take the full path.
+    shaped: each output (Bsz, T, d_out) like x, else (Bsz * T, d_out)."""
+    if torch._C._cuda_getDevice() != call.dev or _ops._hooks_active():
         return None
-    outs = _alloc(x.shape[0] * x.shape[1], call.layout, x.dtype, x.device)
+    if shaped:
+        offs, total = call.layout
+        bsz, T = x.shape[0], x.shape[1]
+        buf = torch.empty(total, dtype=x.dtype, device=x.device)
+        outs = [buf.as_strided((bsz, T, d), (T * d, d, 1), o) for o, d in offs]
+    else:
+        outs = _alloc(x.shape[0] * x.shape[1], call.layout, x.dtype, x.device)
     ptrs = [x.data_ptr(), A.data_ptr(), meta.idx.data_ptr(), meta.w.data_ptr(), 0, 0, 0]
     ptrs += [W.data_ptr() for W in Ws] + [B.data_ptr() for B in Bs] + [o.data_ptr() for o in outs]
     bad = 0

@@ -615,10 +615,12 @@ def _lane_make(state, names, x, Ws, A, Bs, ranks) -> _Lane | None:
                  A, tuple(Bs), call, A.shape[0], _fl.mode, _fl.use_pdl, dict(_fl.config), gemv_knobs())
 
 
-def _lane_run(lane: _Lane, state, names, x: torch.Tensor, Ws) -> list[torch.Tensor] | None:
-    """Every member's output through the lane's launches, or None when anything they depend on changed."""
+def _lane_run(lane: _Lane, state, names, x: torch.Tensor, Ws, shaped: bool = False) -> list[torch.Tensor] | None:
+    """Every member's output through the lane's launches, or None when anything they depend on changed.
+
+    shaped: outputs (Bsz, T, d_out) like x (else (Bsz * T, d_out))."""
     meta = state.meta
-    if (meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype or x.get_device() != lane.dev
+    if (not _LANE or meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype or x.get_device() != lane.dev
             or meta.max_slot >= lane.n
             or _fl.mode != lane.mode or _fl.use_pdl != lane.pdl or _fl.config != lane.cfg
             or gemv_knobs() != lane.knobs or not x.is_contiguous() or torch.cuda.is_current_stream_capturing()):
@@ -627,7 +629,47 @@ def _lane_run(lane: _Lane, state, names, x: torch.Tensor, Ws) -> list[torch.Tens
     for n, p, W, W0 in zip(names, lane.pools, Ws, lane.Ws):
         if pools.get(n) is not p or W is not W0:
             return None
-    return _fl.replay_call(lane.call, x, lane.Ws, lane.A, lane.Bs, meta)
+    return _fl.replay_call(lane.call, x, lane.Ws, lane.A, lane.Bs, meta, shaped)
+
+
+def lane_forward(mod, state, x: torch.Tensor) -> torch.Tensor | None:
+    """compiler.lora.AtomLinear's shortcut on the eager GPU serving path; None: take the full path.
+
+    A module whose lane (its last fused call, or its group's) is still valid replays it; a group's sibling takes
+    its output from the call its group's first member just made for this very input. The checks are those the
+    full path makes before it reaches the lane (AtomLinear.forward -> _grouped -> serve_group, or serve_linear),
+    without the layers of calls between: an eager decode step is bound by this host time (KERNEL_NOTES, stop 18).
+    3-D inputs only; the output is (Bsz, T, d_out)."""
+    name = mod.name
+    lane = state.lanes.get(name)
+    W = mod.base.weight
+    if lane is None:  # a sibling: its share of the group call made for this x
+        g = state.groups.get(name)
+        pend = g.pending if g is not None else None
+        if pend is None or pend[0] is not x or pend[1] is not state.meta:
+            return None
+        got = pend[2].get(name)
+        if got is None or got[1] is not W or got[0].dim() != 3:
+            return None
+        del pend[2][name]
+        if not pend[2]:
+            g.pending = None
+        return got[0]
+    base = mod.base
+    if (x.dim() != 3 or base.bias is not None or type(base) is not torch.nn.Linear
+            or torch.is_autocast_enabled("cuda")
+            or (torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or lane.A.requires_grad))):
+        return None
+    g = state.groups.get(name)
+    if g is not None:
+        if g.names[0] != name or g.weights.get(name) is not W:
+            return None
+        ys = _lane_run(lane, state, g.names, x, tuple(g.weights.get(n) for n in g.names), True)
+        return None if ys is None else _hold_siblings(g, x, state.meta, ys, lane.Ws)
+    if _hooked(base):
+        return None
+    ys = _lane_run(lane, state, (name,), x, (W,), True)
+    return None if ys is None else ys[0]
 
 
 def serve_linear(base, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, meta: ComposeMeta, state=None,
@@ -759,4 +801,8 @@ def serve_group(group, name: str, x: torch.Tensor, W: torch.Tensor, state) -> to
     return d.view(-1, d.shape[-1]).addmm_(x.view(-1, x.shape[-1]), W.t())
 
 
-__all__ = ["compose_group_triton", "serve_group", "serve_linear"]
+import compiler.lora as _lora  # noqa: E402  (lora must not import Triton: it learns of the shortcut here)
+
+_lora._lane_forward = lane_forward
+
+__all__ = ["compose_group_triton", "lane_forward", "serve_group", "serve_linear"]
