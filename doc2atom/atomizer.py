@@ -351,11 +351,36 @@ def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_nex
         # a verbless parse of a long sentence is a tagging error ("the branches ... discharge"), not a title
         has_verb = any(t.pos_ in ("VERB", "AUX") for t in sent) or (
             len([t for t in sent if t.is_alpha]) >= 3 and text[-1:] in ".!?")
+        if block.kind == "item" and has_verb and not _clause(sent):
+            has_verb = False  # "Photochemistry, led by Dr. Irena Salk since 2015": a participle is no sentence
         if block.kind == "item" and (not has_verb or len(text) < MIN_CHARS):
             _item_atom(st, block, sent, offs)
         elif not is_intro and has_verb and len(text) >= MIN_CHARS and any(c.isalpha() for c in text):
             st.atoms.extend(_piece_atoms(st, block, offs, sent, analysis, context))
         st.disc.observe(analysis)
+
+
+def _clause(sent) -> bool:
+    """The sentence has a finite clause: a subject, or a root verb that is not a bare participle."""
+    return any(t.dep_ in ("nsubj", "nsubjpass", "expl") for t in sent) or any(
+        t.dep_ == "ROOT" and t.pos_ in ("VERB", "AUX") and t.tag_ not in ("VBN", "VBG") for t in sent)
+
+
+_NO_OWNER = {"see also", "references", "notes", "sources", "external links", "further reading", "bibliography",
+             "works cited", "footnotes", "citations", "contents"}
+
+
+def _list_context(st: _DocState, heading: str | None) -> str:
+    """What a list under `heading` lists: "Departments of the Lumen Institute" when the heading is a short plural
+    noun phrase that does not name the document's topic itself, else the heading (or the title)."""
+    topic = st.disc.title
+    if not heading:
+        return st.doc.title
+    words = heading.split()
+    if (topic is None or not 1 <= len(words) <= 3 or heading.lower() in _NO_OWNER
+            or topic.key in heading.lower() or not re.fullmatch(r"[A-Za-z-]*[a-rt-z]s", words[-1])):
+        return heading
+    return f"{heading} of {topic.name}"
 
 
 def _item_atom(st: _DocState, block: Block, sent, offs: list[int]) -> None:
@@ -368,7 +393,7 @@ def _item_atom(st: _DocState, block: Block, sent, offs: list[int]) -> None:
         text = finish(f"{intro} {item[0].lower() + item[1:] if first.pos_ != 'PROPN' and not item[:2].isupper() else item}")
         head = f"{intro}: {item}"
     else:
-        ctx = block.heading or st.doc.title
+        ctx = _list_context(st, block.heading)
         text = finish(f"{ctx}: {item}")
         head = f"{ctx}: {item}"
     lo = block.start + offs[sent[0].idx]

@@ -117,6 +117,12 @@ class Discourse:
         title = " ".join(title.split())
         bare = re.sub(r"^(the|a|an)\s+", "", title, flags=re.I)
         hits = [m.start() for m in re.finditer(r"(?<!\w)" + re.escape(bare) + r"(?!\w)", text, flags=re.I)]
+        # the name in a heading line ("# Lumen Institute", "## Lumen Institute today") or alone on its line (a
+        # plain-text title) says nothing of the article the prose uses
+        lines = [(text.rfind("\n", 0, h) + 1, text.find("\n", h)) for h in hits]
+        hits = [h for h, (a, b) in zip(hits, lines) if not (
+            text[a:h].lstrip().startswith("#") or text[a:b if b >= 0 else len(text)].strip(" \t*_#").lower()
+            in (bare.lower(), title.lower()))]
         # "The **Harrowgate Canal** is ...": emphasis, link or code markup between "the" and the name
         with_the = sum(1 for h in hits if re.search(r"(?<!\w)the\s+[*_\[`]*$", text[max(0, h - 12):h], flags=re.I))
         if re.match(r"^the\s", title, flags=re.I) or (with_the and with_the * 2 >= len(hits)):

@@ -39,7 +39,23 @@ def test_segment_finds_the_table_rows_and_list_intro():
 def test_list_item_fragments_under_a_heading(nlp):
     d = document_from_text("t.md", "# Velmora\n\n## Exports\n\n- cobalt glass\n")
     atoms = atomize(d, nlp)
-    assert [(a.type, a.text) for a in atoms] == [("list_member", "Exports: cobalt glass.")]
+    # the heading is a plural noun that does not name the topic: the list is the topic's (stop 18; was "Exports:")
+    assert [(a.type, a.text) for a in atoms] == [("list_member", "Exports of Velmora: cobalt glass.")]
+
+
+def test_list_items_with_a_participle_are_list_members(nlp):
+    # "led by ..." is no sentence: every item of the list keeps the list's context, named after the topic; a
+    # heading that names the topic, or a "See also" list, is used as it stands
+    d = document_from_text("t.md", "# Lumen Institute\n\nThe Lumen Institute is a research institute.\n\n"
+                                   "## Departments\n\n- Photochemistry, led by Irena Salk "
+                                   "since 2015\n- Optics\n\n## Lumen Institute today\n\n- a museum\n\n"
+                                   "## See also\n\n- Lens making\n")
+    texts = [(a.type, a.text) for a in atomize(d, nlp)]
+    assert texts == [("definition", "The Lumen Institute is a research institute."),
+                     ("list_member", "Departments of the Lumen Institute: Photochemistry, led by Irena Salk since 2015."),
+                     ("list_member", "Departments of the Lumen Institute: Optics."),
+                     ("list_member", "Lumen Institute today: a museum."),
+                     ("list_member", "See also: Lens making.")], texts
 
 
 def test_html_paragraphs_are_atomized(nlp, tmp_path):
