@@ -6,7 +6,8 @@ role (subject, object, other) it was mentioned, which nouns name its class ("riv
 European river" or "the river Rhine"), and whether it is plural, a person or a place. A
 pronoun goes to the most salient compatible entity of the last two sentences, of its own
 sentence, or the document's topic (its title, or a section heading that names something);
-"the river" goes to the named entity whose class is "river"; "the latter" to the last name.
+"the river" goes to the named entity whose class is "river"; "the former" / "the latter" to the second last /
+last of the names before them (in their sentence, else in the last one).
 
 Resolution decides what a token means; whether an atom's text shows the resolved name is
 asked per piece through `Analysis.replacement`: a pronoun that the piece itself already
@@ -190,6 +191,7 @@ class Discourse:
         chunks = {c.root.i: c for c in sent.noun_chunks}
         starts = {c.start: c for c in chunks.values()}
         local: list[tuple[int, Entity, float, bool]] = []  # (position, entity, role, proper) in this sentence
+        pair: list[Entity] | None = None  # what "the former" / "the latter" choose between, fixed at the first one
         for t in sent:
             if t.i in starts and t.i not in a.mention and t.tag_ != "PRP$":
                 self._mention(starts[t.i], local, a)
@@ -206,7 +208,9 @@ class Discourse:
             nxt = t.doc[t.i + 1] if t.i + 1 < sent.end else None
             if low in ("latter", "former") and t.i > sent.start and t.doc[t.i - 1].lower_ == "the" and not (
                     nxt is not None and nxt.pos_ in ("NOUN", "PROPN", "ADJ")):  # not "the former bay"
-                ent = self._latter(local, low == "former")
+                if pair is None:
+                    pair = self._pair(local)
+                ent = (pair[-2] if len(pair) > 1 else None) if low == "former" else (pair[-1] if pair else None)
                 if ent is not None:
                     toks = [t.i - 1, t.i]
                     for x in toks:
@@ -392,16 +396,15 @@ class Discourse:
         """How readily a description points at e: its topic weight, how recently and how often it was mentioned."""
         return e.topic + (2.0 if e.last >= self.sent - 1 else 1.0 if e.last >= 0 else 0) + min(e.count, 4) * 0.2
 
-    def _latter(self, local, former: bool) -> Entity | None:
+    def _pair(self, local) -> list[Entity]:
+        """The names "the former" and "the latter" point back at: the distinct names mentioned so far in this
+        sentence, else in the last one, in order (the former is the second last, the latter the last). Fixed at a
+        sentence's first such word, so that in "The former ..., while the latter ..." the names the sentence
+        mentions in between are not candidates."""
         names = [(p, e) for p, e, _, proper in local if proper] or [(p, e) for p, e, proper in self.prev_mentions
                                                                      if proper]
-        if not names:
-            return None
         names.sort(key=lambda x: x[0])
-        if former:
-            distinct = list(dict.fromkeys(e for _, e in names))
-            return distinct[-2] if len(distinct) > 1 else None
-        return names[-1][1]
+        return list(dict.fromkeys(e for _, e in names))
 
     def _resolve_pronoun(self, p, local, sent, a: Analysis, chunks) -> Ref | None:
         plural, person, poss = PRONOUNS[p.lower_]

@@ -38,6 +38,13 @@ CASES = [
      "Quessa", "Quessa has two harbours, Velmora and Dask. The latter is larger.",
      [("Quessa has two harbours, Velmora and Dask.", "Quessa has two harbours, Velmora and Dask."),
       ("Dask is larger.", "The latter is larger.")]),
+    ("'the former' and 'the latter' in one sentence share the last sentence's pair",
+     "Trust", "The chairman was Hedda Lindqvist; the engineer was Paul Arden. The former had saved the Harrowgate "
+              "Canal, while the latter had rebuilt the Farrow Aqueduct.",
+     [("The chairman was Hedda Lindqvist; the engineer was Paul Arden.",
+       "The chairman was Hedda Lindqvist; the engineer was Paul Arden."),
+      ("Hedda Lindqvist had saved the Harrowgate Canal.", "The former had saved the Harrowgate Canal"),
+      ("Paul Arden had rebuilt the Farrow Aqueduct.", "the latter had rebuilt the Farrow Aqueduct.")]),
     ("an elided subject in a clause of its own",
      "Ossel", "The Dornbirner Ach had to be diverted, and it now flows into the lake. Its water is darker than the Ossel.",
      [("The Dornbirner Ach had to be diverted.", "The Dornbirner Ach had to be diverted"),
