@@ -76,9 +76,15 @@ def role_weight(t) -> float:
         return 3.0 if t.head.dep_ in ("ROOT", "conj") else 2.0
     if t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.dep_ in ("nsubj", "nsubjpass"):
         return 3.0 if t.head.head.lower_ in PARTITIVE else 1.5
-    if t.dep_ in ("dobj", "attr", "appos"):
+    if t.dep_ in ("dobj", "attr", "appos") or partitive_object(t):
         return 1.5
     return 0.5
+
+
+def partitive_object(t) -> bool:
+    """t names what a partitive object is part of: "the old town" in "a fire destroyed much of the old town"."""
+    return (t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.dep_ in ("dobj", "nsubjpass")
+            and t.head.head.lower_ in PARTITIVE)
 
 
 def clause_verb(p):

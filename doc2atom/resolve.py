@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 
 from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, copula_noun, is_expletive, later_mentions,
-                            life_dates, near, norm, role_weight, same_clause_subjects, source_text)
+                            life_dates, near, norm, partitive_object, role_weight, same_clause_subjects,
+                            source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PERSON_NOUNS, PRONOUNS)
 
@@ -251,7 +252,7 @@ class Discourse:
         if ent is None:
             return
         role = role_weight(c.root)
-        if c.root.dep_ in ("dobj", "nsubjpass"):
+        if c.root.dep_ in ("dobj", "nsubjpass") or partitive_object(c.root):
             a.patients.add(id(ent))
         toks = [x.i for x in c if x.lower_ not in PRONOUNS and x.tag_ != "PRP$"]
         for x in toks:
