@@ -41,9 +41,9 @@ _MONTH_WORDS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\
 _DATE = (rf"(?:(?:c\.|ca\.|circa)\s*)?(?:\d{{1,2}}\s+{_MONTH_WORDS}\s+|{_MONTH_WORDS}\s+\d{{1,2}},?\s+)?\d{{3,4}}"
          r"(?:\s*(?:BC|BCE|AD|CE)\b)?")
 _NAME_WORD = r"[A-Z][\w'’.-]*"
-_LIFE_SPAN = re.compile(rf"(?:^|(?<=[.!?]\s))(?:\*\*|__)?((?:{_NAME_WORD}\s+(?:(?:van|von|de|der|den|da|di|du|la|le|del|della|"
-                        rf"bin|ibn|al)\s+)*){{0,5}}{_NAME_WORD})(?:\*\*|__)?\s*\(\s*({_DATE})\s*[–—-]\s*({_DATE})\s*\)"
-                        r"(?=\s+(?:was|is|were)\b)")
+_PARTICLES = r"(?:van|von|de|der|den|da|di|du|la|le|del|della|bin|ibn|al)"
+_LIFE_SPAN = re.compile(rf"(?:^|(?<=[.!?]\s))(?:\*\*|__)?((?:{_NAME_WORD}\s+(?:{_PARTICLES}\s+)*){{0,5}}{_NAME_WORD})"
+                        rf"(?:\*\*|__)?\s*\(\s*({_DATE})\s*[–—-]\s*({_DATE})\s*\)(?=\s+(?:was|is|were)\b)")
 MIN_CHARS = 12
 # a full stop after these does not end a sentence
 _ABBREV = {"ca", "c", "e.g", "i.e", "eg", "ie", "cf", "vs", "approx", "st", "mt", "mr", "mrs", "ms", "dr", "prof",
@@ -181,7 +181,7 @@ def life_dates(raw: str) -> list[tuple[int, int, str, list[tuple[str, int, int]]
         if any(a < m.end() and m.start() < b for a, b in taken):
             continue
         if dash and not re.search(r"\b(?:he|she|his|her|him)\b", raw[m.end():], flags=re.I):
-            continue  # "World War II (1939–1945) was ...": a span of dates is a life only when the text says he or she
+            continue  # "World War II (1939–1945) was ...": dates are a life only when the text says he or she
         born, died = m.group(2), m.group(3)
         era = re.search(r"\s(BC|BCE)$", died or "")
         if dash and era and not re.search(r"\s(BC|BCE|AD|CE)$", born):  # "(c. 570 – c. 495 BC)"

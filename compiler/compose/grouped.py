@@ -620,8 +620,8 @@ def _lane_run(lane: _Lane, state, names, x: torch.Tensor, Ws, shaped: bool = Fal
 
     shaped: outputs (Bsz, T, d_out) like x (else (Bsz * T, d_out))."""
     meta = state.meta
-    if (not _LANE or meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype or x.get_device() != lane.dev
-            or meta.max_slot >= lane.n
+    if (not _LANE or meta is not lane.meta or x.shape != lane.shape or x.dtype != lane.dtype
+            or x.get_device() != lane.dev or meta.max_slot >= lane.n
             or _fl.mode != lane.mode or _fl.use_pdl != lane.pdl or _fl.config != lane.cfg
             or gemv_knobs() != lane.knobs or not x.is_contiguous() or torch.cuda.is_current_stream_capturing()):
         return None
