@@ -1,7 +1,6 @@
 """The fewer-steps options of the compile loop: LoRA+ learning rates, data-aware A init, nonzero B init,
 and the cycling stop rule (stop_questions)."""
 
-import math
 import random
 
 import pytest
@@ -80,7 +79,6 @@ def test_data_init_rows_are_the_atoms_input_directions(tiny_base):
     caught = []
     h = model.get_submodule(name).register_forward_pre_hook(lambda m, i: caught.append(i[0][0]))
     try:
-        from doc2atom.prompts import answer_ids, prompt_ids
         with torch.no_grad():
             for q in ex[0].prompts:
                 model(input_ids=torch.tensor([q + ex[0].answer]))
