@@ -433,6 +433,46 @@ def _table_atoms(st: _DocState, block: Block) -> None:
                                       start=row[j][0], end=row[j][1]))
 
 
+# an infobox written as lines: "Capital: Velmora", "**Highest point:** Mount Orl (1,204 m)"
+_FIELD = re.compile(r"^[ \t]*(?:\*\*|__)?([A-Z][\w'’ ()/-]{0,40}?)[ \t]*(?:\*\*|__)?:[ \t]*(?:\*\*|__)?[ \t]*"
+                    r"(\S[^\n]*?)[ \t]*$")
+
+
+def key_values(raw: str) -> list[tuple[str, str, int, int]] | None:
+    """A block of at least two "Key: value" lines and nothing else: (key, value, value start, value end) per
+    line (offsets in raw); None for anything else. Keys of at most four words; values of at most twelve words
+    that do not read as sentences (no final full stop): "Anna: Hello there." lines of a dialogue stay prose."""
+    out = []
+    pos = 0
+    for line in raw.split("\n"):
+        start, pos = pos, pos + len(line) + 1
+        if not line.strip():
+            continue
+        m = _FIELD.match(line)
+        if m is None:
+            return None
+        key, value = m.group(1).strip(), m.group(2).strip().rstrip("*_").strip()
+        if not value or len(key.split()) > 4 or len(value.split()) > 12 or value[-1] in ".!?":
+            return None
+        out.append((key, value, start + m.start(2), start + m.start(2) + len(value)))
+    return out if len(out) >= 2 else None
+
+
+def _field_atoms(st: _DocState, block: Block, fields) -> None:
+    """One attribute per "Key: value" line, about the section's or the document's topic, as a table cell is."""
+    topic = st.disc.topic()
+    if topic is None:
+        return
+    name = topic.name[:1].upper() + topic.name[1:]
+    context = block.heading or st.doc.title
+    for key, value, lo, hi in fields:
+        text = _cell_sentence(name, key, _clean(value))
+        typ = "event" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?", value) else (
+            "quantity" if re.search(r"\d", value) else "attribute")
+        st.atoms.append(AtomDraft(type=typ, text=text, key=make_key(f"{topic.name}: {key.lower()}", text, context),
+                                  start=block.start + lo, end=block.start + hi))
+
+
 def _cell_sentence(name: str, header: str, value: str) -> str:
     h = header.strip()
     low = h[0].lower() + h[1:] if not h[:2].isupper() else h
@@ -477,6 +517,10 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                     yield (" ", (n, "table", b, None))
                     continue
                 raw = d.text[b.start:b.end]
+                fields = key_values(raw) if b.kind != "item" else None
+                if fields:
+                    yield (" ", (n, "fields", b, fields))
+                    continue
                 # a person's life dates become atoms of their own; the sentence is parsed without them
                 lives = life_dates(raw) if b.kind != "item" else []
                 for lo, hi, _, _ in lives:
@@ -496,6 +540,8 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
             cur.disc.set_section(b.heading, docs[n].text, parsed if b.heading else None)
         elif what == "table":
             _table_atoms(cur, b)
+        elif what == "fields":
+            _field_atoms(cur, b, extra)
         else:
             offs, intro_next, lives = extra
             context = b.heading or cur.doc.title

@@ -77,3 +77,19 @@ def test_jsonl_documents_use_their_title(nlp, tmp_path):
     p.write_text('{"id": "dask", "title": "Dask", "text": "It trades mostly in timber."}\n')
     d = next(read_file(p))
     assert [a.text for a in atomize(d, nlp)] == ["Dask trades mostly in timber."]
+
+
+def test_key_value_lines_are_facts_about_the_topic(nlp):
+    # an infobox written as lines (plain or bold keys) gives one attribute per line, spanning the value; lines of a
+    # dialogue (values that end as sentences) and a single "Note: ..." line stay prose
+    text = ("# Quessa\n\nQuessa is an island in the Gulf of Sarn.\n\nCapital: Velmora\n**Founded:** 1843\n"
+            "Highest point: Mount Orl (1,204 m)\n\nAnna: Hello there.\nBen: We sail at noon.\n")
+    d = document_from_text("q.md", text)
+    atoms = atomize(d, nlp)
+    by = {a.text: a for a in atoms}
+    assert "The capital of Quessa is Velmora." in by, list(by)
+    assert "Quessa was founded in 1843." in by, list(by)
+    assert "The highest point of Quessa is Mount Orl (1,204 m)." in by, list(by)
+    a = by["The capital of Quessa is Velmora."]
+    assert d.text[a.start:a.end] == "Velmora"
+    assert not any(t.startswith(("The anna", "The ben")) for t in by), list(by)
