@@ -434,14 +434,15 @@ def _table_atoms(st: _DocState, block: Block) -> None:
 
 
 # an infobox written as lines: "Capital: Velmora", "**Highest point:** Mount Orl (1,204 m)"
-_FIELD = re.compile(r"^[ \t]*(?:\*\*|__)?([A-Z][\w'’ ()/-]{0,40}?)[ \t]*(?:\*\*|__)?:[ \t]*(?:\*\*|__)?[ \t]*"
-                    r"(\S[^\n]*?)[ \t]*$")
+_FIELD = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?(?:\*\*|__)?([A-Z][\w'’ ()/-]{0,40}?)[ \t]*(?:\*\*|__)?:"
+                    r"[ \t]*(?:\*\*|__)?[ \t]*(\S[^\n]*?)[ \t]*$")
 
 
-def key_values(raw: str) -> list[tuple[str, str, int, int]] | None:
-    """A block of at least two "Key: value" lines and nothing else: (key, value, value start, value end) per
-    line (offsets in raw); None for anything else. Keys of at most four words; values of at most twelve words
-    that do not read as sentences (no final full stop): "Anna: Hello there." lines of a dialogue stay prose."""
+def key_values(raw: str, least: int = 2) -> list[tuple[str, str, int, int]] | None:
+    """A block of at least `least` "Key: value" lines and nothing else: (key, value, value start, value end) per
+    line (offsets in raw); None for anything else. A list item's bullet is allowed. Keys of at most four words;
+    values of at most twelve words that do not read as sentences (no final full stop): "Anna: Hello there." lines
+    of a dialogue stay prose."""
     out = []
     pos = 0
     for line in raw.split("\n"):
@@ -455,7 +456,7 @@ def key_values(raw: str) -> list[tuple[str, str, int, int]] | None:
         if not value or len(key.split()) > 4 or len(value.split()) > 12 or value[-1] in ".!?":
             return None
         out.append((key, value, start + m.start(2), start + m.start(2) + len(value)))
-    return out if len(out) >= 2 else None
+    return out if len(out) >= least else None
 
 
 def _field_atoms(st: _DocState, block: Block, fields) -> None:
@@ -517,7 +518,13 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                     yield (" ", (n, "table", b, None))
                     continue
                 raw = d.text[b.start:b.end]
-                fields = key_values(raw) if b.kind != "item" else None
+                if b.kind != "item":
+                    fields = key_values(raw)
+                else:  # "- Capital: Velmora": a list whose items next to this one are fields too
+                    fields = key_values(raw, least=1)
+                    near = [bl[j] for j in (k - 1, k + 1) if 0 <= j < len(bl) and bl[j].kind == "item"]
+                    if fields and not any(key_values(d.text[x.start:x.end], least=1) for x in near):
+                        fields = None
                 if fields:
                     yield (" ", (n, "fields", b, fields))
                     continue

@@ -93,3 +93,9 @@ def test_key_value_lines_are_facts_about_the_topic(nlp):
     a = by["The capital of Quessa is Velmora."]
     assert d.text[a.start:a.end] == "Velmora"
     assert not any(t.startswith(("The anna", "The ben")) for t in by), list(by)
+    # the same as list items; a lone "Key: value" item among other items stays a list member
+    d = document_from_text("q.md", "# Quessa\n\nQuessa is an island.\n\n## Facts\n\n- Capital: Velmora\n"
+                                   "- Area: 412 km²\n\n## Ports\n\n- Velmora\n- Note: closed in winter\n- Dask\n")
+    texts = [a.text for a in atomize(d, nlp)]
+    assert "The capital of Quessa is Velmora." in texts and "The area of Quessa is 412 km²." in texts, texts
+    assert "Ports of Quessa: Note: closed in winter." in texts, texts
