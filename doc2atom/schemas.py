@@ -76,4 +76,7 @@ class Answer(_Strict):
     answer: str = Field(description="Generated answer, or the refusal message")
     refused: bool = Field(description="True when no atom covered the question")
     atoms: list[AtomOut] = Field(description="Atoms that fired (routed and composed or put in context)")
+    unsupported: list[str] = Field(default_factory=list, description="Numbers and names of the answer that neither "
+                                   "the question nor the atoms that fired contain (doc2atom.grounding): where the "
+                                   "answer strays from its sources; empty for refusals and in base mode")
     timings_ms: dict[str, float] = Field(description="Wall time per stage in milliseconds")

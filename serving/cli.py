@@ -222,6 +222,8 @@ def cmd_ask(args) -> int:
     elif ans.atoms:
         print("atoms: " + ", ".join(f"{a.id} ({Path(a.source.path.split('#')[0]).name}:{a.source.line})"
                                     for a in ans.atoms))
+    if ans.unsupported:
+        print("not in the atoms that fired: " + ", ".join(ans.unsupported))
     return 0
 
 
@@ -281,6 +283,8 @@ def cmd_demo(args) -> int:
             print("   atoms fired:")
             for x in a.atoms:
                 print(f"     {x.id} score={x.score:.3f} {Path(x.source.path.split('#')[0]).name}:{x.source.line}  {x.text}")
+        if a.unsupported:
+            print("   not in the atoms that fired: " + ", ".join(a.unsupported))
         print()
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from compiler.config import SPEED_FIELDS, CompileConfig
 from doc2atom import errors
+from doc2atom.grounding import unsupported
 from doc2atom.readers import expand_paths, read_file
 from doc2atom.schemas import Answer, Document, Signals
 from doc2atom.store import KBStore, atom_id, parse_atom_id
@@ -367,8 +368,10 @@ class KnowledgeBase:
                     if d is not None:
                         a.signals = Signals(dense=float(d.dense), lexical=float(d.lexical), cover=float(d.cover),
                                             learned=float(d.learned), hop=int(d.hop))
+            stray = [] if refused or not atoms else unsupported(texts_out[i],
+                                                                    [questions[i]] + [a.text for a in atoms])
             answers.append(Answer(answer=REFUSAL if refused else texts_out[i], refused=refused,
-                                  atoms=[] if refused else atoms,
+                                  atoms=[] if refused else atoms, unsupported=stray,
                                   timings_ms={k: round(v / max(1, n), 2) for k, v in timings.items()}))
         return answers
 

@@ -127,7 +127,8 @@ def completion(ans: Answer, p: AskParams, sink: TokenSink | None = None) -> Chat
                           choices=[Choice(message=ChoiceMessage(content=cut_at_stop(ans.answer, p.stop)),
                                           finish_reason=finish_reason(sink, ans.answer, p))],
                           usage=sink.usage() if sink is not None else None,
-                          atoms=ans.atoms, refused=ans.refused, timings_ms=ans.timings_ms)
+                          atoms=ans.atoms, refused=ans.refused, unsupported=ans.unsupported,
+                          timings_ms=ans.timings_ms)
 
 
 def pieces(text: str) -> list[str]:
@@ -153,7 +154,7 @@ class StreamText:
         choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
         d = ChatCompletionChunk(id=self.cid, created=self.created, model=self.p.model, choices=choices,
                                 **extra).model_dump()
-        for k in ("atoms", "refused", "usage"):
+        for k in ("atoms", "refused", "unsupported", "usage"):
             if d[k] is None:
                 del d[k]
         if d["choices"]:
@@ -184,7 +185,7 @@ class StreamText:
         else:
             out = self._content(final)
         out.append(self.event(Delta(), finish=finish_reason(sink, ans.answer, self.p), atoms=ans.atoms,
-                              refused=ans.refused))
+                              refused=ans.refused, unsupported=ans.unsupported))
         if self.p.include_usage and sink is not None:
             out.append(self.event(None, usage=sink.usage()))
         out.append("data: [DONE]\n\n")

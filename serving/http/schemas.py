@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API: strict pydantic models (`extra="forbid"`).
 
 The chat models follow OpenAI's chat-completions format closely enough for its clients; the
-fields doc2atom adds (`mode`, `top_k` in, `atoms`, `refused`, `timings_ms` out) are documented
+fields doc2atom adds (`mode`, `top_k` in, `atoms`, `refused`, `unsupported`, `timings_ms` out) are documented
 here. Generation is greedy, so sampling fields are accepted for compatibility and ignored.
 """
 
@@ -109,6 +109,8 @@ class ChatCompletion(_Strict):
     usage: Usage | None = Field(default=None, description="Token counts of this request")
     atoms: list[AtomOut] = Field(description="Atoms that fired, with score, weight, type, text and source span")
     refused: bool = Field(description="True when no atom covered the question (the answer is then a refusal)")
+    unsupported: list[str] = Field(default_factory=list, description="Numbers and names of the answer that neither "
+                                   "the question nor the atoms that fired contain (doc2atom's Answer.unsupported)")
     timings_ms: dict[str, float] = Field(description="Wall time per stage, per request of the batch")
 
 
@@ -124,7 +126,7 @@ class ChunkChoice(_Strict):
 
 
 class ChatCompletionChunk(_Strict):
-    """One server-sent event of a streamed answer; the last one carries `atoms` and `refused`."""
+    """One server-sent event of a streamed answer; the last one carries `atoms`, `refused` and `unsupported`."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -133,6 +135,7 @@ class ChatCompletionChunk(_Strict):
     choices: list[ChunkChoice]
     atoms: list[AtomOut] | None = None
     refused: bool | None = None
+    unsupported: list[str] | None = None
     usage: Usage | None = None
 
 

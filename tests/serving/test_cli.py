@@ -64,7 +64,7 @@ def test_end_to_end_cli_on_tiny_model(tmp_path, tiny_base, sample_copy, capsys):
     assert code == 0 and json.loads(out)["atoms"] == 5
     code, out, _ = _run(["ask", "Who designed the Korrin Bridge?", "--json", "--max-new-tokens", "4"] + common, capsys)
     ans = json.loads(out)
-    assert set(ans) == {"answer", "refused", "atoms", "timings_ms"} and ans["atoms"]
+    assert set(ans) == {"answer", "refused", "atoms", "unsupported", "timings_ms"} and ans["atoms"]
     sig = ans["atoms"][0]["signals"]  # the router's evidence travels with each fired atom
     assert set(sig) == {"dense", "lexical", "cover", "learned", "hop"} and sig["hop"] == 1
     assert abs(sig["learned"] - ans["atoms"][0]["score"]) < 1e-3 and 0 < sig["dense"] <= 1

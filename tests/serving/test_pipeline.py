@@ -99,10 +99,26 @@ def test_forget_removes_atoms_from_store_and_index(kb, sample_copy):
         kb.forget(path)
 
 
+def test_ask_lists_the_answers_names_and_numbers_its_atoms_lack(kb, monkeypatch):
+    import serving.generate as gen
+
+    ans = kb.ask("Who designed the Korrin Bridge?", mode="atoms")
+    atom = ans.atoms[0].text
+    # the tiny test model's own answer is noise: put a known one in its place, one name changed
+    wrong = atom.replace("Maud", "Maude")
+    assert wrong != atom
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: [wrong])
+    ans = kb.ask("Who designed the Korrin Bridge?", mode="atoms")
+    assert ans.unsupported == ["Maude"], (atom, ans.unsupported)
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: [atom])
+    assert kb.ask("Who designed the Korrin Bridge?", mode="atoms").unsupported == []
+    assert kb.ask("What is the capital of Peru?", mode="atoms").unsupported == []  # refused: nothing to check
+
+
 def test_ask_returns_the_documented_object(kb):
     ans = kb.ask("Who designed the Korrin Bridge?", mode="atoms")
     d = ans.model_dump()
-    assert set(d) == {"answer", "refused", "atoms", "timings_ms"}
+    assert set(d) == {"answer", "refused", "atoms", "unsupported", "timings_ms"}
     assert not d["refused"] and d["atoms"]
     a = d["atoms"][0]
     assert set(a) == {"id", "type", "score", "weight", "text", "source", "sources", "signals"}
