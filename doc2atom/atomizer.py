@@ -388,7 +388,10 @@ def _item_atom(st: _DocState, block: Block, sent, offs: list[int]) -> None:
     if len(item) < 2:
         return
     first = sent[0]
-    if block.intro:
+    when = dated(item)
+    if when is not None:
+        text = head = when
+    elif block.intro:
         intro = block.intro.rstrip(":").strip()
         text = finish(f"{intro} {item[0].lower() + item[1:] if first.pos_ != 'PROPN' and not item[:2].isupper() else item}")
         head = f"{intro}: {item}"
@@ -401,7 +404,31 @@ def _item_atom(st: _DocState, block: Block, sent, offs: list[int]) -> None:
     while last.is_punct and last.i > sent.start:
         last = sent.doc[last.i - 1]
     hi = block.start + offs[last.idx + len(last.text) - 1] + 1
-    st.atoms.append(AtomDraft(type="list_member", text=text, key=make_key(head, text, None), start=lo, end=hi))
+    st.atoms.append(AtomDraft(type="event" if when else "list_member", text=text, key=make_key(head, text, None),
+                              start=lo, end=hi))
+
+
+# a timeline entry: "1843: Ilse Varn founds the town.", "12 May 1901 – The Tarn Light is lit."
+_WHEN_LEAD = re.compile(rf"^((?:[cC]\.\s*)?(?:\d{{1,2}}\s+{_MONTH_WORDS}\s+|{_MONTH_WORDS}\s+\d{{1,2}},?\s+)?\d{{3,4}}s?)"
+                        r"\s*[:–—-]\s+(\S.*)$")
+
+
+def dated(text: str) -> str | None:
+    """"1843: Ilse Varn founds the town." -> "In 1843, Ilse Varn founds the town." (None: not a timeline entry)."""
+    m = _WHEN_LEAD.match(text)
+    if m is None:
+        return None
+    rest = m.group(2)
+    if re.match(r"(The|A|An)\s", rest):
+        rest = rest[0].lower() + rest[1:]
+    lead = " ".join(m.group(1).split())
+    if lead.endswith("s"):
+        when = f"in the {lead}"  # a decade: "1950s: ..."
+    elif lead[:2] in ("c.", "C."):
+        when = "around " + lead[2:].strip()
+    else:
+        when = _when(lead)
+    return finish(f"{when[0].upper() + when[1:]}, {rest}")
 
 
 def _table_atoms(st: _DocState, block: Block) -> None:
@@ -556,6 +583,13 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                 for text, lo, hi in facts:
                     cur.atoms.append(AtomDraft(type="event", text=text, key=make_key(f"{name}: life", text, context),
                                                start=b.start + lo, end=b.start + hi))
+            n_before = len(cur.atoms)
             _prose_atoms(cur, b, parsed, offs, intro_next)
+            # a timeline entry, "- 1843: Ilse Varn founds the town." or a line of them: "In 1843, Ilse Varn founds
+            # Velmora."
+            for a in cur.atoms[n_before:]:
+                when = dated(a.text) if a.text[:1].isdigit() or a.text[:2] == "C." else None
+                if when is not None:
+                    a.text, a.type = when, "event"
     if cur is not None:
         yield cur.atoms

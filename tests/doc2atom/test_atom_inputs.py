@@ -99,3 +99,16 @@ def test_key_value_lines_are_facts_about_the_topic(nlp):
     texts = [a.text for a in atomize(d, nlp)]
     assert "The capital of Quessa is Velmora." in texts and "The area of Quessa is 412 km²." in texts, texts
     assert "Ports of Quessa: Note: closed in winter." in texts, texts
+
+
+def test_timeline_entries_read_as_dated_events(nlp):
+    # "YEAR: event" list items or lines (with or without a clause of their own) become "In YEAR, event."
+    d = document_from_text("t.md", "# Velmora\n\nVelmora is a harbour town.\n\n## Timeline\n\n"
+                                   "- 1843: Ilse Varn founds the town.\n- 1901 – The Tarn Light is built.\n"
+                                   "- 1958: The glassworks close\n- 1950s: A fishing boom\n- c. 1970: A ferry starts\n\n"
+                                   "12 May 1960: The harbour opens.\n2004: A museum opens.\n")
+    got = [(a.type, a.text) for a in atomize(d, nlp)][1:]
+    assert got == [("event", "In 1843, Ilse Varn founds Velmora."), ("event", "In 1901, the Tarn Light is built."),
+                   ("event", "In 1958, the glassworks close."), ("event", "In the 1950s, a fishing boom."),
+                   ("event", "Around 1970, a ferry starts."), ("event", "On 12 May 1960, the harbour opens."),
+                   ("event", "In 2004, a museum opens.")], got
