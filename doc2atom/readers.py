@@ -86,7 +86,7 @@ def _title_from(text: str) -> str:
     return ""
 
 
-_HTML_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "table", "pre", "blockquote", "dd", "dt"]
+_HTML_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "table", "pre", "blockquote", "dl", "dd", "dt"]
 
 
 def _words(el) -> str:
@@ -140,11 +140,29 @@ def _table_blocks(table, title: str) -> list[str]:
     return ["\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])]
 
 
+def _dl_lines(dl) -> str:
+    """"Elevation: 1,204 m" lines of a <dl> (a term's several descriptions joined by "; ")."""
+    lines, term, vals = [], None, []
+    for el in dl.find_all(["dt", "dd"]):
+        if el.find_parent("dl") is not dl:
+            continue  # a nested list: inside its own description
+        if el.name == "dt":
+            if term is not None or vals:
+                lines.append(f"{term}: {'; '.join(vals)}" if term and vals else (term or "; ".join(vals)))
+            term, vals = _words(el), []
+        else:
+            vals.append(_words(el))
+    if term is not None or vals:
+        lines.append(f"{term}: {'; '.join(vals)}" if term and vals else (term or "; ".join(vals)))
+    return "\n".join(x for x in lines if x)
+
+
 def html_to_text(html: str) -> tuple[str, str]:
     """Visible text of an HTML page (scripts, styles, navigation dropped) and its title.
 
     Structure the atomizer reads is kept: headings become "# ...", list items "- ..." (or
-    "1. ..."), tables pipe tables (a header row, then one line per row)."""
+    "1. ..."), tables pipe tables (a header row, then one line per row), definition lists
+    "term: description" lines."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
@@ -160,6 +178,13 @@ def html_to_text(html: str) -> tuple[str, str]:
         if el.name == "table":
             blocks.extend(_table_blocks(el, title))
             continue
+        if el.name == "dl":  # a definition list: one "term: description" line per term (an infobox's shape)
+            t = _dl_lines(el)
+            if t:
+                blocks.append(t)
+            continue
+        if el.name in ("dt", "dd") and el.find_parent("dl"):
+            continue  # rendered with its list
         if el.name == "li":
             t = _item_text(el)
             if t:

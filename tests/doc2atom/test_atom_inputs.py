@@ -112,3 +112,13 @@ def test_timeline_entries_read_as_dated_events(nlp):
                    ("event", "In 1958, the glassworks close."), ("event", "In the 1950s, a fishing boom."),
                    ("event", "Around 1970, a ferry starts."), ("event", "On 12 May 1960, the harbour opens."),
                    ("event", "In 2004, a museum opens.")], got
+
+
+def test_an_html_definition_list_gives_facts_about_the_topic(nlp, tmp_path):
+    p = tmp_path / "orl.html"
+    p.write_text("<html><head><title>Mount Orl</title></head><body><h1>Mount Orl</h1><p>Mount Orl is a mountain on "
+                 "Quessa.</p><dl><dt>Elevation</dt><dd>1,204 m</dd><dt>Easiest route</dt><dd>the north ridge</dd>"
+                 "</dl></body></html>")
+    texts = [a.text for a in atomize(next(read_file(p)), nlp)]
+    assert texts == ["Mount Orl is a mountain on Quessa.", "The elevation of Mount Orl is 1,204 m.",
+                     "The easiest route of Mount Orl is the north ridge."], texts

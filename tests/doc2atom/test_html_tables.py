@@ -102,6 +102,9 @@ def test_caption_names_the_subject_and_pipes_in_cells_are_escaped():
     # a nested table stays inside its outer cell
     ("<table><tr><th>A</th><th>B</th></tr><tr><td>x</td><td><table><tr><td>y</td></tr></table></td></tr></table>",
      ["| A | B |\n| --- | --- |\n| x | y |"]),
+    # a definition list is "term: description" lines (several descriptions of a term joined), in one block
+    ("<dl><dt>Elevation</dt><dd>1,204 m</dd><dt>Routes</dt><dd>north ridge</dd><dd>west face</dd></dl>",
+     ["Elevation: 1,204 m\nRoutes: north ridge; west face"]),
 ])
 def test_html_structure_cases(html, expected):
     text, _ = html_to_text(f"<html><body>{html}</body></html>")
