@@ -172,6 +172,11 @@ def test_ask_in_the_page_shows_answer_atoms_and_highlighted_span(server, page, t
 
     assert page.js("document.getElementById('answer').textContent") == expected["choices"][0]["message"]["content"]
     assert page.js("document.getElementById('refused').hidden") is True
+    # the answer's names and numbers the fired atoms lack, as the API lists them (none: the line is hidden)
+    assert page.js("document.getElementById('unsupported').hidden") is (not expected["unsupported"])
+    if expected["unsupported"]:
+        assert page.js("document.getElementById('unsupported').textContent").endswith(
+            ", ".join(expected["unsupported"]))
     rows = page.js("[...document.querySelectorAll('#fired tbody tr')].map(tr => "
                    "[tr.dataset.atom, ...[...tr.cells].map(td => td.textContent)])")
     assert [r[0] for r in rows] == [a["id"] for a in expected["atoms"]]
@@ -237,5 +242,6 @@ def test_out_of_scope_question_shows_refusal(server, page):
     page.click("#ask")
     page.wait_for("document.body.dataset.state === 'answered'")
     assert page.js("document.getElementById('refused').hidden") is False
+    assert page.js("document.getElementById('unsupported').hidden") is True
     assert page.js("document.getElementById('no-atoms').hidden") is False
     assert page.js("document.getElementById('answer').textContent").startswith("I don't know")

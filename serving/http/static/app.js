@@ -111,6 +111,9 @@ async function ask(event) {
     });
     $("answer").textContent = res.choices[0].message.content;
     $("refused").hidden = !res.refused;
+    const stray = res.unsupported || [];
+    $("unsupported").textContent = stray.length ? `Not in the atoms that fired: ${stray.join(", ")}` : "";
+    $("unsupported").hidden = stray.length === 0;
     const t = res.timings_ms || {};
     $("timing").textContent = t.total_ms !== undefined ? `${t.total_ms.toFixed(0)} ms` : "";
     const tbody = $("fired").tBodies[0];
