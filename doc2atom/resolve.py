@@ -127,6 +127,11 @@ class Discourse:
             in (bare.lower(), title.lower()))]
         # "The **Harrowgate Canal** is ...": emphasis, link or code markup between "the" and the name
         with_the = sum(1 for h in hits if re.search(r"(?<!\w)the\s+[*_\[`]*$", text[max(0, h - 12):h], flags=re.I))
+        # "Zarnite" as a title, "zarnite dissolves in ..." in the prose: a common noun keeps the prose's case
+        mid = [text[h:h + len(bare)] for h in hits
+               if (pre := text[max(0, h - 12):h].rstrip(" \t\"'“(*_[`")) and pre[-1] not in ".!?\n"]
+        if bare[:1].isupper() and mid and sum(m == bare.lower() for m in mid) * 2 > len(mid):
+            bare = bare.lower()
         if re.match(r"^the\s", title, flags=re.I) or (with_the and with_the * 2 >= len(hits)):
             name = "the " + bare
         else:

@@ -38,6 +38,13 @@ CASES = [
      "Quessa", "Quessa has two harbours, Velmora and Dask. The latter is larger.",
      [("Quessa has two harbours, Velmora and Dask.", "Quessa has two harbours, Velmora and Dask."),
       ("Dask is larger.", "The latter is larger.")]),
+    ("a title that the prose writes in lower case is a common noun ('zarnite')",
+     "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
+                "velmorite, zarnite dissolves in warm water.",
+     [("Zarnite is a blue mineral.", "Zarnite is a blue mineral."),
+      ("The geologist Piet Harrow named zarnite after the Zarn valley.",
+       "The geologist Piet Harrow named it after the Zarn valley."),
+      ("Unlike velmorite, zarnite dissolves in warm water.", "Unlike velmorite, zarnite dissolves in warm water.")]),
     ("'the former' and 'the latter' in one sentence share the last sentence's pair",
      "Trust", "The chairman was Hedda Lindqvist; the engineer was Paul Arden. The former had saved the Harrowgate "
               "Canal, while the latter had rebuilt the Farrow Aqueduct.",
