@@ -580,6 +580,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
             offs, intro_next, lives = extra
             context = b.heading or cur.doc.title
             for _, _, name, facts in lives:
+                cur.disc.life_of(name)
                 for text, lo, hi in facts:
                     cur.atoms.append(AtomDraft(type="event", text=text, key=make_key(f"{name}: life", text, context),
                                                start=b.start + lo, end=b.start + hi))

@@ -450,7 +450,7 @@ class Discourse:
         here: set[int] = set()
         for pos, e, role, _ in local:
             if pos < p.i and ok(e) and id(e) not in blocked:
-                scores[id(e)] = max(scores.get(id(e), 0.0), 5.0 + role + e.topic)
+                scores[id(e)] = max(scores.get(id(e), 0.0), 5.0 + role + e.topic + self._parallel(p, e, a))
                 ents[id(e)] = e
                 here.add(pos)
         own_subject = clause_subject(p, a.mention, self.topic()) if poss else None
@@ -494,6 +494,33 @@ class Discourse:
             g = Entity(name=" and ".join(e.name for e in members), key=key, plural=True, proper=True, votes=1)
             self._add(g)
         return g
+
+    @staticmethod
+    def _parallel(p, e: Entity, a: Analysis) -> float:
+        """3.0 when pronoun p is the subject of a clause coordinated with an earlier clause whose subject (or that
+        subject's apposition) is e: "Their son, Karl Moll, became a geologist; he later mapped ..." -> Karl Moll."""
+        v = p.head
+        if p.dep_ not in ("nsubj", "nsubjpass"):
+            return 0.0
+        # the earlier clause: the verb this one is conjoined to, or one spaCy hangs under it ("X became ...; he
+        # mapped" is parsed with "became" as a ccomp of "mapped")
+        others = ([v.head] if v.dep_ == "conj" else []) + [
+            c for c in v.children if c.dep_ in ("ccomp", "parataxis", "conj") and c.i < p.i]
+        for t in (t for o in others for t in o.children):
+            if t.dep_ in ("nsubj", "nsubjpass") and t.i < p.i and (
+                    a.mention.get(t.i) is e or any(c.dep_ == "appos" and a.mention.get(c.i) is e for c in t.children)):
+                return 3.0
+        return 0.0
+
+    def life_of(self, name: str) -> None:
+        """The atomizer took a life-dates parenthesis ("Amos Pelling (14 June 1751 – 2 February 1819) was ...") out of
+        the text before parsing: the name it followed is a person (the evidence the parenthesis gave is gone)."""
+        key = norm(name.split())
+        ent = self.by_key.get(key)
+        if ent is None:
+            ent = Entity(name=name, key=key, proper=True, clean=True)
+            self._add(ent)
+        ent.votes += 2
 
     def _by_surname(self, key: str) -> Entity | None:
         """'Varn' after 'Ilse Varn': a one-word name that ends a longer known name."""

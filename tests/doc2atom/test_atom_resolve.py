@@ -38,6 +38,17 @@ CASES = [
      "Quessa", "Quessa has two harbours, Velmora and Dask. The latter is larger.",
      [("Quessa has two harbours, Velmora and Dask.", "Quessa has two harbours, Velmora and Dask."),
       ("Dask is larger.", "The latter is larger.")]),
+    ("a lead sentence's life dates make the name a person (surname, 'he'); a subject pronoun after a coordinated "
+     "clause's subject is that subject",
+     "Jan Moll", "Jan Moll (3 March 1860 – 9 May 1931) was a mountaineer. He married Anna Vey in 1892. Their son, "
+                 "Karl Moll, became a geologist; he later mapped the Zarn valley. After an accident, Moll gave up "
+                 "climbing.",
+     [("Jan Moll was born on 3 March 1860.", "3 March 1860"), ("Jan Moll died on 9 May 1931.", "9 May 1931"),
+      ("Jan Moll was a mountaineer.", "Jan Moll (3 March 1860 – 9 May 1931) was a mountaineer."),
+      ("Jan Moll married Anna Vey in 1892.", "He married Anna Vey in 1892."),
+      ("Jan Moll and Anna Vey's son, Karl Moll, became a geologist; he later mapped the Zarn valley.",
+       "Their son, Karl Moll, became a geologist; he later mapped the Zarn valley."),
+      ("After an accident, Jan Moll gave up climbing.", "After an accident, Moll gave up climbing.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
