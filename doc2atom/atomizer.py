@@ -454,9 +454,7 @@ def _table_atoms(st: _DocState, block: Block) -> None:
             if not h or not v:
                 continue
             s = _cell_sentence(name, h, v)
-            typ = "event" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?", v) else (
-                "quantity" if re.search(r"\d", v) else "attribute")
-            st.atoms.append(AtomDraft(type=typ, text=s, key=make_key(f"{name}: {h.lower()}", s, context),
+            st.atoms.append(AtomDraft(type=_value_type(v), text=s, key=make_key(f"{name}: {h.lower()}", s, context),
                                       start=row[j][0], end=row[j][1]))
 
 
@@ -489,16 +487,21 @@ def key_values(raw: str, least: int = 2) -> list[tuple[str, str, int, int]] | No
 def _field_atoms(st: _DocState, block: Block, fields) -> None:
     """One attribute per "Key: value" line, about the section's or the document's topic, as a table cell is."""
     topic = st.disc.topic()
-    if topic is None:
-        return
-    name = topic.name[:1].upper() + topic.name[1:]
+    name = topic.name[:1].upper() + topic.name[1:] if topic is not None else None
     context = block.heading or st.doc.title
     for key, value, lo, hi in fields:
-        text = _cell_sentence(name, key, _clean(value))
-        typ = "event" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?", value) else (
-            "quantity" if re.search(r"\d", value) else "attribute")
-        st.atoms.append(AtomDraft(type=typ, text=text, key=make_key(f"{topic.name}: {key.lower()}", text, context),
+        value = _clean(value)
+        text = _cell_sentence(name, key, value) if name else finish(f"{key}: {value}")  # no topic: as written
+        st.atoms.append(AtomDraft(type=_value_type(value), text=text,
+                                  key=make_key(f"{name or context}: {key.lower()}", text, context),
                                   start=block.start + lo, end=block.start + hi))
+
+
+def _value_type(value: str) -> str:
+    """The atom type of a table cell or field: a year is an event, a number a quantity, else an attribute."""
+    if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?", value):
+        return "event"
+    return "quantity" if re.search(r"\d", value) else "attribute"
 
 
 def _cell_sentence(name: str, header: str, value: str) -> str:

@@ -507,6 +507,9 @@ class Discourse:
         others = ([v.head] if v.dep_ == "conj" else []) + [
             c for c in v.children if c.dep_ in ("ccomp", "parataxis", "conj") and c.i < p.i]
         for t in (t for o in others for t in o.children):
+            if any(c.tag_ == "PRP$" and c.lower_ in PRONOUNS and PRONOUNS[c.lower_][0] == PRONOUNS[p.lower_][0]
+                   and _GENDER.get(c.lower_) == _GENDER.get(p.lower_) for c in t.children):
+                continue  # "Its area is 412 km², and it had ...": "it" is whom "Its" means, not the area
             if t.dep_ in ("nsubj", "nsubjpass") and t.i < p.i and (
                     a.mention.get(t.i) is e or any(c.dep_ == "appos" and a.mention.get(c.i) is e for c in t.children)):
                 return 3.0

@@ -49,6 +49,11 @@ CASES = [
       ("Jan Moll and Anna Vey's son, Karl Moll, became a geologist; he later mapped the Zarn valley.",
        "Their son, Karl Moll, became a geologist; he later mapped the Zarn valley."),
       ("After an accident, Jan Moll gave up climbing.", "After an accident, Moll gave up climbing.")]),
+    ("... but not a subject that a matching possessive owns ('Its area ..., and it had')",
+     "Quessa", "Quessa is an island in the Gulf of Sarn. Its area is 412 km², and it had 18,300 inhabitants in 2020.",
+     [("Quessa is an island in the Gulf of Sarn.", "Quessa is an island in the Gulf of Sarn."),
+      ("Quessa's area is 412 km².", "Its area is 412 km²"),
+      ("Quessa had 18,300 inhabitants in 2020.", "it had 18,300 inhabitants in 2020.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
