@@ -308,6 +308,12 @@ class Discourse:
         proper = r.pos_ == "PROPN" or (bool(propn) and r.ent_type_ in NAMED)
         if proper:
             key = norm(x.text for x in (propn or words))
+            of = next((x for x in r.children if x.dep_ == "prep" and x.lower_ == "of"), None)
+            tail = [x for x in of.children if x.dep_ == "pobj" and x.pos_ == "PROPN"] if of is not None else []
+            if tail and tail[0].right_edge.i - of.i <= 3:  # "the Gulf of Sarn", parsed as "the Gulf" + "of Sarn"
+                full = key + " of " + norm(x.text for x in r.doc[of.i + 1:tail[0].right_edge.i + 1] if not x.is_punct)
+                if full in self.by_key:
+                    key = full
             ent = self.by_key.get(key)
             if ent is None and self._by_surname(key) is not None:  # "Varn" -> "Ilse Varn"
                 ent = self._by_surname(key)

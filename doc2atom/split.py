@@ -309,6 +309,15 @@ def _appositive(t, c, own: set[int]) -> bool:
     return not any(x.tag_ in ("WDT", "WP", "WP$") and x.dep_ in ("pobj", "poss") for x in c.subtree)
 
 
+def _between_owner(t):
+    """The noun a "between X and Y" phrase describes, when t is X: a relative clause the parser hung on X or Y
+    describes that noun ("the ferry between Velmora and Holmstad, which carries ..."); None otherwise."""
+    prep = t.head
+    if t.dep_ != "pobj" or prep.lower_ != "between" or prep.head.pos_ not in ("NOUN", "PROPN"):
+        return None
+    return prep.head if _definite(prep.head) else None
+
+
 def _extract(host: Piece, doc, copula_subj: dict[int, list[int]]) -> list[Piece]:
     """Appositions and relative clauses inside a host piece become pieces of their own."""
     out: list[Piece] = []
@@ -338,6 +347,12 @@ def _extract(host: Piece, doc, copula_subj: dict[int, list[int]]) -> list[Piece]
                     if x.dep_ == "conj" and x.i < c.i and x.pos_ in ("NOUN", "PROPN"):
                         near = x
                 antecedent = copula_subj.get(t.i) or (core(near, conj=False) if _definite(near) else None)
+                owner = _between_owner(t)
+                if owner is not None:  # "the ferry between Velmora and Holmstad, which carries ...": the ferry
+                    skip = _subtree(c) | {x.i for x in doc[c.left_edge.i - 1:c.left_edge.i] if x.is_punct}
+                    antecedent = [j for j in core(owner, conj=False) if j not in skip]
+                    while antecedent and doc[antecedent[-1]].is_punct:
+                        antecedent.pop()
                 if rel is None or not antecedent:
                     continue
                 whose = rel.tag_ == "WP$"

@@ -54,6 +54,10 @@ CASES = [
      [("Quessa is an island in the Gulf of Sarn.", "Quessa is an island in the Gulf of Sarn."),
       ("Quessa's area is 412 km².", "Its area is 412 km²"),
       ("Quessa had 18,300 inhabitants in 2020.", "it had 18,300 inhabitants in 2020.")]),
+    ("an 'X of Y' name the parser splits ('the Gulf' + 'of Sarn') is the known name",
+     "Gulf of Sarn", "The Gulf of Sarn is an arm of the Northern Sea. Its average depth is 38 m.",
+     [("The Gulf of Sarn is an arm of the Northern Sea.", "The Gulf of Sarn is an arm of the Northern Sea."),
+      ("The Gulf of Sarn's average depth is 38 m.", "Its average depth is 38 m.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
