@@ -345,7 +345,10 @@ class Discourse:
                 det in DEMONSTRATIVES and r.dep_ in ("nsubj", "nsubjpass", "dobj"))):
             return None  # "part", "number" ... name nothing, but "this number" points at something
         lemma = r.lemma_.lower()
-        if det in ("the", "this", "these", "that", "those") and len(c) == 2 and r.tag_ in ("NN", "NNS"):
+        if det in ("the", "this", "these", "that", "those") and len(c) == 2 and r.tag_ in ("NN", "NNS") and not (
+                det == "the" and any(x.dep_ == "prep" and x.lower_ == "of" for x in r.children)):
+            # ("the capital of the region" is a relation, not a name's description; "this flow of the water" still
+            # points back)
             # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
             ent = self._described(lemma, r.tag_ == "NNS", common=det in DEMONSTRATIVES)
             if ent is not None:

@@ -58,6 +58,12 @@ CASES = [
      "Gulf of Sarn", "The Gulf of Sarn is an arm of the Northern Sea. Its average depth is 38 m.",
      [("The Gulf of Sarn is an arm of the Northern Sea.", "The Gulf of Sarn is an arm of the Northern Sea."),
       ("The Gulf of Sarn's average depth is 38 m.", "Its average depth is 38 m.")]),
+    ("'the capital of the region' is a relation, not a description of a named place",
+     "Holmstad", "Holmstad is a port city in Tessaly. With about 95,000 inhabitants, it is both the largest city and the "
+                 "capital of the region.",
+     [("Holmstad is a port city in Tessaly.", "Holmstad is a port city in Tessaly."),
+      ("With about 95,000 inhabitants, Holmstad is both the largest city and the capital of the region.",
+       "With about 95,000 inhabitants, it is both the largest city and the capital of the region.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
