@@ -366,6 +366,7 @@ def _clause(sent) -> bool:
         t.dep_ == "ROOT" and t.pos_ in ("VERB", "AUX") and t.tag_ not in ("VBN", "VBG") for t in sent)
 
 
+_IRREGULAR_PLURALS = {"people", "children", "men", "women", "alumni", "staff", "clergy", "media", "data"}
 _NO_OWNER = {"see also", "references", "notes", "sources", "external links", "further reading", "bibliography",
              "works cited", "footnotes", "citations", "contents"}
 
@@ -378,7 +379,8 @@ def _list_context(st: _DocState, heading: str | None) -> str:
         return st.doc.title
     words = heading.split()
     if (topic is None or not 1 <= len(words) <= 3 or heading.lower() in _NO_OWNER
-            or topic.key in heading.lower() or not re.fullmatch(r"[A-Za-z-]*[a-rt-z]s", words[-1])):
+            or topic.key in heading.lower() or not (re.fullmatch(r"[A-Za-z-]*[a-rt-z]s", words[-1])
+                                                    or words[-1].lower() in _IRREGULAR_PLURALS)):
         return heading
     return f"{heading} of {topic.name}"
 

@@ -122,3 +122,11 @@ def test_an_html_definition_list_gives_facts_about_the_topic(nlp, tmp_path):
     texts = [a.text for a in atomize(next(read_file(p)), nlp)]
     assert texts == ["Mount Orl is a mountain on Quessa.", "The elevation of Mount Orl is 1,204 m.",
                      "The easiest route of Mount Orl is the north ridge."], texts
+
+
+def test_a_list_under_an_irregular_plural_heading_is_the_topics(nlp):
+    d = document_from_text("v.md", "# Velmora\n\nVelmora is a harbour town.\n\n## Notable people\n\n"
+                                   "- Ilse Varn (1811–1879), glassmaker\n- Jonas Rook, ice hockey player\n")
+    texts = [a.text for a in atomize(d, nlp)]
+    assert texts[1:] == ["Notable people of Velmora: Ilse Varn (1811–1879), glassmaker.",
+                         "Notable people of Velmora: Jonas Rook, ice hockey player."], texts
