@@ -54,3 +54,7 @@ NOT_ENTITIES = PARTITIVE | {"number", "amount", "lot", "kind", "type", "sort", "
 MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width", "height", "depth", "area",
                  "population", "size", "value", "share", "output", "income", "profit", "discharge", "volume",
                  "speed", "temperature", "weight", "distance", "number", "amount", "total", "percentage"}
+# nouns that, as a bare definite subject in an article about a named thing, are that thing's: "The first winner was
+# ..." in the Orrery Prize's article is the prize's first winner
+RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
+              "chairman", "president", "name", "capital"}

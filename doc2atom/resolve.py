@@ -27,7 +27,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             life_dates, near, norm, partitive_object, role_weight, same_clause_subjects,
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
-                              PERSON_NOUNS, PRONOUNS)
+                              PERSON_NOUNS, PRONOUNS, RELATIONAL)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -356,6 +356,23 @@ class Discourse:
                     toks = [x.i for x in c]
                     a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
                 return ent
+        topic = self.topic()
+        if (det == "the" and lemma in RELATIONAL and r.tag_ == "NN" and r.dep_ in ("nsubj", "nsubjpass")
+                and all(x.i == r.i or x.dep_ == "det" or x.pos_ in ("ADJ", "NUM") for x in c)  # "the first winner"
+                and not any(x.dep_ in ("poss", "appos", "compound") or (x.dep_ == "prep" and x.lower_ == "of")
+                            for x in r.children)
+                and topic is not None and topic.proper and not topic.person and lemma not in topic.classes):
+            # "The first winner was the Lumen Institute" in the Orrery Prize's article: the winner of the prize
+            key = "rel " + norm(x.lemma_ for x in words) + " of " + topic.key
+            ent = self.by_key.get(key)
+            if ent is None:
+                text = source_text(c, skip_det=False)
+                ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
+                             votes=2 if lemma in PERSON_NOUNS else -1)
+                self._add(ent)
+            toks = [x.i for x in c]
+            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+            return ent
         key = (det + " " if det in DEMONSTRATIVES else "") + norm(x.lemma_ for x in words)
         ent = self.by_key.get(key)
         if (ent is not None and ent.description and det == "the" and len(c) == 2 and r.tag_ == "NN"

@@ -64,6 +64,13 @@ CASES = [
      [("Holmstad is a port city in Tessaly.", "Holmstad is a port city in Tessaly."),
       ("With about 95,000 inhabitants, Holmstad is both the largest city and the capital of the region.",
        "With about 95,000 inhabitants, it is both the largest city and the capital of the region.")]),
+    ("a bare relational subject in an article about a named thing is that thing's ('The first winner')",
+     "Orrery Prize", "The Orrery Prize is an award for research in optics. The first winner was the Lumen Institute in "
+                     "1952. The Dutch name Rijn is old.",
+     [("The Orrery Prize is an award for research in optics.", "The Orrery Prize is an award for research in optics."),
+      ("The first winner of the Orrery Prize was the Lumen Institute in 1952.",
+       "The first winner was the Lumen Institute in 1952."),
+      ("The Dutch name Rijn is old.", "The Dutch name Rijn is old.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
