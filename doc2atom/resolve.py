@@ -361,7 +361,8 @@ class Discourse:
                 and all(x.i == r.i or x.dep_ == "det" or x.pos_ in ("ADJ", "NUM") for x in c)  # "the first winner"
                 and not any(x.dep_ in ("poss", "appos", "compound") or (x.dep_ == "prep" and x.lower_ == "of")
                             for x in r.children)
-                and topic is not None and topic.proper and not topic.person and lemma not in topic.classes):
+                and topic is not None and topic.proper and not topic.person and topic.count > 0
+                and lemma not in topic.classes):
             # "The first winner was the Lumen Institute" in the Orrery Prize's article: the winner of the prize
             key = "rel " + norm(x.lemma_ for x in words) + " of " + topic.key
             ent = self.by_key.get(key)
