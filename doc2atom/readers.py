@@ -142,18 +142,17 @@ def _table_blocks(table, title: str) -> list[str]:
 
 def _dl_lines(dl) -> str:
     """"Elevation: 1,204 m" lines of a <dl> (a term's several descriptions joined by "; ")."""
-    lines, term, vals = [], None, []
+    entries: list[tuple[str, list[str]]] = []  # (term, its descriptions)
     for el in dl.find_all(["dt", "dd"]):
         if el.find_parent("dl") is not dl:
             continue  # a nested list: inside its own description
+        if el.name == "dt" or not entries:
+            entries.append(("", []))
         if el.name == "dt":
-            if term is not None or vals:
-                lines.append(f"{term}: {'; '.join(vals)}" if term and vals else (term or "; ".join(vals)))
-            term, vals = _words(el), []
+            entries[-1] = (_words(el), [])
         else:
-            vals.append(_words(el))
-    if term is not None or vals:
-        lines.append(f"{term}: {'; '.join(vals)}" if term and vals else (term or "; ".join(vals)))
+            entries[-1][1].append(_words(el))
+    lines = [f"{t}: {'; '.join(v)}" if t and v else (t or "; ".join(v)) for t, v in entries]
     return "\n".join(x for x in lines if x)
 
 

@@ -125,11 +125,12 @@ class Discourse:
         hits = [h for h, (a, b) in zip(hits, lines) if not (
             text[a:h].lstrip().startswith("#") or text[a:b if b >= 0 else len(text)].strip(" \t*_#").lower()
             in (bare.lower(), title.lower()))]
+        before = [text[max(0, h - 12):h] for h in hits]
         # "The **Harrowgate Canal** is ...": emphasis, link or code markup between "the" and the name
-        with_the = sum(1 for h in hits if re.search(r"(?<!\w)the\s+[*_\[`]*$", text[max(0, h - 12):h], flags=re.I))
+        with_the = sum(1 for b in before if re.search(r"(?<!\w)the\s+[*_\[`]*$", b, flags=re.I))
         # "Zarnite" as a title, "zarnite dissolves in ..." in the prose: a common noun keeps the prose's case
-        mid = [text[h:h + len(bare)] for h in hits
-               if (pre := text[max(0, h - 12):h].rstrip(" \t\"'“(*_[`")) and pre[-1] not in ".!?\n"]
+        mid = [text[h:h + len(bare)] for h, b in zip(hits, before)
+               if (pre := b.rstrip(" \t\"'“(*_[`")) and pre[-1] not in ".!?\n"]
         if bare[:1].isupper() and mid and sum(m == bare.lower() for m in mid) * 2 > len(mid):
             bare = bare.lower()
         if re.match(r"^the\s", title, flags=re.I) or (with_the and with_the * 2 >= len(hits)):

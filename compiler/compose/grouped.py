@@ -640,9 +640,9 @@ def lane_forward(mod, state, x: torch.Tensor) -> torch.Tensor | None:
     full path makes before it reaches the lane (AtomLinear.forward -> _grouped -> serve_group, or serve_linear),
     without the layers of calls between: an eager decode step is bound by this host time (KERNEL_NOTES, stop 18).
     3-D inputs only; the output is (Bsz, T, d_out)."""
-    name = mod.name
+    name, base = mod.name, mod.base
     lane = state.lanes.get(name)
-    W = mod.base.weight
+    W = base.weight
     if lane is None:  # a sibling: its share of the group call made for this x
         g = state.groups.get(name)
         pend = g.pending if g is not None else None
@@ -655,7 +655,6 @@ def lane_forward(mod, state, x: torch.Tensor) -> torch.Tensor | None:
         if not pend[2]:
             g.pending = None
         return got[0]
-    base = mod.base
     if (x.dim() != 3 or base.bias is not None or type(base) is not torch.nn.Linear
             or torch.is_autocast_enabled("cuda")
             or (torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or lane.A.requires_grad))):
