@@ -140,6 +140,7 @@ def layer_level(res: dict, copy_bw: float, layer_T=(1, 32, 256)) -> None:
                 t_comp = bench_ms(composed)
                 t_fused = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path="fused"))
                 t_wide = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path="wide"))
+                t_stream = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf, path="stream"))
                 t_delta = bench_ms(lambda: compose_delta_triton(x, A, B, meta=meta, out=buf))
                 t_ref = bench_ms(lambda: compose_delta_torch(x, A, B, idx, w))
                 t_ref_comp = bench_ms(lambda: F.linear(x, W) + compose_delta_torch(x, A, B, idx, w))
@@ -149,19 +150,23 @@ def layer_level(res: dict, copy_bw: float, layer_T=(1, 32, 256)) -> None:
                            composed_over_base=t_comp / t_base, delta_ms=t_delta, delta_bytes=byts,
                            delta_hbm_bound_ms=bound_ms, delta_over_bound=t_delta / bound_ms,
                            delta_achieved_GBps=byts / (t_delta / 1e3) / 1e9, delta_fused_ms=t_fused,
-                           delta_wide_ms=t_wide, wide_over_bound=t_wide / bound_ms,
+                           delta_wide_ms=t_wide, wide_over_bound=t_wide / bound_ms, delta_stream_ms=t_stream,
+                           stream_over_bound=t_stream / bound_ms,
                            torch_ref_delta_ms=t_ref, torch_ref_composed_over_base=t_ref_comp / t_base)
                 rows.append(row)
                 log(f"layer T={T:3d} K={K:2d} r={r}: base {t_base*1e3:7.1f}us composed {t_comp*1e3:7.1f}us "
                     f"({t_comp/t_base:5.2f}x) delta {t_delta*1e3:6.1f}us bound {bound_ms*1e3:6.1f}us "
                     f"({t_delta/bound_ms:4.2f}x, {row['delta_achieved_GBps']:5.0f} GB/s) fused {t_fused*1e3:6.1f} "
-                    f"wide {t_wide*1e3:6.1f}us ({t_wide/bound_ms:4.2f}x) ref {t_ref*1e3:7.1f}us")
+                    f"wide {t_wide*1e3:6.1f}us ({t_wide/bound_ms:4.2f}x) stream {t_stream*1e3:6.1f}us "
+                    f"({t_stream/bound_ms:4.2f}x) ref {t_ref*1e3:7.1f}us")
                 del A, B, buf
     res["layer"] = dict(bsz=bsz, d_in=d_in, d_out=d_out, dtype="bfloat16", atoms="distinct per request",
                         b_layout="AtomPool's: transposed view of a contiguous (N, r, d_out)",
                         note="T = tokens per request; composed = base GEMM + kernel accumulating into its output "
-                             "(auto plan, eager: T <= 4 GEMV fused; else tile fused up to 256 tokens, tile wide "
-                             "above); delta_* = the kernel alone. do_bench times one eager call after an L2 "
+                             "(the auto plan, triton_ops' docstring: T <= 4 the GEMV plans; calls whose 32-token "
+                             "blocks fill the GPU the stream plan (two launches) for >= 64 tokens per request and "
+                             "8-128 stacked ranks, else tile fused); delta_* = the kernel alone (delta_fused / "
+                             "_wide / _stream: each plan forced). do_bench times one eager call after an L2 "
                              "flush: at T=1 the host's launch time is inside the number (see 'shapes' for "
                              "graph-replayed per-call GPU times)",
                         rows=rows)

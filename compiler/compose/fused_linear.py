@@ -45,6 +45,7 @@ import triton.language as tl
 
 from compiler.compose import triton_ops as _ops
 from compiler.compose.triton_ops import (
+    HAS_PDL,
     ComposeMeta,
     _check_slots,
     _gemv_h,
@@ -55,24 +56,10 @@ from compiler.compose.triton_ops import (
     _rows_contiguous,
     _slots_of,
     _weights_of,
+    gdc_launch_dependents,
+    gdc_wait,
     gemv_knobs,
 )
-
-try:  # PDL intrinsics (Triton >= 3.3); no-ops in a kernel launched without launch_pdl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-    HAS_PDL = True
-except (ImportError, AttributeError):  # pragma: no cover - older Triton
-    HAS_PDL = False
-
-    @triton.jit
-    def gdc_wait():
-        pass
-
-    @triton.jit
-    def gdc_launch_dependents():
-        pass
-
 
 MODES = ("auto", "always", "never")
 mode = os.environ.get("DOC2ATOM_FUSED_LINEAR", "auto")

@@ -3,7 +3,8 @@
 This is the fast GPU path behind `compiler.compose.compose_delta`; `reference.py` beside it
 defines the semantics and stays the oracle. The kernels never write the pool or the base
 weights, never synchronize with the host when given a `ComposeMeta`, and allocate at most a
-small fp32 scratch buffer, so a decode step that calls them can be captured in a CUDA graph.
+scratch buffer (fp32 partials; the stream plan's h), so a decode step that calls them can be
+captured in a CUDA graph.
 
 Importing this module raises ImportError when Triton is missing; the dispatcher relies on it.
 
@@ -16,11 +17,20 @@ Plans (S = K atoms x R pool rank stacked rows per request; a "row" is one token 
               expand over (row, d_out tile) summing them; each program one memory round trip.
   tile fused  (T > 4, small eager calls) one launch of tensor-core tiles, as gemv fused.
   tile wide   (T > 4, large calls) shrink partials then expand, tensor-core tiles.
+  stream      (T > 4, S <= 128) two launches that move each byte once: the shrink over
+              (request, 64-token tile) writes h (x's dtype) over all of d_in; the expand over
+              (request's token chunk, d_out tile) reads its B tile once, then h and writes y tile
+              by tile; with 128 stacked ranks it instead holds one token tile's h and streams the
+              request's B tiles over a share of d_out. The expand is launched with programmatic
+              dependent launch (PDL): it starts (and loads B tiles) while the shrink still runs,
+              and waits for h (env DOC2ATOM_STREAM_PDL=0 turns PDL off). More stacked ranks take
+              the tile-fused plan.
 "auto" takes, for T <= 4, the GEMV plan measured faster for the shape on an H200 (the same
-eager and under capture); for T > 4, tile fused when 32-token blocks of the batch fill the GPU
-(its large-call tiles, e.g. prefill), else tile wide above 256 tokens or under capture, else
+eager and under capture); for T > 4, when 32-token blocks of the batch fill the GPU (e.g.
+prefill), the stream plan for >= 64 tokens per request and 8..128 stacked ranks, else tile fused
+with its large-call tiles; smaller calls take tile wide above 256 tokens or under capture, else
 tile fused. Kernels are compiled on first use, which a CUDA-graph capture does not allow: run each
-shape once (both paths, for T > 4) before capturing.
+shape once (each path it may take, for T > 4) before capturing.
 B is read through its strides: the pool keeps B as a transposed view of a contiguous
 (N, R, d_out) tensor, so the expand reads each stacked rank as one contiguous row. A is read through
 its atom stride: contiguous, or a rank slice of a projection group's concatenated A (grouped.py
@@ -43,6 +53,22 @@ import torch
 import triton
 import triton.language as tl
 from triton import knobs
+
+try:  # PDL intrinsics (Triton >= 3.3); no-ops in a kernel launched without launch_pdl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    HAS_PDL = True
+except (ImportError, AttributeError):  # pragma: no cover - older Triton
+    HAS_PDL = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
 
 # Stacked ranks (K * R) up to this many stay in registers in the fused plans; above it the
 # tile-fused kernel keeps h in a per-program scratch buffer (still one launch).
@@ -574,6 +600,98 @@ def _expand_partial_kernel(
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
+@triton.jit(do_not_specialize=["T", "K"])
+def _stream_shrink_kernel(
+    x_ptr, a_ptr, idx_ptr, w_ptr, h_ptr, T, d_in, K, saN,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    # grid (Bsz * ceil(T / BLOCK_T),): h rows of one token tile over all of d_in, stored in x's dtype
+    if PDL:
+        gdc_launch_dependents()  # the expand may start now and load its B tiles under this pass
+    pid = tl.program_id(0)
+    n_tb = tl.cdiv(T, BLOCK_T)
+    b = pid // n_tb
+    tb = pid % n_tb
+    offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = offs_t < T
+    rows = (b * T + offs_t).to(tl.int64)
+    h = _shrink_chunk(x_ptr + rows * d_in, t_mask, a_ptr, idx_ptr + b * K, w_ptr + b * K, 0, K * R, d_in, 0, d_in,
+                      saN, R, BLOCK_T, BLOCK_S, BLOCK_D, PREC)
+    h_ptrs = h_ptr + rows[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
+    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=t_mask[:, None])
+
+
+@triton.jit(do_not_specialize=["T", "K", "t_per"])
+def _stream_expand_kernel(
+    h_ptr, b_ptr, idx_ptr, out_ptr, T, d_out, K, sbN, sbO, sbR, t_per,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+):
+    # grid (Bsz * ceil(T / t_per), ceil(d_out / BLOCK_N)): the request's B tile read once, then its
+    # tokens t_per at a time in BLOCK_T-token tiles
+    pid = tl.program_id(0)
+    nb = tl.program_id(1)
+    n_tc = tl.cdiv(T, t_per)
+    b = pid // n_tc
+    t_lo = (pid % n_tc) * t_per
+    t_hi = tl.minimum(t_lo + t_per, T)
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_out
+    bt = _expand_tile(b_ptr, idx_ptr + b * K, 0, K * R, offs_n, n_mask, sbN, sbO, sbR, R, BLOCK_S)
+    if PDL:
+        gdc_wait()  # the shrink's h is complete and visible from here on (B was read under it)
+    offs_s = tl.arange(0, BLOCK_S)
+    for t0 in range(t_lo, t_hi, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = offs_t < t_hi
+        rows = (b * T + offs_t).to(tl.int64)
+        hq = tl.load(h_ptr + rows[:, None] * BLOCK_S + offs_s[None, :], mask=t_mask[:, None], other=0.0)
+        acc = tl.dot(hq, bt, input_precision=PREC)
+        o_ptrs = out_ptr + rows[:, None] * d_out + offs_n[None, :]
+        o_mask = t_mask[:, None] & n_mask[None, :]
+        if ACCUMULATE:
+            acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit(do_not_specialize=["T", "K"])  # n_per stays specialized: it offsets the columns (16-aligned loads)
+def _stream_expand_h_kernel(
+    h_ptr, b_ptr, idx_ptr, out_ptr, T, d_out, K, sbN, sbO, sbR, n_per,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
+):
+    # grid (Bsz * ceil(T / BLOCK_T), groups): one token tile's h loaded once, the request's B tiles streamed
+    # (pipelined) over the group's n_per output columns; for many stacked ranks, where a B tile held
+    # through a token loop (_stream_expand_kernel) costs more than re-reading B from L2
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    n_tb = tl.cdiv(T, BLOCK_T)
+    b = pid // n_tb
+    tb = pid % n_tb
+    S = K * R
+    offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = offs_t < T
+    rows = (b * T + offs_t).to(tl.int64)
+    slot, j, valid = _slots_of(idx_ptr + b * K, 0, S, R, BLOCK_S)
+    b_rows = b_ptr + slot * sbN + j * sbR
+    if PDL:
+        gdc_wait()  # the shrink's h is complete and visible from here on
+    hq = tl.load(h_ptr + rows[:, None] * BLOCK_S + tl.arange(0, BLOCK_S)[None, :], mask=t_mask[:, None], other=0.0)
+    n_lo = g * n_per
+    n_hi = tl.minimum(n_lo + n_per, d_out)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < d_out
+        bt = tl.load(b_rows[:, None] + offs_n[None, :] * sbO, mask=valid[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(hq, bt, input_precision=PREC)
+        o_ptrs = out_ptr + rows[:, None] * d_out + offs_n[None, :]
+        o_mask = t_mask[:, None] & n_mask[None, :]
+        if ACCUMULATE:
+            acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
 def _fills_gpu(bsz: int, T: int, n_sm: int) -> bool:
     """Whether 32-token blocks of the batch alone give every SM a program: the tile-fused plan's
     large regime, which "auto" takes for any T > 4 (a 32-row x tile read once, h kept in registers,
@@ -645,9 +763,51 @@ def _plan_wide(bsz: int, T: int, K: int, R: int, d_in: int, d_out: int, n_sm: in
     return block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s, warps_e
 
 
+# the stream plan: large calls with this many tokens per request and stacked ranks (KERNEL_NOTES "Stop 19")
+_STREAM_MIN_T = 64
+_STREAM_S = (8, _S_REGISTERS)
+_STREAM_PDL = os.environ.get("DOC2ATOM_STREAM_PDL", "1") == "1"
+
+
+def _stream_fits(T: int, S: int) -> bool:
+    """Whether "auto" takes the stream plan for a large call (`_large_call`) of T tokens per request."""
+    return T >= _STREAM_MIN_T and _STREAM_S[0] <= S <= _STREAM_S[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_stream(bsz: int, T: int, K: int, R: int, d_out: int, n_sm: int, esize: int):
+    """Stream plan tiles (H200 probe, bench/probe_two_pass.py, KERNEL_NOTES "Stop 19"): 64-token shrink tiles
+    over 128-wide d_in chunks 4 deep. The expand: up to 64 stacked ranks, each program holds one 128-wide B tile
+    of a request and takes t_per of its tokens (all of them, so each B tile is read once, unless that leaves
+    fewer than ~2 programs per SM); 128 stacked ranks (16-bit), each program holds one 128-token tile's h and
+    streams the request's B tiles over 1/groups of d_out (h_once), about one program per SM.
+    Returns (block_t, block_s, block_d, warps_s, stages_s, block_te, block_n, warps_e, stages_e, t_per, h_once,
+    groups)."""
+    S = K * R
+    block_s = _pow2_at_least(S, 16)
+    block_t = 64
+    block_d = 256 // esize  # 128 for 16-bit inputs
+    warps_s = 8 if block_s >= 128 else 4
+    stages_s = 4 if esize <= 2 else 3
+    h_once = block_s >= 128 and esize <= 2
+    block_n = 128
+    if h_once:
+        block_te, warps_e, stages_e = 128, 8, 4
+        n_tb = triton.cdiv(T, block_te)
+        groups = max(1, min(triton.cdiv(d_out, block_n), n_sm // (bsz * n_tb)))
+        return block_t, block_s, block_d, warps_s, stages_s, block_te, block_n, warps_e, stages_e, 0, True, groups
+    block_te, warps_e, stages_e = 64, 8, 3
+    n_nb = triton.cdiv(d_out, block_n)
+    tiles = triton.cdiv(T, block_te)
+    chunks = min(tiles, max(1, (2 * n_sm) // (bsz * n_nb)))
+    t_per = triton.cdiv(tiles, chunks) * block_te
+    return block_t, block_s, block_d, warps_s, stages_s, block_te, block_n, warps_e, stages_e, t_per, False, 1
+
 _FUSED_TUNE_KEYS = ("block_t", "block_d", "block_n", "num_warps", "num_stages", "split")
 _WIDE_TUNE_KEYS = ("block_t", "block_s", "block_d", "split_d", "groups", "block_n", "warps_s", "warps_e",
                    "stages_s", "stages_e")
+_STREAM_TUNE_KEYS = ("block_t", "block_d", "warps_s", "stages_s", "block_te", "block_n", "warps_e", "stages_e",
+                     "t_per", "h_once", "groups", "pdl")
 
 
 def _tiles(tune: dict, known: tuple, plan: str, **tiles: int) -> tuple:
@@ -844,9 +1004,12 @@ def compose_delta_triton(
               out += delta (e.g. out = the base layer's output y).
         split, tune: overrides for benchmarks and tuning: the d_out split per row of the fused
               plans; any of `_FUSED_TUNE_KEYS` of the tile-fused plan (split: its d_out split);
-              any of `_WIDE_TUNE_KEYS` of the tile-wide plan (T > 4).
-        path: "fused" (one launch), "wide" (two launches, fills the GPU) or "auto" (the
-              module docstring says which; per shape for T <= 4 tokens per request).
+              any of `_WIDE_TUNE_KEYS` of the tile-wide plan, `_STREAM_TUNE_KEYS` of the stream
+              plan (T > 4).
+        path: "fused" (one launch), "wide" (two launches, fills the GPU), "stream" (two launches,
+              each byte moved once; for T <= 4 the same as "wide", above 128 stacked ranks as
+              "fused") or "auto" (the module docstring says which; per shape for T <= 4 tokens
+              per request).
         stream: launch on this stream instead of the current one (the caller orders it against
               the current stream: grouped.serve_linear forks and joins it).
 
@@ -915,8 +1078,8 @@ def compose_delta_triton(
                          f"got {out.dtype} {tuple(out.shape)}")
     if out.device != dev:
         raise ValueError(f"out is on {out.device} but x is on {dev}")
-    if path not in ("auto", "fused", "wide"):
-        raise ValueError(f"path must be 'auto', 'fused' or 'wide', got {path!r}")
+    if path not in ("auto", "fused", "wide", "stream"):
+        raise ValueError(f"path must be 'auto', 'fused', 'wide' or 'stream', got {path!r}")
     if bsz == 0 or T == 0 or d_out == 0:
         return out
     if K == 0 or R == 0 or N == 0:
@@ -945,6 +1108,8 @@ def compose_delta_triton(
     rows = bsz * T
 
     if T <= _GEMV_MAX_T:
+        if path == "stream":
+            path = "wide"  # GEMV sizes: the two-launch GEMV plan
         knobs = gemv_knobs()
         gp = _plan_gemv(rows, K, R, d_in, d_out, n_sm, split, knobs)
         if path == "auto":
@@ -987,8 +1152,41 @@ def compose_delta_triton(
 
     if path == "auto":
         large = _large_call(bsz, T, n_sm, x.element_size())
-        path = "fused" if large else ("wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused")
+        if large and _stream_fits(T, S):
+            path = "stream"
+        else:
+            path = "fused" if large else ("wide" if rows > _FUSED_MAX_TOKENS or capturing else "fused")
+    if path == "stream" and S > _STREAM_S[1]:
+        path = "fused"  # more stacked ranks than one tile holds: the tile-fused plan (h in scratch)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    if path == "stream":
+        (block_t, block_s, block_d, warps_s, stages_s, block_te, block_n, warps_e, stages_e, t_per, h_once,
+         groups) = _plan_stream(bsz, T, K, R, d_out, n_sm, x.element_size())
+        pdl = _STREAM_PDL
+        if tune:
+            block_t, block_d, block_te, block_n = _tiles(tune, _STREAM_TUNE_KEYS, "stream", block_t=block_t,
+                                                         block_d=block_d, block_te=block_te, block_n=block_n)
+            warps_s, stages_s = tune.get("warps_s", warps_s), tune.get("stages_s", stages_s)
+            warps_e, stages_e = tune.get("warps_e", warps_e), tune.get("stages_e", stages_e)
+            t_per, h_once, groups = tune.get("t_per", t_per), bool(tune.get("h_once", h_once)), tune.get("groups", groups)
+            pdl = bool(tune.get("pdl", pdl))
+        pdl = pdl and HAS_PDL and not _INTERPRET and dev.type == "cuda"
+        h = torch.empty(bsz * T * block_s, dtype=x.dtype, device=dev)
+        _launch(_stream_shrink_kernel, (bsz * triton.cdiv(T, block_t), 1, 1), (x, A, idx, w, h, T, d_in, K, saN),
+                dict(R=R, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, PREC=prec, PDL=pdl), warps_s, stages_s,
+                dev_index)
+        consts = dict(R=R, BLOCK_T=block_te, BLOCK_S=block_s, BLOCK_N=block_n, ACCUMULATE=accumulate, PREC=prec,
+                      PDL=pdl)
+        if h_once:
+            n_nb = triton.cdiv(d_out, block_n)
+            n_per = triton.cdiv(n_nb, max(1, min(int(groups), n_nb))) * block_n
+            _launch(_stream_expand_h_kernel, (bsz * triton.cdiv(T, block_te), triton.cdiv(d_out, n_per), 1),
+                    (h, B, idx, out, T, d_out, K, sbN, sbO, sbR, n_per), consts, warps_e, stages_e, dev_index, pdl=pdl)
+        else:
+            t_per = triton.cdiv(max(1, t_per), block_te) * block_te
+            _launch(_stream_expand_kernel, (bsz * triton.cdiv(T, t_per), triton.cdiv(d_out, block_n), 1),
+                    (h, B, idx, out, T, d_out, K, sbN, sbO, sbR, t_per), consts, warps_e, stages_e, dev_index, pdl=pdl)
+        return out
     if path == "wide":
         (block_t, block_s, n_sc, block_d, split_d, d_per, n_per, groups, block_n, warps_s,
          warps_e) = _plan_wide(bsz, T, K, R, d_in, d_out, n_sm, x.element_size())

@@ -133,7 +133,7 @@ def oracle(x, A, B, idx, w):
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", ["fused", "wide"])
+@pytest.mark.parametrize("path", ["fused", "wide", "stream"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize("bsz,K,R,pattern", list(table()))
 def test_triton_matches_loop(bsz, K, R, pattern, dtype, path):
@@ -151,7 +151,7 @@ def test_triton_matches_loop(bsz, K, R, pattern, dtype, path):
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", ["fused", "wide"])
+@pytest.mark.parametrize("path", ["fused", "wide", "stream"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize(
     "bsz,T,K,R,d_in,d_out,split",
@@ -186,7 +186,7 @@ def test_triton_shapes(bsz, T, K, R, d_in, d_out, split, dtype, path, b_rows):
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", ["fused", "wide"])
+@pytest.mark.parametrize("path", ["fused", "wide", "stream"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
 @pytest.mark.parametrize("K,R", [(8, 2), (64, 4)])
 def test_triton_accumulates_into_out(K, R, dtype, path):
@@ -387,6 +387,11 @@ def test_triton_large_call_plan(K, R, dtype, accumulate):
     ("fused", {"block_t": 128, "block_d": 64, "num_warps": 8, "num_stages": 2}),
     ("fused", {"block_t": 64, "split": 3, "num_stages": 2}),
     ("fused", {"split": 1}),
+    ("stream", {"block_t": 32, "block_d": 64, "block_te": 16, "block_n": 64, "t_per": 40}),
+    ("stream", {"block_t": 128, "warps_s": 8, "stages_s": 2, "block_n": 256, "warps_e": 4, "stages_e": 2, "pdl": 0}),
+    ("stream", {"t_per": 1, "pdl": 1}),
+    ("stream", {"h_once": 1, "groups": 3, "block_te": 64, "stages_e": 2}),
+    ("stream", {"h_once": 1, "groups": 100, "block_n": 64, "warps_e": 4}),
 ])
 def test_triton_tune_overrides_keep_semantics(path, tune):
     """bench_kernel.py --layer-tune's overrides change tiles, never results."""
@@ -414,6 +419,10 @@ def test_triton_wide_tune_rejects_unknown_keys():
         compose_delta_triton(x, A, B, idx, w, path="fused", tune={"split_d": 2})
     with pytest.raises(ValueError, match="power of two"):
         compose_delta_triton(x, A, B, idx, w, path="fused", tune={"block_n": 96})
+    with pytest.raises(ValueError, match="unknown tune keys"):
+        compose_delta_triton(x, A, B, idx, w, path="stream", tune={"split": 2})
+    with pytest.raises(ValueError, match="power of two"):
+        compose_delta_triton(x, A, B, idx, w, path="stream", tune={"block_te": 24})
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
@@ -431,3 +440,48 @@ def test_gemv_warps_knob_sets_each_pass():
     with pytest.raises(ValueError, match="warps"):
         set_gemv_knobs(warps="3")
     assert gemv_knobs() == before
+
+
+@needs_kernel
+@pytest.mark.parametrize("K,R,want", [(4, 2, "stream"), (32, 4, "stream"), (1, 4, "fused"), (64, 4, "fused")])
+def test_auto_takes_the_stream_plan_for_large_calls(monkeypatch, K, R, want):
+    """A large call (32-token blocks fill the GPU) of >= 64 tokens per request with 8..128 stacked ranks
+    takes the two-launch stream plan in "auto" (16-bit inputs); fewer or more stacked ranks keep the
+    tile-fused plan."""
+    from compiler.compose import triton_ops
+
+    dtype = torch.float16
+    n_sm = triton_ops._num_sms(torch.cuda.current_device()) if KDEV == "cuda" else 8
+    T = 64
+    bsz = -(-n_sm // (T // 32))
+    x, A, B, idx, w, unused = make_case(bsz, K, R, "zipf", T=T, d_in=64, d_out=48, seed=K + R)
+    x, A, B, idx, w = to_dev(dtype, x, A, B, idx, w, unused, b_rows=True)
+    launched = []
+    real = triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kernel, *a, **k: (launched.append(kernel), real(kernel, *a, **k))[1])
+    got = triton_ops.compose_delta_triton(x, A, B, idx, w)
+    names = [getattr(k, "__name__", None) or k.fn.__name__ for k in launched]
+    if want == "stream":  # 128 stacked ranks: the expand that holds h and streams B
+        expand = "_stream_expand_h_kernel" if K * R == 128 else "_stream_expand_kernel"
+        assert names == ["_stream_shrink_kernel", expand]
+    else:
+        assert names == ["_compose_kernel"]
+    assert rel_err_per_request(got.float().cpu(), oracle(x, A, B, idx, w)) < TOL[dtype]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_stream_plan_reads_each_b_tile_once_when_the_batch_fills_the_gpu():
+    from compiler.compose.triton_ops import _plan_stream, _stream_fits
+
+    # the layer target's shape: 32 requests of 256 tokens; every expand program takes a whole request
+    for K, R in [(8, 1), (8, 4), (32, 2)]:
+        plan = _plan_stream(32, 256, K, R, 4096, 132, 2)
+        assert plan[-3] == 256 and plan[1] >= K * R and not plan[-2]
+        assert _stream_fits(256, K * R)
+    # 128 stacked ranks: each program holds a 128-token tile's h, about one program per SM
+    plan = _plan_stream(32, 256, 32, 4, 4096, 132, 2)
+    assert plan[-2] and plan[5] == 128 and 32 * 2 * plan[-1] <= 132 and _stream_fits(256, 128)
+    # one long request: its tokens are split so that the SMs get work
+    t_per = _plan_stream(1, 8192, 8, 2, 4096, 132, 2)[-3]
+    assert 64 <= t_per < 8192 and t_per % 64 == 0
+    assert not _stream_fits(256, 4) and not _stream_fits(256, 256) and not _stream_fits(32, 16)
