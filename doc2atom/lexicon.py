@@ -26,7 +26,20 @@ PERSON_NOUNS = {
     "princess", "father", "mother", "son", "daughter", "wife", "husband", "teacher", "student", "doctor", "lawyer",
     "soldier", "physicist", "mathematician", "philosopher", "historian", "designer", "director", "governor", "mayor",
     "ruler", "sculptor", "novelist", "farmer", "merchant", "sailor", "pilot", "chef", "baker", "coach", "manager",
+    "keeper", "sister", "brother", "grandson", "granddaughter", "grandfather", "grandmother", "uncle", "aunt",
+    "nephew", "niece", "cousin", "countess", "baron", "baroness", "knight", "abbot", "abbess", "nun", "athlete",
+    "mountaineer", "engraver", "surveyor", "astronomer",
 }
+# occupations the list does not name: "watchmaker", "herpetologist", "goldsmith", "pianist" (not "checklist"; not a
+# bare "maker", which firms are too)
+_PERSON_SUFFIXES = ("maker", "smith", "wright", "logist", "ician", "grapher", "monger", "ist")
+_NOT_PERSON = {"checklist", "playlist", "shortlist", "wishlist", "blacklist", "whitelist", "exist", "assist", "insist",
+               "resist", "persist", "consist", "schist", "amethyst"}
+
+
+def person_noun(lemma: str) -> bool:
+    """Whether a common noun's lemma names a kind of person ("engineer", "watchmaker", "herpetologist")."""
+    return lemma in PERSON_NOUNS or (len(lemma) > 6 and lemma.endswith(_PERSON_SUFFIXES) and lemma not in _NOT_PERSON)
 # words inside a proper name that say what kind of thing it is ("Lake Constance" is a lake)
 GENERIC = {
     "lake", "river", "sea", "ocean", "bridge", "gorge", "valley", "delta", "canal", "mountain", "mountains", "island",
@@ -57,4 +70,12 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 # nouns that, as a bare definite subject in an article about a named thing, are that thing's: "The first winner was
 # ..." in the Orrery Prize's article is the prize's first winner
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
-              "chairman", "president", "name", "capital"}
+              "chairman", "president", "name", "capital", "copy", "manuscript"}
+# "the species" in an article about an organism is that organism (it names no class an entity was given)
+TAXON_NOUNS = {"species", "subspecies", "genus"}
+# passive participles that describe a state rather than something done to a patient: "It is known for being flat"
+# after "The course ... crosses the Old Bridge" says what the course is like (the resolver's parallel-roles bonus for a
+# patient of the last sentence, "a flood destroyed the wall. It was rebuilt", is for the other kind)
+STATIVE_PASSIVES = {"know", "consider", "regard", "call", "name", "locate", "situate", "believe", "think", "say",
+                    "describe", "base", "make", "compose", "associate", "note", "list", "class", "classify",
+                    "categorise", "categorize", "rank", "see", "view", "famed", "nickname", "dub", "title", "term"}

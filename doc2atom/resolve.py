@@ -27,7 +27,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             life_dates, near, norm, partitive_object, role_weight, same_clause_subjects,
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
-                              PERSON_NOUNS, PRONOUNS, RELATIONAL)
+                              PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -260,7 +260,8 @@ class Discourse:
         role = role_weight(c.root)
         if c.root.dep_ in ("dobj", "nsubjpass") or partitive_object(c.root):
             a.patients.add(id(ent))
-        toks = [x.i for x in c if x.lower_ not in PRONOUNS and x.tag_ != "PRP$"]
+        toks = [x.i for x in c if x.lower_ not in PRONOUNS and x.tag_ != "PRP$"
+                and not (x.dep_ == "nummod" and x.head.pos_ == "PROPN")]  # "By 1935 Kessler": 1935 names no one
         for x in toks:
             a.mention[x] = ent
         a.mentions.append((toks, ent, role))
@@ -318,11 +319,18 @@ class Discourse:
             ent = self.by_key.get(key)
             if ent is None and self._by_surname(key) is not None:  # "Varn" -> "Ilse Varn"
                 ent = self._by_surname(key)
-                toks = [x.i for x in c]
+                t = self.title
+                if t is not None and t.proper and not t.person and len(t.key.split()) > 1 and t.key.split()[0] == key:
+                    ent = t  # "Kessler" in Kessler Instruments' article is the firm, though its founder is a Kessler
+                toks = [x.i for x in c if x.pos_ == "PROPN"]  # not "1935" in "By 1935 Kessler supplied ..."
                 a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
                 return ent
             clean = all(x.pos_ == "PROPN" or (x.lower_ == "the" and x.i == c.start) for x in c)
             text = source_text(c, skip_det=False)
+            if not clean and propn and any(person_noun(w) for w in classes_of(words)) and all(
+                    x.pos_ == "PROPN" for x in r.doc[propn[0].i:c.end]):
+                # "the watchmaker Otto Kessler": a later "his sister" is "Otto Kessler's sister"
+                text, clean = source_text(r.doc[propn[0].i:c.end], skip_det=False), True
             if text[:4] == "The ":
                 text = "the " + text[4:]
             if ent is None:
@@ -333,7 +341,7 @@ class Discourse:
             elif clean and not ent.clean and ent.topic == 0:
                 ent.name, ent.clean = text, True
             ent.classes |= classes_of(words) | LABEL_CLASSES.get(r.ent_type_, set())
-            if classes_of(words) & PERSON_NOUNS:
+            if any(person_noun(w) for w in classes_of(words)):
                 ent.votes += 2  # "the engineer Maud Ellery"
             if life_dates(c):
                 ent.votes += 2  # "Ilse Varn (1811–1879)"
@@ -352,6 +360,13 @@ class Discourse:
             # points back)
             # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
             ent = self._described(lemma, r.tag_ == "NNS", common=det in DEMONSTRATIVES)
+            topic = self.topic()
+            if (ent is None and r.lower_ in TAXON_NOUNS and det == "the" and topic is not None
+                    and not topic.person and topic.count > 0):
+                # "The species was first described in 1998" in the Marrow glass frog's article
+                toks = [x.i for x in c]
+                a.refs.update({x: Ref(topic, toks, False, "description") for x in toks})
+                return topic
             if ent is not None:
                 if (ent.proper or det in DEMONSTRATIVES) and ent.name.lower() != c.text.lower():
                     toks = [x.i for x in c]
@@ -370,7 +385,7 @@ class Discourse:
             if ent is None:
                 text = source_text(c, skip_det=False)
                 ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
-                             votes=2 if lemma in PERSON_NOUNS else -1)
+                             votes=2 if person_noun(lemma) else -1)
                 self._add(ent)
             toks = [x.i for x in c]
             a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
@@ -394,8 +409,8 @@ class Discourse:
             elif r.tag_ in ("NN", "NNS"):
                 name = "the " + name
             ent = Entity(name=name, key=key, classes={lemma},
-                         plural=r.tag_ == "NNS", votes=2 if lemma in PERSON_NOUNS else -1)
-            if (det in ("a", "an") and of is not None and r.tag_ == "NN" and lemma not in PERSON_NOUNS
+                         plural=r.tag_ == "NNS", votes=2 if person_noun(lemma) else -1)
+            if (det in ("a", "an") and of is not None and r.tag_ == "NN" and not person_noun(lemma)
                     and of.right_edge.i - of.i <= 8 and not any(x.lower_ in PRONOUNS or x.tag_ == "PRP$"
                                                                  for x in of.subtree)):
                 ent.description = "the " + source_text(r.doc[r.i:of.right_edge.i + 1], skip_det=False)
@@ -491,12 +506,15 @@ class Discourse:
             ents[id(g)] = g
         for k, e in ents.items():
             scores[k] += fit(e) - (e.topic if person is True and not e.person else 0.0)
-            if p.dep_ == "nsubjpass" and e.patient and e.last == self.sent - 1:
-                scores[k] += 2.0  # parallel roles: "a flood destroyed the wall. It was rebuilt" -> the wall
+            if (p.dep_ == "nsubjpass" and e.patient and e.last == self.sent - 1
+                    and p.head.lemma_ not in STATIVE_PASSIVES):
+                scores[k] += 2.0  # parallel roles: "a flood destroyed the wall. It was rebuilt" -> the wall (but "The
+                # course crosses the Old Bridge ... It is known for being flat" describes the course)
             if poss and not e.proper and e.classes & MEASURE_NOUNS:
                 scores[k] -= 3.0  # "its main competitor" is not the revenue's
-            if own_subject is e:
-                scores[k] += 3.0  # "The Rhine is joined by its tributary": its = the Rhine
+            if own_subject is e and not (person is True and not e.person):
+                scores[k] += 3.0  # "The Rhine is joined by its tributary": its = the Rhine (but "It was founded by the
+                # watchmaker Otto Kessler and his sister": his is not the firm's)
             if attr:
                 if attr in e.classes:
                     scores[k] += 3.0
@@ -506,7 +524,9 @@ class Discourse:
                 scores[k] -= 3.0  # "Its water ... than the Rhine": not the Rhine
         if not scores:
             return None
-        k = max(scores, key=lambda x: scores[x])
+        # a tie goes to the one that agrees in person, when more than a tagger's guess says it is one ("Rome accepted as
+        # her frontier the Rhine and upper Danube. Beyond these rivers she ...": not the upper Danube)
+        k = max(scores, key=lambda x: (scores[x], fit(ents[x]) == 0 and (person is not True or ents[x].votes >= 2)))
         if scores[k] < 2.0 or (person is True and fit(ents[k]) < 0):
             return None  # "She designed it" with no person in sight: better unresolved than wrong
         local_tokens = set()  # earlier mentions in this sentence that were nearly as good a reading
@@ -588,7 +608,7 @@ class Discourse:
                 e.last, e.role, e.patient = self.sent, seen[id(e)], id(e) in a.patients
         for e, cls in a.classes:
             e.classes.add(cls)
-            if cls in PERSON_NOUNS:
+            if person_noun(cls):
                 e.votes += 3  # "X was a glassmaker" outweighs a tagger's guesses
         self.prev_mentions = order
         self.prev_people = list(dict.fromkeys(e for _, e, proper in sorted(order, key=lambda x: x[0])

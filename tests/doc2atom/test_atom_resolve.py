@@ -71,6 +71,40 @@ CASES = [
       ("The first winner of the Orrery Prize was the Lumen Institute in 1952.",
        "The first winner was the Lumen Institute in 1952."),
       ("The Dutch name Rijn is old.", "The Dutch name Rijn is old.")]),
+    ("a bare surname that is also the first word of a firm's title is the firm in the firm's article; a number the "
+     "parser hangs on the name stays",
+     "Kessler Instruments", "Kessler Instruments is a maker of marine chronometers. It was founded in 1921 by the "
+                            "watchmaker Otto Kessler. By 1935 Kessler supplied chronometers to three navies.",
+     [("Kessler Instruments is a maker of marine chronometers.", "Kessler Instruments is a maker of marine chronometers."),
+      ("Kessler Instruments was founded in 1921 by the watchmaker Otto Kessler.",
+       "It was founded in 1921 by the watchmaker Otto Kessler."),
+      ("By 1935 Kessler Instruments supplied chronometers to three navies.",
+       "By 1935 Kessler supplied chronometers to three navies.")]),
+    ("a stative passive ('is known for') after a sentence with an object describes the last subject, not the object",
+     "Fenwater Marathon", "The course starts at Eastgate Park and crosses the Old Bridge twice. It is known for being "
+                          "flat.",
+     [("The course starts at Eastgate Park.", "The course starts at Eastgate Park"),
+      ("The course crosses the Old Bridge twice.", "crosses the Old Bridge twice."),
+      ("The course is known for being flat.", "It is known for being flat.")]),
+    ("'his' in a clause about a firm is the person beside it, named without his trade ('the watchmaker')",
+     "Kessler Instruments", "Kessler Instruments is a maker of marine chronometers. It was founded in 1921 by the "
+                            "watchmaker Otto Kessler and his sister Liese, who ran the accounts for forty years.",
+     [("Kessler Instruments is a maker of marine chronometers.", "Kessler Instruments is a maker of marine chronometers."),
+      ("Kessler Instruments was founded in 1921 by the watchmaker Otto Kessler and his sister Liese.",
+       "It was founded in 1921 by the watchmaker Otto Kessler and his sister Liese"),
+      ("Otto Kessler's sister Liese ran the accounts for forty years.", "his sister Liese, who ran the accounts for "
+                                                                        "forty years.")]),
+    ("'the species' in an organism's article is the organism; a bare 'original copy' is the topic's",
+     "Marrow glass frog", "The Marrow glass frog is a small frog of the Tessin Range. The species was first described "
+                          "in 1998. The original copy of the description is lost.",
+     [("The Marrow glass frog is a small frog of the Tessin Range.",
+       "The Marrow glass frog is a small frog of the Tessin Range."),
+      ("The Marrow glass frog was first described in 1998.", "The species was first described in 1998."),
+      ("The original copy of the description is lost.", "The original copy of the description is lost.")]),
+    ("... and a bare relational subject ('The original copy') in an article about a named thing is that thing's",
+     "Treaty of Ostvale", "The Treaty of Ostvale was signed in 1688. The original copy is kept in Halden.",
+     [("The Treaty of Ostvale was signed in 1688.", "The Treaty of Ostvale was signed in 1688."),
+      ("The original copy of the Treaty of Ostvale is kept in Halden.", "The original copy is kept in Halden.")]),
     ("a title that the prose writes in lower case is a common noun ('zarnite')",
      "Zarnite", "Zarnite is a blue mineral. The geologist Piet Harrow named it after the Zarn valley. Unlike "
                 "velmorite, zarnite dissolves in warm water.",
