@@ -266,6 +266,8 @@ class _DocState:
         self.disc = Discourse(doc.title, doc.text, title_doc)
         self.atoms: list[AtomDraft] = []
         self.heading: str | None = None
+        # "Under the treaty:" before a list whose items are sentences: said again before each item's atoms
+        self.item_lead: str | None = None
 
 
 def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: str) -> list[AtomDraft]:
@@ -291,7 +293,7 @@ def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, c
                 return t.text[0].lower() + t.text[1:]
             return r
 
-        segments = lead + list(p.own)
+        segments = p.order if p.order is not None else lead + list(p.own)
         body = finish(render(segments, doc, rep))
         first_tok = next((x for x in segments if isinstance(x, int)), None)
         lo, hi = _span(p, doc, offs, block.start)
@@ -341,13 +343,37 @@ def _span(p, doc, offs: list[int], base: int) -> tuple[int, int]:
     return base + offs[first.idx], base + offs[last.idx + len(last.text) - 1] + 1
 
 
+def _lead_phrase(sent, analysis) -> str | None:
+    """A list's intro that frames each item ("Under the treaty:", "According to the 2011 census:"), resolved ("Under
+    the Treaty of Ostvale"); None for an intro that is a sentence of its own ("The treaty had three terms:")."""
+    toks = [t for t in sent if not t.is_space]
+    while toks and toks[-1].is_punct:
+        toks = toks[:-1]
+    if not toks or len(toks) > 12 or not (toks[0].pos_ == "ADP" or toks[0].lower_ == "according"):
+        return None
+    if any(t.pos_ in ("VERB", "AUX") for t in toks[1:]):
+        return None
+    seen: set[int] = set()
+
+    def rep(i: int) -> str | None:
+        r = analysis.replacement(i, seen)
+        seen.add(i)
+        return r
+
+    return render([t.i for t in toks], sent.doc, rep)
+
+
 def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_next: bool) -> None:
     context = block.heading or st.doc.title
     sents = list(parsed.sents)
+    if block.kind != "item":
+        st.item_lead = None
     for n, sent in enumerate(sents):
         analysis = st.disc.analyse(sent)
         text = sent.text.strip()
         is_intro = intro_next and n == len(sents) - 1 and text.endswith(":")
+        if is_intro:
+            st.item_lead = _lead_phrase(sent, analysis)
         # a verbless parse of a long sentence is a tagging error ("the branches ... discharge"), not a title
         has_verb = any(t.pos_ in ("VERB", "AUX") for t in sent) or (
             len([t for t in sent if t.is_alpha]) >= 3 and text[-1:] in ".!?")
@@ -356,7 +382,13 @@ def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_nex
         if block.kind == "item" and (not has_verb or len(text) < MIN_CHARS):
             _item_atom(st, block, sent, offs)
         elif not is_intro and has_verb and len(text) >= MIN_CHARS and any(c.isalpha() for c in text):
-            st.atoms.extend(_piece_atoms(st, block, offs, sent, analysis, context))
+            pieces = _piece_atoms(st, block, offs, sent, analysis, context)
+            if block.kind == "item" and block.intro and st.item_lead:
+                for a in pieces:  # "- Veldt received the town of Lessing." -> "Under the Treaty of Ostvale, Veldt ..."
+                    head = a.text.split(" ", 1)[0]
+                    keep = sent[0].pos_ == "PROPN" and a.text.startswith(sent[0].text) or head[:2].isupper()
+                    a.text = f"{st.item_lead}, {a.text if keep else a.text[:1].lower() + a.text[1:]}"
+            st.atoms.extend(pieces)
         st.disc.observe(analysis)
 
 

@@ -50,6 +50,8 @@ class Piece:
     lead: list[Segment] = field(default_factory=list)  # copied subject/modifiers, or "X is" for appositions
     verb: int | None = None  # the predicate's token (None for apposition pieces)
     subj: list[int] = field(default_factory=list)  # the subject's tokens (in lead or own)
+    # the segments to render, when not lead + own: a gapped clause gets the first clause's verb in its middle
+    order: list[Segment] | None = None
 
 
 def _subtree(t) -> set[int]:
@@ -410,6 +412,9 @@ def split_sentence(sent) -> list[Piece]:
     whole = Piece("sentence", _edges(all_ids, doc), [], root.i, core(subject_of(root)) if subject_of(root) else [])
     if root.pos_ not in ("VERB", "AUX"):
         return [whole]
+    gapped = _gapped(sent)
+    if gapped is not None:
+        return gapped
     allowed = set(all_ids)
     pieces: list[Piece] = []
     for c in _contrasts(root, allowed):  # "..., while the Nederrijn carries two ninths"
@@ -435,6 +440,51 @@ def split_sentence(sent) -> list[Piece]:
     if len(out) > 1 and (not all(_valid(p, doc) for p in out) or _cuts_a_word(out, sent)):
         return [whole]
     return sorted(out, key=lambda p: p.own[0])
+
+
+def _gapped(sent) -> list[Piece] | None:
+    """A second clause that leaves out the first one's verb (gapping): "The Arnsmark delegation was led by Edvard Holm;
+    the Veldtish one by Maren of Tiel." -> the first clause, and "the Veldtish delegation was led by Maren of Tiel"
+    ("one" and a bare possessive, "the women's", take the first subject's noun). None when the sentence is not
+    of that form: one ";" (or ", and" / ", while"), no verb after it, and after the second subject the preposition
+    that follows the first clause's verb."""
+    doc = sent.doc
+    end = sent.end - 1 if doc[sent.end - 1].is_punct else sent.end
+    seps = [t for t in sent if t.i < end and (t.text == ";" or (t.text == "," and t.i + 1 < end and doc[t.i + 1].lower_
+                                                                 in ("and", "while", "whereas")))]
+    if len(seps) != 1:
+        return None
+    s = seps[0]
+    j = s.i + (2 if s.text == "," else 1)
+    part2 = [doc[k] for k in range(j, end)]
+    if len(part2) < 3 or any(t.pos_ in ("VERB", "AUX") for t in part2):
+        return None
+    adp = next((t for t in part2 if t.pos_ == "ADP"), None)
+    root = sent.root
+    if adp is None or adp.i == j or root.i >= s.i or root.pos_ != "VERB":
+        return None
+    subj = next((c for c in root.children if c.dep_ in SUBJ and c.i < root.i), None)
+    p1 = next((c for c in root.children if c.dep_ in ("prep", "agent") and c.lower_ == adp.lower_
+               and root.i < c.i < s.i), None)
+    if subj is None or p1 is None:
+        return None
+    # "was led", "studied" (the parser may hang the second subject on the first: its subtree then runs past the verb)
+    group = list(range(max(x.i for x in subj.subtree if x.i < root.i) + 1, p1.i))
+    if not group or len(group) > 4 or any(doc[k].is_punct or doc[k].pos_ not in ("VERB", "AUX", "ADV", "PART")
+                                          for k in group):
+        return None
+    np2: list[Segment] = []
+    for t in part2:
+        if t.i >= adp.i:
+            break
+        np2.append(subj.text if t.lower_ == "one" and t.pos_ in ("NOUN", "NUM", "PRON") else t.i)
+    if isinstance(np2[-1], int) and doc[np2[-1]].tag_ == "POS":
+        np2.append(subj.text)  # "the women's" -> "the women's race"
+    rest = [t.i for t in part2 if t.i >= adp.i]
+    first = Piece("sentence", _edges([k for k in range(sent.start, s.i)], doc), [], root.i, core(subj))
+    second = Piece("clause", [t.i for t in part2], [], root.i, [x for x in np2 if isinstance(x, int)],
+                   order=np2 + group + rest)
+    return [first, second]
 
 
 def _valid(p: Piece, doc) -> bool:

@@ -209,3 +209,36 @@ def test_a_long_sentence_the_tagger_gives_no_verb_is_kept(nlp):
     text = "At present, the branches Waal and Nederrijn-Lek discharge to the North Sea, near Rotterdam."
     _, atoms = _atoms(text, nlp, title="Rhine")
     assert any("North Sea" in a.text for a in atoms)
+
+
+def test_a_framing_intro_is_said_again_before_each_sentence_item(nlp):
+    text = ("# Treaty of Ostvale\n\nThe Treaty of Ostvale was signed in 1688.\n\nUnder the treaty:\n\n"
+            "- Karsfeld was returned to Arnsmark.\n- Veldt received the town of Lessing.\n\n"
+            "The treaty had two more terms:\n\n- Both states agreed to free passage on the Duna.\n")
+    d, atoms = _atoms(text, nlp)
+    # the intro that is a sentence of its own ("The treaty had two more terms:") frames nothing
+    assert [a.text for a in atoms] == ["The Treaty of Ostvale was signed in 1688.",
+                                       "Under the Treaty of Ostvale, Karsfeld was returned to Arnsmark.",
+                                       "Under the Treaty of Ostvale, Veldt received the town of Lessing.",
+                                       "Both states agreed to free passage on the Duna."]
+    assert d.text[atoms[2].start:atoms[2].end] == "Veldt received the town of Lessing."
+
+
+def test_a_gapped_second_clause_gets_the_first_clauses_verb(nlp):
+    cases = [
+        ("The Arnsmark delegation was led by Chancellor Edvard Holm; the Veldtish one by Countess Maren of Tiel.",
+         ["The Arnsmark delegation was led by Chancellor Edvard Holm.",
+          "The Veldtish delegation was led by Countess Maren of Tiel."]),
+        ("The men's race was won by Tomas Rieke, and the women's by Ana Sollberg.",
+         ["The men's race was won by Tomas Rieke.", "The women's race was won by Ana Sollberg."]),
+        ("The north tower was finished in 1890, and the south tower in 1893.",
+         ["The north tower was finished in 1890.", "The south tower was finished in 1893."]),
+        # a second clause with a verb of its own is not gapped
+        ("The bridge was built in 1901, and it was widened in 1950.",
+         ["The bridge was built in 1901.", "The bridge was widened in 1950."]),
+    ]
+    for text, want in cases:
+        d, atoms = _atoms(text, nlp, title="Fenwater")
+        assert [a.text for a in atoms] == want, text
+    d, atoms = _atoms(cases[0][0], nlp, title="Treaty of Ostvale")
+    assert d.text[atoms[1].start:atoms[1].end] == "the Veldtish one by Countess Maren of Tiel."
