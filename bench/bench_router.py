@@ -287,6 +287,7 @@ class CachedEmbedder:
 
 def build_store(folder: Path, docs, nlp, emb, n_questions: int):
     """A KB store with atoms, synthesised questions and key vectors, and no weights (routing needs none)."""
+    from compiler.synth import key_questions
     from compiler.synth import questions as synth
     from doc2atom.atomizer import atomize_many
     from doc2atom.store import KBStore
@@ -294,7 +295,7 @@ def build_store(folder: Path, docs, nlp, emb, n_questions: int):
 
     store = KBStore(folder, create=True)
     for d, drafts in zip(docs, atomize_many(docs, nlp)):
-        qs = [synth(a.text, nlp, n_questions) for a in drafts]
+        qs = [key_questions(a.text, nlp, synth(a.text, nlp, n_questions)) for a in drafts]
         vecs = atom_key_vectors(emb, [a.key for a in drafts], qs) if drafts else np.zeros((0, emb.dim), np.float32)
         store.commit_document(d, drafts, None, [{"questions": q} for q in qs], vecs)
     return store

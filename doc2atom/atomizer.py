@@ -387,7 +387,9 @@ def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_nex
                 for a in pieces:  # "- Veldt received the town of Lessing." -> "Under the Treaty of Ostvale, Veldt ..."
                     head = a.text.split(" ", 1)[0]
                     keep = sent[0].pos_ == "PROPN" and a.text.startswith(sent[0].text) or head[:2].isupper()
-                    a.text = f"{st.item_lead}, {a.text if keep else a.text[:1].lower() + a.text[1:]}"
+                    text = f"{st.item_lead}, {a.text if keep else a.text[:1].lower() + a.text[1:]}"
+                    a.key = a.key[:len(a.key) - len(a.text)] + text if a.key.endswith(a.text) else a.key
+                    a.text = text
             st.atoms.extend(pieces)
         st.disc.observe(analysis)
 

@@ -172,6 +172,7 @@ class KnowledgeBase:
         return report
 
     def _ingest(self, docs: list[Document], report: IngestReport) -> None:
+        from compiler.synth import key_questions
         from compiler.synth import questions as synth_questions
         from compiler.train import compile_statements
         from compiler.weights import pack
@@ -211,6 +212,8 @@ class KnowledgeBase:
             compiled = compile_statements(model, tok, [a.text for a in drafts], qs, cfg,
                                           progress=bar.update, job_atoms=total)
             report.compile_seconds += time.perf_counter() - tc
+            # the routing key adds questions in the order people ask them ("What did Veldt receive ...?")
+            qs = [key_questions(a.text, nlp, q) for a, q in zip(drafts, qs)]
             embs = atom_key_vectors(self.embedder(), [a.key for a in drafts], qs)
             pos = 0
             for j in group:

@@ -222,6 +222,7 @@ def test_a_framing_intro_is_said_again_before_each_sentence_item(nlp):
                                        "Under the Treaty of Ostvale, Veldt received the town of Lessing.",
                                        "Both states agreed to free passage on the Duna."]
     assert d.text[atoms[2].start:atoms[2].end] == "Veldt received the town of Lessing."
+    assert atoms[2].key.endswith("; Under the Treaty of Ostvale, Veldt received the town of Lessing.")
 
 
 def test_a_gapped_second_clause_gets_the_first_clauses_verb(nlp):
