@@ -192,24 +192,26 @@ def launch_expand(h, B, idx, out, T, K, R, block_s, ex):
                              **extra)
 
 
-def two_pass(x, A, B, idx, w, out, sh: dict, ex: dict, h=None):
+def launch_shrink(x, A, idx, w, h, sh: dict, block_s: int, pdl: bool = False) -> None:
+    """The shrink pass into h (zeroed first when d_in is split: its slices add up by atomics)."""
     bsz, T, d_in = x.shape
-    K = idx.shape[1]
-    R = A.shape[1]
-    S = K * R
-    block_s = max(16, triton.next_power_of_2(S))
-    split = sh["split"]
-    atomic = split > 1
-    if h is None:
-        h = torch.empty(bsz * T * block_s, dtype=torch.float32 if atomic else x.dtype, device=x.device)
-    if atomic:
+    bd, split = sh["block_d"], sh["split"]
+    if split > 1:
         h.zero_()
-    bd = sh["block_d"]
     d_per = triton.cdiv(triton.cdiv(d_in, bd), split) * bd
     grid = (bsz * triton.cdiv(T, sh["block_t"]), triton.cdiv(d_in, d_per))
-    _shrink_kernel[grid](x, A, idx, w, h, T, d_in, K, d_per, A.stride(0), R=R, BLOCK_T=sh["block_t"],
-                         BLOCK_S=block_s, BLOCK_D=bd, ATOMIC=atomic, num_warps=sh["warps"],
-                         num_stages=sh["stages"], PDL=bool(ex.get("pdl")))
+    _shrink_kernel[grid](x, A, idx, w, h, T, d_in, idx.shape[1], d_per, A.stride(0), R=A.shape[1],
+                         BLOCK_T=sh["block_t"], BLOCK_S=block_s, BLOCK_D=bd, ATOMIC=split > 1,
+                         num_warps=sh["warps"], num_stages=sh["stages"], PDL=pdl)
+
+
+def two_pass(x, A, B, idx, w, out, sh: dict, ex: dict, h=None):
+    bsz, T, _ = x.shape
+    K, R = idx.shape[1], A.shape[1]
+    block_s = max(16, triton.next_power_of_2(K * R))
+    if h is None:
+        h = torch.empty(bsz * T * block_s, dtype=torch.float32 if sh["split"] > 1 else x.dtype, device=x.device)
+    launch_shrink(x, A, idx, w, h, sh, block_s, pdl=bool(ex.get("pdl")))
     launch_expand(h, B, idx, out, T, K, R, block_s, ex)
     return out, h
 
@@ -313,15 +315,7 @@ def main() -> None:
                 hz = h
 
                 def shrink_only(sh=sh, hz=hz):
-                    bd = sh["block_d"]
-                    d_per = triton.cdiv(triton.cdiv(d_in, bd), sh["split"]) * bd
-                    if sh["split"] > 1:
-                        hz.zero_()
-                    grid = (bsz * triton.cdiv(T, sh["block_t"]), triton.cdiv(d_in, d_per))
-                    _shrink_kernel[grid](x, A, idx, w, hz, T, d_in, K, d_per, A.stride(0), R=r,
-                                         BLOCK_T=sh["block_t"], BLOCK_S=max(16, triton.next_power_of_2(K * r)),
-                                         BLOCK_D=bd, ATOMIC=sh["split"] > 1, num_warps=sh["warps"],
-                                         num_stages=sh["stages"])
+                    launch_shrink(x, A, idx, w, hz, sh, max(16, triton.next_power_of_2(K * r)))
                 t = bench_ms(shrink_only)
                 row["shrink"][json.dumps(sh)] = t * 1e3
                 if best_sh is None or t < best_sh[1]:
