@@ -270,8 +270,9 @@ class _DocState:
         self.item_lead: str | None = None
 
 
-def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: str) -> list[AtomDraft]:
-    """The atoms of one parsed sentence."""
+def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: str,
+                 frame: str | None = None) -> list[AtomDraft]:
+    """The atoms of one parsed sentence; `frame` ("Under the Treaty of Ostvale") is said before each."""
     doc = sent.doc
     out: list[AtomDraft] = []
     prev: AtomDraft | None = st.atoms[-1] if st.atoms and st.atoms[-1].start >= block.start else None
@@ -304,15 +305,12 @@ def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, c
                 lo = min(lo, base.start)
         if len(body) < MIN_CHARS or not any(c.isalpha() for c in body):
             continue
+        plain = body  # the key's context and head are chosen against the unframed statement
+        if frame:  # "- Veldt received the town of Lessing." -> "Under the Treaty of Ostvale, Veldt received ..."
+            keep = sent[0].pos_ == "PROPN" and body.startswith(sent[0].text) or body.split(" ", 1)[0][:2].isupper()
+            body = f"{frame}, {body if keep else body[:1].lower() + body[1:]}"
         subj_ids = p.subj if p.subj else []
-        seen_s: set[int] = set()
-
-        def rep_s(i: int) -> str | None:
-            r = analysis.replacement(i, seen_s)
-            seen_s.add(i)
-            return r
-
-        subject = render(subj_ids, doc, rep_s) if subj_ids else (lead[0] if lead and isinstance(lead[0], str) else "")
+        subject = render(subj_ids, doc, _replacer(analysis)) if subj_ids else (lead[0] if lead and isinstance(lead[0], str) else "")
         topic = st.disc.topic()
 
         def named(i: int) -> bool:
@@ -320,7 +318,8 @@ def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, c
             return e is not None and e.proper
 
         typed = classify(doc, p.own, p.verb, p.kind, subject or (topic.name if topic else ""), named)
-        atom = AtomDraft(type=typed.type, text=body, key=make_key(typed.head, body, context), start=lo, end=hi)
+        key = make_key(typed.head, plain, context)  # '<context>; <head>; <statement>': the statement ends it
+        atom = AtomDraft(type=typed.type, text=body, key=key[:len(key) - len(plain)] + body, start=lo, end=hi)
         out.append(atom)
     return out
 
@@ -343,6 +342,18 @@ def _span(p, doc, offs: list[int], base: int) -> tuple[int, int]:
     return base + offs[first.idx], base + offs[last.idx + len(last.text) - 1] + 1
 
 
+def _replacer(analysis):
+    """render()'s replace for tokens read in order: each token's resolved text given the tokens before it."""
+    seen: set[int] = set()
+
+    def rep(i: int) -> str | None:
+        r = analysis.replacement(i, seen)
+        seen.add(i)
+        return r
+
+    return rep
+
+
 def _lead_phrase(sent, analysis) -> str | None:
     """A list's intro that frames each item ("Under the treaty:", "According to the 2011 census:"), resolved ("Under
     the Treaty of Ostvale"); None for an intro that is a sentence of its own ("The treaty had three terms:")."""
@@ -353,14 +364,7 @@ def _lead_phrase(sent, analysis) -> str | None:
         return None
     if any(t.pos_ in ("VERB", "AUX") for t in toks[1:]):
         return None
-    seen: set[int] = set()
-
-    def rep(i: int) -> str | None:
-        r = analysis.replacement(i, seen)
-        seen.add(i)
-        return r
-
-    return render([t.i for t in toks], sent.doc, rep)
+    return render([t.i for t in toks], sent.doc, _replacer(analysis))
 
 
 def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_next: bool) -> None:
@@ -382,15 +386,8 @@ def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_nex
         if block.kind == "item" and (not has_verb or len(text) < MIN_CHARS):
             _item_atom(st, block, sent, offs)
         elif not is_intro and has_verb and len(text) >= MIN_CHARS and any(c.isalpha() for c in text):
-            pieces = _piece_atoms(st, block, offs, sent, analysis, context)
-            if block.kind == "item" and block.intro and st.item_lead:
-                for a in pieces:  # "- Veldt received the town of Lessing." -> "Under the Treaty of Ostvale, Veldt ..."
-                    head = a.text.split(" ", 1)[0]
-                    keep = sent[0].pos_ == "PROPN" and a.text.startswith(sent[0].text) or head[:2].isupper()
-                    text = f"{st.item_lead}, {a.text if keep else a.text[:1].lower() + a.text[1:]}"
-                    a.key = a.key[:len(a.key) - len(a.text)] + text if a.key.endswith(a.text) else a.key
-                    a.text = text
-            st.atoms.extend(pieces)
+            frame = st.item_lead if block.kind == "item" and block.intro else None
+            st.atoms.extend(_piece_atoms(st, block, offs, sent, analysis, context, frame))
         st.disc.observe(analysis)
 
 
