@@ -70,6 +70,13 @@ DT = torch.bfloat16
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --tiny smoke test only
 
 
+def _median_of(v):
+    v = sorted(v)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def sync():
     if DEV == "cuda":
         torch.cuda.synchronize()
@@ -768,8 +775,9 @@ def make_cache(model, bsz, length):
         return StaticCache(config=model.config, max_batch_size=bsz, max_cache_len=length, device=DEV, dtype=DT)
 
 
-def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, warm_up=None, **kw) -> dict:
-    """Greedy decode of n_new tokens after a prompt; returns tok/s and ms/step of the timed steps."""
+def _prefill(model, bsz, prompt, n_new, before_step=None, **kw):
+    """A static cache filled with a random prompt; returns (step, static_ids, static_pos): step() runs one
+    decode step on static_ids at static_pos and returns its logits."""
     L = prompt + n_new + 4
     g = torch.Generator(device=DEV).manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (bsz, prompt), device=DEV, generator=g)
@@ -788,36 +796,71 @@ def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, warm_up=N
         return model(input_ids=static_ids, attention_mask=attn, past_key_values=cache, cache_position=static_pos,
                      use_cache=True, logits_to_keep=1, **kw).logits
 
-    if graphed:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                step()
-            for warm in warm_up or ():  # compile what the capture may pick (no compiling while capturing)
-                warm(step)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_logits = step()
+    return step, static_ids, static_pos
 
-        def run():
-            graph.replay()
-            return static_logits
-    else:
-        run = step
+
+def _capture(step, warm_up=None):
+    """One decode step captured in a CUDA graph (after two eager warm-up steps); returns run() -> logits."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
         for _ in range(2):
-            run()
+            step()
+        for warm in warm_up or ():  # compile what the capture may pick (no compiling while capturing)
+            warm(step)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_logits = step()
+
+    def run():
+        graph.replay()
+        return static_logits
+
+    run.graph = graph  # keeps the graph (and its memory pool) alive with the closure
+    return run
+
+
+def _timed_steps(run, static_ids, static_pos, n: int) -> float:
+    """Seconds for n greedy decode steps of run (each step's argmax fed to the next)."""
     sync()
     t0 = time.perf_counter()
-    for _ in range(n_new):
+    for _ in range(n):
         logits = run()
         static_ids.copy_(logits[:, -1].argmax(-1, keepdim=True))
         static_pos.add_(1)
     sync()
-    dt = time.perf_counter() - t0
-    del cache
+    return time.perf_counter() - t0
+
+
+def decode(model, bsz, prompt, n_new, graphed=False, before_step=None, warm_up=None, **kw) -> dict:
+    """Greedy decode of n_new tokens after a prompt; returns tok/s and ms/step of the timed steps."""
+    step, static_ids, static_pos = _prefill(model, bsz, prompt, n_new, before_step, **kw)
+    if graphed:
+        run = _capture(step, warm_up)
+    else:
+        run = step
+        for _ in range(2):
+            run()
+    dt = _timed_steps(run, static_ids, static_pos, n_new)
     return {"tok_s": bsz * n_new / dt, "ms_per_step": dt / n_new * 1e3, "steps": n_new}
+
+
+def graphed_decoder(model, bsz, prompt, n_steps, warm_up=None):
+    """A captured decode step kept for later: returns timed(n) -> ms per step over n graph replays (n <= n_steps),
+    each call starting again at the first position after the prompt (the same cache slots are rewritten)."""
+    step, static_ids, static_pos = _prefill(model, bsz, prompt, n_steps)
+    run = _capture(step, warm_up)
+    ids0 = static_ids.clone()
+
+    def timed(n: int) -> float:
+        if n > n_steps:
+            raise ValueError(f"at most {n_steps} steps per call, got {n}")
+        static_pos.fill_(prompt)
+        static_ids.copy_(ids0)
+        return _timed_steps(run, static_ids, static_pos, n) / n * 1e3
+
+    return timed
 
 
 class Wiring:
@@ -1187,6 +1230,61 @@ def decode_section(res: dict, args, t_start: float) -> None:
                                                                                  for p_ in pairs])}
             log(f"eager pairs b{bsz}: ratios {[round(r_, 3) for r_ in rs]}; without the lane "
                 f"{sorted(round(p_['ratio_nolane'], 3) for p_ in pairs)}")
+        # paired graphed measurement: the base step and the composed step (the default path, and the GEMV warps
+        # variants asked for) each captured once, then replayed in alternated rounds, one ratio per round, so that
+        # the GPU's drift over a run falls on both sides of each ratio (single rows: base 12.36-12.55 ms per step
+        # over six processes, stops 18-19)
+        if args.graphed_pairs and bsz == batches[0]:
+            from compiler.compose.triton_ops import set_gemv_knobs
+
+            steps = args.graphed_pair_steps or args.new_tokens
+            variants = [v for v in args.graphed_pair_variants.split(",") if v]
+            timers = {}
+            unwrap(model, names)
+            timers["base"] = graphed_decoder(model, bsz, args.prompt, steps)
+            attach(model, names)
+            state.set(idx_d, w_d)
+            for v in variants:
+                old_knobs = set_gemv_knobs(warps=None if v == "default" else v)
+                grouped_mod._warmed.clear()  # the warm-up's eager calls compile this variant's side-stream kernels
+                try:
+                    timers[v] = graphed_decoder(model, bsz, args.prompt, steps)
+                except Exception as e:  # a failing variant must not lose the others
+                    log(f"graphed pairs: variant {v} FAILED {type(e).__name__}: {e}")
+                finally:
+                    set_gemv_knobs(**old_knobs)
+            order = [k for k in ["base"] + variants if k in timers]
+            for k in order:  # one untimed pass each: clocks up, caches warm
+                timers[k](steps)
+            rounds = []
+            for i in range(args.graphed_pairs):
+                got = {k: timers[k](steps) for k in (order if i % 2 == 0 else order[::-1])}
+                rounds.append({"ms": got, "base_first": i % 2 == 0,
+                               "ratio": {k: got["base"] / got[k] for k in order if k != "base"}})
+            summary = {}
+            for k in order[1:]:
+                rs = sorted(r_["ratio"][k] for r_ in rounds)
+                summary[k] = {"median_ratio": _median_of(rs), "min_ratio": rs[0], "max_ratio": rs[-1],
+                              "rounds_at_or_above_0.90": sum(r_ >= 0.90 for r_ in rs),
+                              "median_ms": _median_of([r_["ms"][k] for r_ in rounds]),
+                              "median_ratio_base_first": _median_of([r_["ratio"][k] for r_ in rounds
+                                                                     if r_["base_first"]]),
+                              "median_ratio_base_last": _median_of([r_["ratio"][k] for r_ in rounds
+                                                                    if not r_["base_first"]] or [float("nan")])}
+            dec[f"graphed_pairs_b{bsz}"] = {
+                "what": "graphed decode steps (one CUDA graph per variant, captured once), rounds alternating "
+                        "base-first and base-last; ratio = base ms / variant ms per round",
+                "steps_per_round": steps, "rounds": rounds, "base_median_ms": _median_of([r_["ms"]["base"]
+                                                                                          for r_ in rounds]),
+                "variants": {v: ("the default path (grouped_graphed)" if v == "default"
+                                 else f"the default path with GEMV warps knob {v!r}") for v in order[1:]},
+                "summary": summary}
+            log(f"graphed pairs b{bsz}: " + "; ".join(f"{k} median {s_['median_ratio']:.4f} "
+                                                      f"[{s_['min_ratio']:.3f}, {s_['max_ratio']:.3f}]"
+                                                      for k, s_ in summary.items()))
+            del timers
+            torch.cuda.empty_cache()
+            save(res, args.out)
         if args.eager_breakdown and bsz == batches[0]:
             rows = []
             for rep in range(args.eager_breakdown):
@@ -1303,6 +1401,12 @@ def decode_section(res: dict, args, t_start: float) -> None:
         res[out_key + "_best_of_paths"], res[out_key + "_best_of_paths_path"] = best(keys)
         default = keys[1]
         res[out_key], res[out_key + "_path"] = dec.get("ratios_b32", {}).get(default), default
+    gp = dec.get("graphed_pairs_b32", {}).get("summary", {}).get("default")
+    if gp:  # the paired median replaces the single graphed row (base and composed timed minutes apart)
+        res["decode_ratio_composed_over_base_graphed_single_row"] = res["decode_ratio_composed_over_base_graphed"]
+        res["decode_ratio_composed_over_base_graphed"] = gp["median_ratio"]
+        res["decode_ratio_composed_over_base_graphed_path"] = (
+            f"grouped_graphed, median of {len(dec['graphed_pairs_b32']['rounds'])} alternated rounds")
     if dec.get("eager_pairs_b32"):  # the paired median replaces the best single eager row (noise-picked)
         res["decode_ratio_composed_over_base_best_single_row"] = res["decode_ratio_composed_over_base"]
         res["decode_ratio_composed_over_base"] = dec["eager_pairs_b32"]["median_ratio"]
@@ -1442,6 +1546,14 @@ def main() -> None:
     ap.add_argument("--eager-pairs", type=int, default=0,
                     help="alternate base and composed eager decodes N times per batch; the b32 median of the pair "
                          "ratios becomes the headline eager ratio")
+    ap.add_argument("--graphed-pairs", type=int, default=0,
+                    help="b32: replay captured base and composed decode steps in N alternated rounds; the median "
+                         "of the round ratios becomes the headline graphed ratio")
+    ap.add_argument("--graphed-pair-steps", type=int, default=0, help="steps per round of --graphed-pairs "
+                    "(default --new-tokens)")
+    ap.add_argument("--graphed-pair-variants", default="default",
+                    help="composed variants of --graphed-pairs: 'default' and/or GEMV warps knob values (4, auto, "
+                         "e2, e2n)")
     ap.add_argument("--serving-only", default="",
                     help="regex: the serving-layer variants to run besides 'base' (e.g. 'fused|grouped_always$')")
     ap.add_argument("--serving-profile", default="",

@@ -357,10 +357,12 @@ GemvPlan = namedtuple("GemvPlan", "block_s n_sc block_d block_n warps p n_per_f 
 # registers); one H200 run, b32: the gate/up expand alone 18.5 -> 10.2 us, graphed decode 14.33 -> 13.91 ms per
 # step. "auto" = the earlier rule, 8 warps for tiles of >= 8K elements, else 4. "e2": the shrink at 4 warps, the
 # expand at 2 (smaller programs, which may find room beside the base GEMM's blocks on the side stream; a probe).
+# "e2n": the expand at 2 warps only where d_out <= d_in (q/k/v, o, down of a Llama layer; gate/up keep 4): stop 18
+# measured 2 warps faster for o and down beside cuBLAS and slower for gate/up (a probe).
 _GEMV_KNOBS = {"wide_tiles": os.environ.get("DOC2ATOM_GEMV_WIDE_TILES", "max"),
                "partials": os.environ.get("DOC2ATOM_GEMV_PARTIALS", "tile"),
                "warps": os.environ.get("DOC2ATOM_GEMV_WARPS", "4")}
-_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop"), "warps": ("auto", "4", "e2")}
+_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop"), "warps": ("auto", "4", "e2", "e2n")}
 for _k, _v in _GEMV_KNOBS.items():
     if _v not in _KNOB_VALUES[_k]:
         raise ValueError(f"DOC2ATOM_GEMV_{_k.upper()} must be one of {_KNOB_VALUES[_k]}, got {_v!r}")
@@ -421,8 +423,9 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
     # to fill the GPU, a short d_in loop, and no more output than input per row
     fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
-    four = knobs[2] in ("4", "e2")
-    warps_e = 2 if knobs[2] == "e2" else 4 if four else _warps(block_s * block_nw)
+    four = knobs[2] in ("4", "e2", "e2n")
+    two = knobs[2] == "e2" or (knobs[2] == "e2n" and d_out <= d_in)
+    warps_e = 2 if two else 4 if four else _warps(block_s * block_nw)
     return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
                     block_dw, split_d, d_per, 4 if four else _warps(block_s * block_dw), block_nw, groups, n_per_w,
                     warps_e, fused, split_pad)
