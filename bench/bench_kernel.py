@@ -371,6 +371,44 @@ def _knobs(wide_tiles=None, partials=None):
         set_gemv_knobs(**old)
 
 
+@contextmanager_knobs
+def _variant(spec: str):
+    """Settings of a composed variant of --graphed-pairs, for the duration of its capture: "default" (none), a bare
+    GEMV warps knob value ("e2"), or "+"-joined key=value pairs: warps / tiles / partials (GEMV knobs), path
+    (grouped.default_path: auto, wide, fused), prio (the side stream's priority; the stream is made again), overlap
+    (grouped.overlap: capture, never, always)."""
+    import compiler.compose.grouped as grouped_mod
+    from compiler.compose.triton_ops import set_gemv_knobs
+
+    sets = {}
+    if spec != "default":
+        for part in spec.split("+"):
+            k, _, v = part.partition("=")
+            if not v:
+                k, v = "warps", k
+            sets[k] = v
+    unknown = set(sets) - {"warps", "tiles", "partials", "path", "prio", "overlap"}
+    if unknown:
+        raise ValueError(f"unknown variant keys {sorted(unknown)} in {spec!r}")
+    old_knobs = set_gemv_knobs(sets.get("tiles"), sets.get("partials"), sets.get("warps"))
+    old_path, old_prio, old_overlap = grouped_mod.default_path, grouped_mod.side_priority, grouped_mod.overlap
+    grouped_mod.default_path = sets.get("path", old_path)
+    grouped_mod.overlap = sets.get("overlap", old_overlap)
+    if "prio" in sets:
+        grouped_mod.side_priority = int(sets["prio"])
+        grouped_mod._sides.clear()
+    grouped_mod._warmed.clear()  # the warm-up's eager calls compile this variant's side-stream kernels
+    try:
+        yield
+    finally:
+        set_gemv_knobs(**old_knobs)
+        grouped_mod.default_path = old_path
+        grouped_mod.overlap = old_overlap
+        if "prio" in sets:
+            grouped_mod.side_priority = old_prio
+            grouped_mod._sides.clear()
+
+
 # two-launch GEMV variants: (key suffix, wide_tiles, partials); "max"/"sm" = run 1's 1024-wide
 # tiles / run 2's one-program-per-SM tiles (512-wide at b32); "tile"/"loop" = partials of h
 # summed in one 2-D load / one load per partial (runs 1 and 2)
@@ -796,7 +834,18 @@ def _prefill(model, bsz, prompt, n_new, before_step=None, **kw):
         return model(input_ids=static_ids, attention_mask=attn, past_key_values=cache, cache_position=static_pos,
                      use_cache=True, logits_to_keep=1, **kw).logits
 
+    step.cache = cache
     return step, static_ids, static_pos
+
+
+def _rewind(cache, pos: int) -> None:
+    """Set a static cache's write position back to pos. transformers 5's StaticLayer writes at its own
+    on-device counter (cumulative_length, advanced in place by every update, so by every graph replay),
+    not at cache_position; older versions write at cache_position and have no counter."""
+    for layer in getattr(cache, "layers", ()):
+        n = getattr(layer, "cumulative_length", None)
+        if isinstance(n, torch.Tensor):
+            n.fill_(pos)
 
 
 def _capture(step, warm_up=None):
@@ -817,7 +866,9 @@ def _capture(step, warm_up=None):
         graph.replay()
         return static_logits
 
-    run.graph = graph  # keeps the graph (and its memory pool) alive with the closure
+    # the closure keeps alive what the graph reads and writes outside its own pool: the graph, and step's
+    # closure (the static cache and the attention mask; freeing them under a kept graph is an illegal access)
+    run.graph, run.step = graph, step
     return run
 
 
@@ -857,6 +908,7 @@ def graphed_decoder(model, bsz, prompt, n_steps, warm_up=None):
         if n > n_steps:
             raise ValueError(f"at most {n_steps} steps per call, got {n}")
         static_pos.fill_(prompt)
+        _rewind(step.cache, prompt)
         static_ids.copy_(ids0)
         return _timed_steps(run, static_ids, static_pos, n) / n * 1e3
 
@@ -1235,8 +1287,6 @@ def decode_section(res: dict, args, t_start: float) -> None:
         # the GPU's drift over a run falls on both sides of each ratio (single rows: base 12.36-12.55 ms per step
         # over six processes, stops 18-19)
         if args.graphed_pairs and bsz == batches[0]:
-            from compiler.compose.triton_ops import set_gemv_knobs
-
             steps = args.graphed_pair_steps or args.new_tokens
             variants = [v for v in args.graphed_pair_variants.split(",") if v]
             timers = {}
@@ -1245,14 +1295,16 @@ def decode_section(res: dict, args, t_start: float) -> None:
             attach(model, names)
             state.set(idx_d, w_d)
             for v in variants:
-                old_knobs = set_gemv_knobs(warps=None if v == "default" else v)
-                grouped_mod._warmed.clear()  # the warm-up's eager calls compile this variant's side-stream kernels
-                try:
+                if v == "base2":  # a second base graph (checks the harness: two graphs of one model)
+                    unwrap(model, names)
                     timers[v] = graphed_decoder(model, bsz, args.prompt, steps)
+                    attach(model, names)
+                    continue
+                try:
+                    with _variant(v):
+                        timers[v] = graphed_decoder(model, bsz, args.prompt, steps)
                 except Exception as e:  # a failing variant must not lose the others
                     log(f"graphed pairs: variant {v} FAILED {type(e).__name__}: {e}")
-                finally:
-                    set_gemv_knobs(**old_knobs)
             order = [k for k in ["base"] + variants if k in timers]
             for k in order:  # one untimed pass each: clocks up, caches warm
                 timers[k](steps)
@@ -1276,8 +1328,9 @@ def decode_section(res: dict, args, t_start: float) -> None:
                         "base-first and base-last; ratio = base ms / variant ms per round",
                 "steps_per_round": steps, "rounds": rounds, "base_median_ms": _median_of([r_["ms"]["base"]
                                                                                           for r_ in rounds]),
-                "variants": {v: ("the default path (grouped_graphed)" if v == "default"
-                                 else f"the default path with GEMV warps knob {v!r}") for v in order[1:]},
+                "variants": {v: ("the default path (grouped_graphed)" if v == "default" else
+                                 "a second base graph (the harness's own spread)" if v == "base2" else
+                                 f"the default path with {v!r} (bench _variant)") for v in order[1:]},
                 "summary": summary}
             log(f"graphed pairs b{bsz}: " + "; ".join(f"{k} median {s_['median_ratio']:.4f} "
                                                       f"[{s_['min_ratio']:.3f}, {s_['max_ratio']:.3f}]"

@@ -351,18 +351,23 @@ GemvPlan = namedtuple("GemvPlan", "block_s n_sc block_d block_n warps p n_per_f 
 # side by side. wide_tiles: "max" = the largest tiles (16K elements, <= 1024 wide; run 1 of
 # round 2), "sm" = tiles shrunk to about one program per SM per pass (run 2: 512-wide at batch
 # 32, measured 2-3 us slower per call). partials: "tile" = the expand loads all d_in partials of
-# h in one 2-D load, "loop" = one dependent load per partial (runs 1 and 2). warps: "4" (the default since
-# stop 17) = 4 warps for both passes of the wide plan (and fused_linear's shrink): fewer registers per program,
+# h in one 2-D load, "loop" = one dependent load per partial (runs 1 and 2). warps: "e2" (the default since
+# stop 20): the shrink at 4 warps, the expand at 2. Graphed decode (b32, K=8 r=2, base and composed graphs replayed
+# in alternated rounds, bench --graphed-pairs): 0.900-0.909 of base over five processes against 0.893 at "4"
+# (KERNEL_NOTES stop 20). "4" (the default of stops 17-19) = 4 warps for both passes of the wide plan (and
+# fused_linear's shrink): fewer registers per program,
 # so more programs and more bytes in flight per SM (expand 64 -> 49 registers, 4 -> 10 programs per SM by
 # registers); one H200 run, b32: the gate/up expand alone 18.5 -> 10.2 us, graphed decode 14.33 -> 13.91 ms per
-# step. "auto" = the earlier rule, 8 warps for tiles of >= 8K elements, else 4. "e2": the shrink at 4 warps, the
-# expand at 2 (smaller programs, which may find room beside the base GEMM's blocks on the side stream; a probe).
+# step. "auto" = the earlier rule, 8 warps for tiles of >= 8K elements, else 4. "e2": smaller expand programs, which
+# find room beside the base GEMM's blocks on the side stream.
 # "e2n": the expand at 2 warps only where d_out <= d_in (q/k/v, o, down of a Llama layer; gate/up keep 4): stop 18
-# measured 2 warps faster for o and down beside cuBLAS and slower for gate/up (a probe).
+# measured 2 warps faster for o and down beside cuBLAS and slower for gate/up (a probe). "s8e2": the shrink by the
+# "auto" rule (8 warps for 16K-element tiles), the expand at 2 (a probe). "e1": the expand at 1 warp (a probe).
 _GEMV_KNOBS = {"wide_tiles": os.environ.get("DOC2ATOM_GEMV_WIDE_TILES", "max"),
                "partials": os.environ.get("DOC2ATOM_GEMV_PARTIALS", "tile"),
-               "warps": os.environ.get("DOC2ATOM_GEMV_WARPS", "4")}
-_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop"), "warps": ("auto", "4", "e2", "e2n")}
+               "warps": os.environ.get("DOC2ATOM_GEMV_WARPS", "e2")}
+_KNOB_VALUES = {"wide_tiles": ("max", "sm"), "partials": ("tile", "loop"),
+                "warps": ("auto", "4", "e2", "e2n", "s8e2", "e1")}
 for _k, _v in _GEMV_KNOBS.items():
     if _v not in _KNOB_VALUES[_k]:
         raise ValueError(f"DOC2ATOM_GEMV_{_k.upper()} must be one of {_KNOB_VALUES[_k]}, got {_v!r}")
@@ -389,7 +394,7 @@ def _warps(elements: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, split: int | None,
-               knobs: tuple[str, str, str] = ("max", "tile", "4")) -> GemvPlan:
+               knobs: tuple[str, str, str] = ("max", "tile", "e2")) -> GemvPlan:
     """Tiles and grids of both GEMV plans and which one "auto" takes; pure function of the shapes, cached."""
     S = K * R
     block_s = min(_S_REGISTERS, _pow2_at_least(S, 16))
@@ -423,9 +428,9 @@ def _plan_gemv(rows: int, K: int, R: int, d_in: int, d_out: int, n_sm: int, spli
     # auto: the fused plan only where it measured faster (batch 128 q/k/v/o shapes): enough rows
     # to fill the GPU, a short d_in loop, and no more output than input per row
     fused = (n_sc == 1 and rows >= n_sm // 2 and d_out <= d_in and triton.cdiv(d_in, block_d) <= 4)
-    four = knobs[2] in ("4", "e2", "e2n")
-    two = knobs[2] == "e2" or (knobs[2] == "e2n" and d_out <= d_in)
-    warps_e = 2 if two else 4 if four else _warps(block_s * block_nw)
+    four = knobs[2] in ("4", "e2", "e2n", "e1")
+    two = knobs[2] in ("e2", "s8e2") or (knobs[2] == "e2n" and d_out <= d_in)
+    warps_e = 1 if knobs[2] == "e1" else 2 if two else 4 if four else _warps(block_s * block_nw)
     return GemvPlan(block_s, n_sc, block_d, block_n, _warps(block_s * max(block_d, block_n)), p, n_per_f,
                     block_dw, split_d, d_per, 4 if four else _warps(block_s * block_dw), block_nw, groups, n_per_w,
                     warps_e, fused, split_pad)

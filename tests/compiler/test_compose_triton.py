@@ -427,7 +427,7 @@ def test_triton_wide_tune_rejects_unknown_keys():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 def test_gemv_warps_knob_sets_each_pass():
-    """The "warps" knob of the two-launch GEMV: "4" (default) both passes at 4 warps, "e2" the expand at 2,
+    """The "warps" knob of the two-launch GEMV: "4" both passes at 4 warps, "e2" (default) the expand at 2,
     "e2n" the expand at 2 where d_out <= d_in, "auto" the size rule (8 for 16K-element tiles); an unknown value raises and leaves the knob as it was."""
     from compiler.compose.triton_ops import _plan_gemv, gemv_knobs, set_gemv_knobs
 
@@ -436,6 +436,7 @@ def test_gemv_warps_knob_sets_each_pass():
     assert (got["e2"].warps_s, got["e2"].warps_e) == (4, 2)
     assert (got["auto"].warps_s, got["auto"].warps_e) == (8, 8)
     assert got["e2"].block_nw == got["4"].block_nw  # the tiles do not change, only the warps
+    assert _plan_gemv(32, 8, 2, 4096, 14336, 132, None).warps_e == 2  # the default knobs
     # "e2n": 2 warps for the expand only where the output is no wider than the input
     wide_out = _plan_gemv(32, 8, 2, 4096, 14336, 132, None, ("max", "tile", "e2n"))
     narrow_out = _plan_gemv(32, 8, 2, 14336, 4096, 132, None, ("max", "tile", "e2n"))
