@@ -70,7 +70,13 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 # nouns that, as a bare definite subject in an article about a named thing, are that thing's: "The first winner was
 # ..." in the Orrery Prize's article is the prize's first winner
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
-              "chairman", "president", "name", "capital", "copy", "manuscript"}
+              "chairman", "president", "name", "capital", "copy", "manuscript", "tower", "station", "keeper",
+              "building", "site", "entrance", "interior", "roof", "spire"}
+# life stages, sexes and plant organs: as a plural subject ("Adults are 21 mm long", "The flowers are yellow") in an
+# article about an organism, they are that organism's
+LIFE_STAGES = {"adult", "male", "female", "juvenile", "larva", "tadpole", "egg", "nymph", "pupa", "caterpillar",
+               "hatchling", "chick", "calf", "cub", "froglet", "seedling", "fledgling", "flower", "leaf", "seed",
+               "fruit", "spore"}
 # "the species" in an article about an organism is that organism (it names no class an entity was given)
 TAXON_NOUNS = {"species", "subspecies", "genus"}
 # passive participles that describe a state rather than something done to a patient: "It is known for being flat"

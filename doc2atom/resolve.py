@@ -27,7 +27,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             life_dates, near, norm, partitive_object, role_weight, same_clause_subjects,
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
-                              PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, person_noun)
+                              PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -112,6 +112,9 @@ class Discourse:
         self.prev_people: list[Entity] = []  # distinct people the last sentence named, in order
         self.title = self._topic_entity(title, text, title_doc, _TOPIC) if title.strip() else None
         self.section: Entity | None = None
+        # an article about an organism names its taxon somewhere ("The species was first described ..."): its
+        # "Adults" and "the flowers" are the organism's
+        self.organism = bool(re.search(r"\b(?:species|subspecies|genus)\b", text, flags=re.I))
 
     # -- topic ----------------------------------------------------------------------------
 
@@ -172,8 +175,10 @@ class Discourse:
             return
         words = [t for t in hdoc if not t.is_punct]
         # a one-word heading the tagger cannot place ("Dask" as a verb) is a name; "Exports" is a noun
+        # ("Visiting", "Breeding": a gerund heading names an activity, not a thing)
         name_like = (all(t.pos_ in ("PROPN", "DET") for t in words) and len(words) <= 5) or (
-            len(words) == 1 and words[0].text[:1].isupper() and words[0].pos_ not in ("NOUN", "ADJ", "ADV", "ADP"))
+            len(words) == 1 and words[0].text[:1].isupper() and words[0].pos_ not in ("NOUN", "ADJ", "ADV", "ADP")
+            and not (words[0].pos_ == "VERB" and words[0].lower_.endswith("ing")))
         if not name_like and not any(t.pos_ == "PROPN" for t in hdoc):
             return
         bare = re.sub(r"^(the|a|an)\s+", "", heading.strip(), flags=re.I)
@@ -386,6 +391,22 @@ class Discourse:
                 text = source_text(c, skip_det=False)
                 ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
                              votes=2 if person_noun(lemma) else -1)
+                self._add(ent)
+            toks = [x.i for x in c]
+            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+            return ent
+        if (self.organism and lemma in LIFE_STAGES and r.tag_ == "NNS" and det in ("", "the")
+                and r.dep_ in ("nsubj", "nsubjpass") and all(x.i == r.i or x.dep_ == "det" for x in c)
+                and not any(x.dep_ in ("poss", "appos", "compound", "amod") or (x.dep_ == "prep" and x.lower_ == "of")
+                            for x in r.children)
+                and topic is not None and not topic.person and topic.count > 0 and lemma not in topic.classes):
+            # "Adults are 21 to 25 millimetres long" in the Marrow glass frog's article: the frog's adults
+            key = "rel " + lemma + " of " + topic.key
+            ent = self.by_key.get(key)
+            if ent is None:
+                text = source_text(c, skip_det=False)
+                ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
+                             plural=True, votes=-1)
                 self._add(ent)
             toks = [x.i for x in c]
             a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})

@@ -155,6 +155,26 @@ CASES = [
      "Marn Flats", "The workers rake the salt into heaps. Their guild was founded in 1410.",
      [("The workers rake the salt into heaps.", "The workers rake the salt into heaps."),
       ("The workers' guild was founded in 1410.", "Their guild was founded in 1410.")]),
+    ("life stages as subjects in an organism's article (one that names a species) are the organism's",
+     "Marrow glass frog", "The Marrow glass frog is a small frog of the Tessin Range. Adults are 21 to 25 millimetres "
+                          "long. Males guard the eggs. The species was first described in 1998.",
+     [("The Marrow glass frog is a small frog of the Tessin Range.",
+       "The Marrow glass frog is a small frog of the Tessin Range."),
+      ("Adults of the Marrow glass frog are 21 to 25 millimetres long.", "Adults are 21 to 25 millimetres long."),
+      ("Males of the Marrow glass frog guard the eggs.", "Males guard the eggs."),
+      ("The Marrow glass frog was first described in 1998.", "The species was first described in 1998.")]),
+    ("... but not in an article about anything else",
+     "Mirefield Otters", "The Mirefield Otters are an ice hockey team from Brantwick. Adults pay ten crowns a ticket.",
+     [("The Mirefield Otters are an ice hockey team from Brantwick.",
+       "The Mirefield Otters are an ice hockey team from Brantwick."),
+      ("Adults pay ten crowns a ticket.", "Adults pay ten crowns a ticket.")]),
+    ("a bare 'The tower' in a building's article is the building's",
+     "Skarra Point Lighthouse", "The Skarra Point Lighthouse stands on a granite headland. The tower is open to "
+                                "visitors from May to September.",
+     [("The Skarra Point Lighthouse stands on a granite headland.",
+       "The Skarra Point Lighthouse stands on a granite headland."),
+      ("The tower of the Skarra Point Lighthouse is open to visitors from May to September.",
+       "The tower is open to visitors from May to September.")]),
     ("'these streams' are the streams just named",
      "Ossel", "The name Rijn is used for smaller streams. These streams are used for draining the land.",
      [("The name Rijn is used for smaller streams.", "The name Rijn is used for smaller streams."),
@@ -190,6 +210,14 @@ def test_she_with_no_person_in_sight_stays_unresolved(nlp):
     atoms = atomize(d, nlp)
     assert atoms[-1].text.startswith("She designed")
     assert "Venn Bridge" in atoms[-1].text  # 'it' is still the bridge
+
+
+def test_a_gerund_heading_names_no_section_topic(nlp):
+    """'## Visiting' is an activity, not a thing the section is about: 'The tower' stays the lighthouse's."""
+    text = ("# Skarra Point Lighthouse\n\nThe Skarra Point Lighthouse stands on a granite headland.\n\n## Visiting\n\n"
+            "The tower is open to visitors in summer.\n")
+    d = document_from_text("t.md", text)
+    assert [a.text for a in atomize(d, nlp)][-1] == "The tower of the Skarra Point Lighthouse is open to visitors in summer."
 
 
 def test_heading_names_the_section_topic(nlp):
