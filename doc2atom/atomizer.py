@@ -472,11 +472,26 @@ def _table_atoms(st: _DocState, block: Block) -> None:
     header = [_clean(text[s:e]) for s, e in block.rows[0]]
     rows = block.rows[1:] if len(block.rows) > 1 else []
     context = block.heading or st.doc.title
+    # a table keyed by year ("Year | Students", "1900 | 1,200") is about the topic at each time, not about "1900"
+    firsts = [_clean(text[r[0][0]:r[0][1]]) for r in rows if r]
+    topic = st.disc.topic()
+    timeline = (topic is not None and len(header) > 1 and firsts and (
+        header[0].strip().lower() in _TIME_HEADERS or all(re.fullmatch(_YEAR, f) for f in firsts if f)))
     for row in rows:
         cells = [_clean(text[s:e]) for s, e in row]
         if not cells or not cells[0]:
             continue
         name = cells[0]
+        if timeline and len(row) > 1:
+            for j in range(1, min(len(row), len(header))):
+                h, v = header[j], cells[j]
+                if not h or not v:
+                    continue
+                s = _time_sentence(topic.name, name, h, v)
+                st.atoms.append(AtomDraft(type=_value_type(v), text=s,
+                                          key=make_key(f"{topic.name}: {h.lower()} in {name}", s, context),
+                                          start=row[j][0], end=row[j][1]))
+            continue
         if len(row) == 1:
             ctx = context or header[0]  # a document without a title or heading: the column's header
             st.atoms.append(AtomDraft(type="list_member", text=finish(f"{ctx}: {name}"),
@@ -551,6 +566,22 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
             and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count: "Platforms" 3 -> "X has 3 platforms."
         return finish(f"{name} has {value} {low[:-1] if value == '1' else low}")
     return finish(f"The {low} of {name} is {value}")
+
+
+_TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade"}
+_YEAR = r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?(s)?"
+
+
+def _time_sentence(topic: str, when: str, header: str, value: str) -> str:
+    """A cell of a table keyed by time: "In 1900, the University of Tallow had 1,200 students." / "In 1900, the
+    population of Velmora was 4,200." """
+    h = header.strip()
+    low = h[0].lower() + h[1:] if not h[:2].isupper() else h
+    at = f"In {when}," if re.fullmatch(_YEAR, when) else f"In {when[:1].lower() + when[1:]},"
+    if (len(h.split()) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
+            and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count
+        return finish(f"{at} {topic} had {value} {low[:-1] if value == '1' else low}")
+    return finish(f"{at} the {low} of {topic} was {value}")
 
 
 # one-word headers that end in -s but do not name a count of things

@@ -71,12 +71,18 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 # ..." in the Orrery Prize's article is the prize's first winner
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
               "chairman", "president", "name", "capital", "copy", "manuscript", "tower", "station", "keeper",
-              "building", "site", "entrance", "interior", "roof", "spire"}
+              "building", "site", "entrance", "interior", "roof", "spire", "rector", "mayor", "dean", "chancellor",
+              "principal", "curator", "captain", "coach", "library", "campus"}
 # life stages, sexes and plant organs: as a plural subject ("Adults are 21 mm long", "The flowers are yellow") in an
 # article about an organism, they are that organism's
 LIFE_STAGES = {"adult", "male", "female", "juvenile", "larva", "tadpole", "egg", "nymph", "pupa", "caterpillar",
                "hatchling", "chick", "calf", "cub", "froglet", "seedling", "fledgling", "flower", "leaf", "seed",
                "fruit", "spore"}
+# parts of an animal or plant: "The crest is pale grey" in a bird's article is the bird's crest
+BODY_PARTS = {"crest", "bill", "beak", "wing", "tail", "plumage", "feather", "fur", "coat", "shell", "skin", "head",
+              "leg", "eye", "fin", "scale", "horn", "antler", "mane", "snout", "bark", "stem", "root", "trunk",
+              "petal", "cone", "needle", "body", "belly", "throat", "breast", "claw", "tooth", "teeth", "venom",
+              "call", "song", "nest", "diet", "range", "habitat", "lifespan", "wingspan"}
 # "the species" in an article about an organism is that organism (it names no class an entity was given)
 TAXON_NOUNS = {"species", "subspecies", "genus"}
 # passive participles that describe a state rather than something done to a patient: "It is known for being flat"
@@ -85,3 +91,18 @@ TAXON_NOUNS = {"species", "subspecies", "genus"}
 STATIVE_PASSIVES = {"know", "consider", "regard", "call", "name", "locate", "situate", "believe", "think", "say",
                     "describe", "base", "make", "compose", "associate", "note", "list", "class", "classify",
                     "categorise", "categorize", "rank", "see", "view", "famed", "nickname", "dub", "title", "term"}
+# section headings of encyclopedic articles that name a part of the article, not a thing the section is about
+# ("## Organisation", "## Description"): a one-word heading is often tagged a proper noun
+GENERIC_HEADINGS = {
+    "history", "geography", "etymology", "description", "biography", "career", "death", "legacy", "organisation",
+    "organization", "campus", "status", "breeding", "distribution", "habitat", "ecology", "behaviour", "behavior",
+    "taxonomy", "diet", "uses", "properties", "economy", "demographics", "culture", "education", "transport",
+    "climate", "government", "politics", "religion", "sport", "sports", "overview", "background", "aftermath",
+    "reception", "discography", "works", "awards", "honours", "honors", "structure", "design", "construction",
+    "operations", "services", "facilities", "location", "population", "architecture", "tourism", "gallery",
+    "conservation", "appearance", "name", "names", "origin", "origins", "production", "composition", "occurrence",
+    "synthesis", "applications", "safety", "research", "academics", "administration", "athletics", "alumni",
+    "rankings", "management", "products", "subsidiaries", "members", "membership", "format", "rules", "results",
+    "records", "venue", "teams", "players", "stadium", "media", "bibliography", "publications", "themes", "plot",
+    "characters", "adaptations", "references", "notes", "summary", "introduction", "features", "course", "route",
+}

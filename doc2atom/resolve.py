@@ -27,7 +27,8 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             life_dates, near, norm, partitive_object, role_weight, same_clause_subjects,
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
-                              PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, person_noun)
+                              PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
+                              BODY_PARTS, person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -171,6 +172,8 @@ class Discourse:
         self.prev_mentions, self.prev_people = [], []
         if not heading or (self.title and heading.strip().lower() in (self.title.key, self.title.name.lower())):
             return
+        if heading.strip().strip("#*_ ").lower() in GENERIC_HEADINGS:
+            return  # "## Organisation" names a part of the article
         if hdoc is None or not len(hdoc):
             return
         words = [t for t in hdoc if not t.is_punct]
@@ -355,6 +358,18 @@ class Discourse:
             elif r.ent_type_ in NAMED or classes_of(words) & GENERIC:
                 ent.votes -= 1
             return ent
+        people = [e for e in self.prev_people if e.person]
+        if (det == "the" and len(c) == 2 and r.lower_ in ("couple", "pair") and r.dep_ in ("nsubj", "nsubjpass")
+                and len(people) == 2):
+            # "In 1902 she married the painter Jonas Eck. The couple had no children."
+            g = self._group(people)
+            toks = [x.i for x in c]
+            a.refs.update({x: Ref(g, toks, False, "description") for x in toks})
+            return g
+        t = self.title
+        if (t is not None and not t.proper and r.pos_ == "NOUN"
+                and norm(x.text for x in words if not x.is_punct) == t.key):
+            return t  # "The grey-crested tern (Sterna ...) is a seabird": a common-noun title, mentioned
         if r.pos_ != "NOUN" or (r.lower_ in NOT_ENTITIES and not (
                 det in DEMONSTRATIVES and r.dep_ in ("nsubj", "nsubjpass", "dobj"))):
             return None  # "part", "number" ... name nothing, but "this number" points at something
@@ -373,7 +388,7 @@ class Discourse:
                 a.refs.update({x: Ref(topic, toks, False, "description") for x in toks})
                 return topic
             if ent is not None:
-                if (ent.proper or det in DEMONSTRATIVES) and ent.name.lower() != c.text.lower():
+                if (ent.proper or det in DEMONSTRATIVES or ent is self.title) and ent.name.lower() != c.text.lower():
                     toks = [x.i for x in c]
                     a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
                 return ent
@@ -382,7 +397,7 @@ class Discourse:
                 and all(x.i == r.i or x.dep_ == "det" or x.pos_ in ("ADJ", "NUM") for x in c)  # "the first winner"
                 and not any(x.dep_ in ("poss", "appos", "compound") or (x.dep_ == "prep" and x.lower_ == "of")
                             for x in r.children)
-                and topic is not None and topic.proper and not topic.person and topic.count > 0
+                and topic is not None and (topic.proper or self.organism) and not topic.person and topic.count > 0
                 and lemma not in topic.classes):
             # "The first winner was the Lumen Institute" in the Orrery Prize's article: the winner of the prize
             key = "rel " + norm(x.lemma_ for x in words) + " of " + topic.key
@@ -395,7 +410,9 @@ class Discourse:
             toks = [x.i for x in c]
             a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
             return ent
-        if (self.organism and lemma in LIFE_STAGES and r.tag_ == "NNS" and det in ("", "the")
+        part = (lemma in LIFE_STAGES and (det in ("", "the") if r.tag_ == "NNS" else det == "the")) or (
+            lemma in BODY_PARTS and det == "the")
+        if (self.organism and part and r.tag_ in ("NN", "NNS")
                 and r.dep_ in ("nsubj", "nsubjpass") and all(x.i == r.i or x.dep_ == "det" for x in c)
                 and not any(x.dep_ in ("poss", "appos", "compound", "amod") or (x.dep_ == "prep" and x.lower_ == "of")
                             for x in r.children)
@@ -406,7 +423,7 @@ class Discourse:
             if ent is None:
                 text = source_text(c, skip_det=False)
                 ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
-                             plural=True, votes=-1)
+                             plural=r.tag_ == "NNS", votes=-1)
                 self._add(ent)
             toks = [x.i for x in c]
             a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
@@ -443,7 +460,10 @@ class Discourse:
         recent unnamed one will do: 'these streams' -> 'the smaller streams')."""
         best, score = None, 0.0
         for e in self.entities:
-            if lemma not in e.classes or (e.plural != plural and not (e.proper and not plural)) or not (e.proper or (
+            # (the document's title names a thing even where the prose writes it in lower case: "the mineral" in
+            # the article on orvanite)
+            named = e.proper or (e is self.title and e.count > 0)
+            if lemma not in e.classes or (e.plural != plural and not (named and not plural)) or not (named or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
             s = self._salience(e)

@@ -149,8 +149,14 @@ def _preamble(v, subj) -> list[int]:
     left = subj.left_edge.i
     out: list[int] = []
     for c in v.children:
-        if c.dep_ in ("prep", "npadvmod") and c.right_edge.i < left:
+        # "When heated above 600 °C, orvanite turns black and loses its water": the clause scopes over both verbs
+        if c.dep_ in ("prep", "npadvmod", "advcl") and c.right_edge.i < left and not (
+                c.dep_ == "advcl" and any(x.pos_ == "PRON" or x.tag_ == "PRP$" for x in c.subtree)):
+            # (not a clause with a pronoun of its own: "Though they retained the name, the streams ...")
             out.extend(range(c.left_edge.i, c.right_edge.i + 1))
+            nxt = c.right_edge.i + 1
+            if c.dep_ == "advcl" and nxt < left and c.doc[nxt].text == ",":
+                out.append(nxt)  # a clause keeps its comma: "When heated above 600 °C, orvanite loses ..."
     return sorted(out)
 
 
@@ -169,12 +175,23 @@ def _copied_aux(v, c) -> list[int]:
     passive = any(x.dep_ == "auxpass" for x in v.children)
     if v.lemma_ == "be" and v.pos_ == "AUX" and c.tag_ == "VBN":
         return [v.i]  # "is a World Heritage Site and known as ...": "is known as"
-    if c.tag_ in ("VBN", "VBG") and (passive or c.tag_ == "VBG" or any(x.dep_ == "aux" for x in v.children)):
+    # "was designed by Paul Arden and completed in 1862": the tagger calls "completed" a past tense; a regular
+    # form with no object after a passive is the passive's participle
+    participle = c.tag_ in ("VBN", "VBG") or (passive and v.tag_ == "VBN" and c.tag_ == "VBD"
+                                              and c.lower_.endswith("ed") and c.lemma_ not in _INTRANSITIVE
+                                              and not any(
+                                                  x.dep_ in ("dobj", "nsubj", "ccomp", "xcomp") for x in c.children))
+    if participle and (passive or c.tag_ == "VBG" or any(x.dep_ == "aux" for x in v.children)):
         return [x.i for x in v.children if x.dep_ in AUX + ("neg",) and x.i < v.i]
     return []
 
 
 _NO_SPLIT_SUBJECTS = {"this", "that", "these", "those", "which", "who", "whom"}
+# verbs whose past tense after a passive is their own, active one: "was founded in 1806 and lasted until 1814"
+_INTRANSITIVE = {"last", "remain", "continue", "exist", "live", "die", "stay", "appear", "happen", "occur", "arrive",
+                 "emerge", "survive", "flourish", "prosper", "decline", "rise", "fall", "flow", "end", "start", "begin",
+                 "succeed", "fail", "retire", "return", "move", "work", "serve", "act", "collapse", "disappear",
+                 "vanish", "belong", "consist", "depend", "stand", "lie", "expand", "grow", "evolve", "merge"}
 
 
 def _finite(v) -> bool:

@@ -109,3 +109,17 @@ def test_caption_names_the_subject_and_pipes_in_cells_are_escaped():
 def test_html_structure_cases(html, expected):
     text, _ = html_to_text(f"<html><body>{html}</body></html>")
     assert text.split("\n\n") == expected
+
+
+def test_a_table_keyed_by_year_is_about_the_topic_under_a_generic_heading(nlp):
+    """"| 1900 | 1,200 |" under "Year | Students" is the topic's figure in 1900, not "1900 has 1,200 students"; the
+    heading "## Organisation" names a part of the article, not the table's subject."""
+    from doc2atom.atomizer import atomize
+    from doc2atom.readers import document_from_text
+
+    md = ("# University of Tallow\n\nThe University of Tallow is a public university in Tallow.\n\n## Organisation\n\n"
+          "| Year | Students | Population |\n| --- | --- | --- |\n| 1900 | 1,200 | 40,000 |\n")
+    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    assert texts[1:] == ["In 1900, the University of Tallow had 1,200 students.",
+                         "In 1900, the population of the University of Tallow was 40,000."]
+
