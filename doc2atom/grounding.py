@@ -49,4 +49,29 @@ def unsupported(answer: str, sources: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["unsupported"]
+_WORD = re.compile(r"\S+")
+
+
+def repetition_start(answer: str, min_repeats: int = 4, max_words: int = 4) -> int | None:
+    """Where a decoding loop starts: the offset of the second copy of the first word or phrase (1 to max_words
+    words) that the answer repeats at least min_repeats times in a row ("General Brenn Brenn Brenn Brenn ..." ->
+    the offset of the second "Brenn"); None when the answer has no such loop. Greedy decoding of a small model falls
+    into such loops, mostly when several atoms are composed."""
+    words = [(m.start(), m.group().strip(".,;:!?\"'").lower()) for m in _WORD.finditer(answer)]
+    best = None
+    for n in range(1, max_words + 1):
+        for i in range(0, len(words) - n * min_repeats + 1):
+            unit = [w for _, w in words[i:i + n]]
+            if not all(unit):
+                continue
+            k = 1
+            while i + (k + 1) * n <= len(words) and [w for _, w in words[i + k * n:i + (k + 1) * n]] == unit:
+                k += 1
+            if k >= min_repeats:
+                if best is None or i < best[0]:
+                    best = (i, words[i + n][0])
+                break
+    return None if best is None else best[1]
+
+
+__all__ = ["repetition_start", "unsupported"]

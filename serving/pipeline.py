@@ -17,7 +17,7 @@ import numpy as np
 
 from compiler.config import SPEED_FIELDS, CompileConfig
 from doc2atom import errors
-from doc2atom.grounding import unsupported
+from doc2atom.grounding import repetition_start, unsupported
 from doc2atom.readers import expand_paths, read_file
 from doc2atom.schemas import Answer, Document, Signals
 from doc2atom.store import KBStore, atom_id, parse_atom_id
@@ -354,6 +354,9 @@ class KnowledgeBase:
             gen = generate(model, tok, [questions[i] for i in answerable], facts, pool, slots, weights,
                            max_new_tokens=max_new_tokens, hooks=rows)
             texts_out = dict(zip(answerable, gen))
+            if hooks is None:  # (streamed tokens cannot be taken back)
+                self._mend_loops(questions, answerable, texts_out, fired, facts, pool, slots, weights,
+                                 max_new_tokens)
         timings["generate_ms"] = (time.perf_counter() - t2) * 1000
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         answers = []
@@ -377,6 +380,31 @@ class KnowledgeBase:
                                   atoms=[] if refused else atoms, unsupported=stray,
                                   timings_ms={k: round(v / max(1, n), 2) for k, v in timings.items()}))
         return answers
+
+    def _mend_loops(self, questions, answerable, texts_out, fired, facts, pool, slots, weights,
+                    max_new_tokens) -> None:
+        """Answers caught in a decoding loop ("General Brenn Brenn Brenn ..."), in place: a question that composed
+        several atoms is answered again from its top atom alone (which then is the one atom it reports), and a loop
+        that remains is cut after its first copy."""
+        from serving.generate import generate
+
+        row_of = {i: j for j, i in enumerate(answerable)}
+        again = [i for i in answerable if len(fired[i]) > 1 and repetition_start(texts_out[i]) is not None]
+        if again:
+            model, tok = self.model()
+            top = [row_of[i] for i in again]
+            gen = generate(model, tok, [questions[i] for i in again],
+                           [facts[j][:1] for j in top] if facts is not None else None, pool,
+                           [slots[j][:1] for j in top] if slots is not None else None,
+                           [weights[j][:1] for j in top] if weights is not None else None,
+                           max_new_tokens=max_new_tokens)
+            for i, text in zip(again, gen):
+                texts_out[i] = text
+                fired[i] = fired[i][:1]
+        for i in answerable:
+            cut = repetition_start(texts_out[i])
+            if cut is not None:
+                texts_out[i] = texts_out[i][:cut].rstrip(" ,;:")
 
     @staticmethod
     def _weights_for(route, fired: list[str], extra: dict[str, float] | None = None) -> list[float]:

@@ -115,6 +115,47 @@ def test_ask_lists_the_answers_names_and_numbers_its_atoms_lack(kb, monkeypatch)
     assert kb.ask("What is the capital of Peru?", mode="atoms").unsupported == []  # refused: nothing to check
 
 
+def test_a_looping_answer_is_answered_again_from_the_top_atom_then_cut(kb, monkeypatch):
+    """Greedy decoding can loop ("General Brenn Brenn Brenn ..."), mostly with several atoms composed: the question is
+    answered again from its top atom alone, which is then the one atom reported; a loop that remains is cut."""
+    import serving.generate as gen
+
+    q = "Who designed the Korrin Bridge?"
+    ids = [a.id for a in kb.atoms()]
+    monkeypatch.setattr(kb.router_config, "gate", False)  # both given atoms composed, whatever the router thinks
+    first = kb.ask_many([q], mode="atoms", extra_atoms=[ids[:2]], routed=False)[0]
+    assert len(first.atoms) == 2
+    calls = []
+
+    def fake(model, tok, questions, facts, pool, slots, weights, **kw):
+        calls.append([len(s) for s in slots])
+        return ["The engineer Maud Ellery designed it." if len(s) == 1 else "Maud Ellery Ellery Ellery Ellery Ellery"
+                for s in slots]
+
+    monkeypatch.setattr(gen, "generate", fake)
+    ans = kb.ask_many([q], mode="atoms", extra_atoms=[ids[:2]], routed=False)[0]
+    assert calls == [[2], [1]]
+    assert ans.answer == "The engineer Maud Ellery designed it."
+    assert [a.id for a in ans.atoms] == [first.atoms[0].id]
+
+    calls.clear()
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: (calls.append(1), ["Maud Ellery Ellery Ellery Ellery"])[1])
+    ans = kb.ask_many([q], mode="atoms", extra_atoms=[ids[:1]], routed=False)[0]
+    assert calls == [1]  # one atom: nothing to drop, the loop is cut
+    assert ans.answer == "Maud Ellery"
+
+
+def test_repetition_start():
+    from doc2atom.grounding import repetition_start
+
+    text = "General Brenn Brenn Brenn Brenn Brenn"
+    assert text[:repetition_start(text)].strip() == "General Brenn"
+    text = "The Ossel flows north. The Ossel flows north. The Ossel flows north. The Ossel flows north."
+    assert text[:repetition_start(text)].strip() == "The Ossel flows north."
+    for ok in ["Otto Brenn was captured and held for two years.", "It had 1, 2, 3, 4 boats.", "ha ha ha", ""]:
+        assert repetition_start(ok) is None
+
+
 def test_ask_returns_the_documented_object(kb):
     ans = kb.ask("Who designed the Korrin Bridge?", mode="atoms")
     d = ans.model_dump()
