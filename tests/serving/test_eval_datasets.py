@@ -136,6 +136,18 @@ def test_questions_format_reads_the_sample_corpus():
     assert data.docs_for(data.questions[:1]) == data.documents  # the whole corpus is ingested
 
 
+def test_the_dev_set_reads_every_document_it_names():
+    from pathlib import Path
+
+    from serving.evaluate.datasets import read_dataset
+
+    data = read_dataset(Path(__file__).resolve().parents[2] / "data" / "dev_questions.json", "questions")
+    assert len(data.documents) == 10
+    ids = {d.id for d in data.documents}
+    assert all(set(q.docs) <= ids and (q.impossible or q.docs) for q in data.questions)
+    assert {"paraphrase", "multihop", "out_of_scope"} == {q.type for q in data.questions}
+
+
 def test_questions_format_rejects_unknown_documents(tmp_path):
     import json
 
