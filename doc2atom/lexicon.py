@@ -72,7 +72,7 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
               "chairman", "president", "name", "capital", "copy", "manuscript", "tower", "station", "keeper",
               "building", "site", "entrance", "interior", "roof", "spire", "rector", "mayor", "dean", "chancellor",
-              "principal", "curator", "captain", "coach", "library", "campus"}
+              "principal", "curator", "captain", "coach", "library", "campus", "defeat", "victory", "outcome"}
 # life stages, sexes and plant organs: as a plural subject ("Adults are 21 mm long", "The flowers are yellow") in an
 # article about an organism, they are that organism's
 LIFE_STAGES = {"adult", "male", "female", "juvenile", "larva", "tadpole", "egg", "nymph", "pupa", "caterpillar",

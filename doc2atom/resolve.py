@@ -158,6 +158,8 @@ class Discourse:
             if words:
                 key = norm(words)
             classes = classes_of(tdoc)
+            if person and classes and not any(person_noun(c) for c in classes):
+                person = False  # "Battle of Kessel Ford" tagged PERSON, and a "his" about someone else in the text
         e = Entity(name=name, key=key, classes=classes, plural=plural, votes={True: 2, None: 0, False: -1}[person], place=place,
                    proper=bare[:1].isupper(), topic=weight, clean=True)
         self._add(e)
@@ -474,8 +476,10 @@ class Discourse:
                 words = e.name.split()
                 if words and words[0].lower() == "the":
                     words = words[1:]
+                low = [w.lower() for w in words]
                 if not e.proper or e.plural or e.person or len(words) < 2 or not (  # not "the rook" -> "Jonas Rook"
-                        words[-1].lower() == lemma or (words[0].lower() == lemma and "of" in words[1:-1])):
+                        (low[-1] == lemma and "of" not in low)  # "the ford" is not "the Battle of Kessel Ford"
+                        or (low[0] == lemma and "of" in low[1:-1])):
                     continue
                 s = self._salience(e)
                 if s > score:

@@ -201,6 +201,18 @@ CASES = [
      [("The University of Tallow is a public university.", "The University of Tallow is a public university."),
       ("The rector of the University of Tallow is elected every four years.",
        "The rector is elected every four years.")]),
+    ("a title tagged PERSON whose own noun names no person ('Battle') is not a person, though the text says 'his'; "
+     "'the ford' is not 'the Battle of Kessel Ford' (the head of an 'X of Y' name is X)",
+     "Battle of Kessel Ford", "The Battle of Kessel Ford was fought in 1686 near the village of Kessel. General Otto "
+                              "Brenn attacked at dawn, but his cavalry was slowed by the river. By noon the Arnsmark "
+                              "troops held the ford. The defeat led Veldt to open peace talks.",
+     [("The Battle of Kessel Ford was fought in 1686 near the village of Kessel.",
+       "The Battle of Kessel Ford was fought in 1686 near the village of Kessel."),
+      ("General Otto Brenn attacked at dawn.", "General Otto Brenn attacked at dawn"),
+      ("General Otto Brenn's cavalry was slowed by the river.", "his cavalry was slowed by the river."),
+      ("By noon the Arnsmark troops held Kessel Ford.", "By noon the Arnsmark troops held the ford."),
+      ("The defeat of the Battle of Kessel Ford led Veldt to open peace talks.",
+       "The defeat led Veldt to open peace talks.")]),
     ("'these streams' are the streams just named",
      "Ossel", "The name Rijn is used for smaller streams. These streams are used for draining the land.",
      [("The name Rijn is used for smaller streams.", "The name Rijn is used for smaller streams."),
