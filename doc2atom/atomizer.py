@@ -476,7 +476,8 @@ def _table_atoms(st: _DocState, block: Block) -> None:
     firsts = [_clean(text[r[0][0]:r[0][1]]) for r in rows if r]
     topic = st.disc.topic()
     timeline = (topic is not None and len(header) > 1 and firsts and (
-        header[0].strip().lower() in _TIME_HEADERS or all(re.fullmatch(_YEAR, f) for f in firsts if f)))
+        header[0].strip().lower() in _TIME_HEADERS or all(re.fullmatch(_YEAR, f) for f in firsts if f)
+        or all(re.fullmatch(_MONTH, f) for f in firsts if f)))
     for row in rows:
         cells = [_clean(text[s:e]) for s, e in row]
         if not cells or not cells[0]:
@@ -552,9 +553,18 @@ def _value_type(value: str) -> str:
     return "quantity" if re.search(r"\d", value) else "attribute"
 
 
+def _lower_header(h: str) -> str:
+    """A header as it reads mid-sentence: "Founded" -> "founded"; an acronym ("GDP") or a name of several
+    capitalised words ("Northern Cup") as written."""
+    words = h.split()
+    if h[:2].isupper() or (len(words) > 1 and all(w[:1].isupper() for w in words)):
+        return h
+    return h[0].lower() + h[1:]
+
+
 def _cell_sentence(name: str, header: str, value: str) -> str:
     h = header.strip()
-    low = h[0].lower() + h[1:] if not h[:2].isupper() else h
+    low = _lower_header(h)
     words = h.split()
     if words and words[0].lower().endswith(("ed", "en", "wn", "lt")) and len(words) <= 3:  # "Founded", "Designed by"
         prep = "" if words[-1].lower() in ("by", "in", "at", "on", "from", "for") else (
@@ -568,20 +578,25 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
     return finish(f"The {low} of {name} is {value}")
 
 
-_TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade"}
+_TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade", "month"}
 _YEAR = r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?(s)?"
+_MONTH = (r"(?i:jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|sep(t(ember)?)?|oct(ober)?"
+          r"|nov(ember)?|dec(ember)?)")
 
 
 def _time_sentence(topic: str, when: str, header: str, value: str) -> str:
     """A cell of a table keyed by time: "In 1900, the University of Tallow had 1,200 students." / "In 1900, the
     population of Velmora was 4,200." """
     h = header.strip()
-    low = h[0].lower() + h[1:] if not h[:2].isupper() else h
-    at = f"In {when}," if re.fullmatch(_YEAR, when) else f"In {when[:1].lower() + when[1:]},"
+    low = _lower_header(h)
+    year = re.fullmatch(_YEAR, when) is not None
+    # a year is a time past; a month ("January | 2 °C" in a climate table) recurs
+    at = f"In {when}," if year or re.fullmatch(_MONTH, when) else f"In {when[:1].lower() + when[1:]},"
+    has, be = ("had", "was") if year else ("has", "is")
     if (len(h.split()) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
             and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count
-        return finish(f"{at} {topic} had {value} {low[:-1] if value == '1' else low}")
-    return finish(f"{at} the {low} of {topic} was {value}")
+        return finish(f"{at} {topic} {has} {value} {low[:-1] if value == '1' else low}")
+    return finish(f"{at} the {low} of {topic} {be} {value}")
 
 
 # one-word headers that end in -s but do not name a count of things

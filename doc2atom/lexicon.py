@@ -72,7 +72,10 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
               "chairman", "president", "name", "capital", "copy", "manuscript", "tower", "station", "keeper",
               "building", "site", "entrance", "interior", "roof", "spire", "rector", "mayor", "dean", "chancellor",
-              "principal", "curator", "captain", "coach", "library", "campus", "defeat", "victory", "outcome"}
+              "principal", "curator", "captain", "coach", "library", "campus", "defeat", "victory", "outcome", "port", "harbour",
+              "airport"}
+# weather as a subject in an article about a place: "Summers are cool" in Holmstad's article is Holmstad's summers
+CLIMATE_NOUNS = {"summer", "winter", "spring", "autumn", "snow", "rain", "rainfall", "snowfall", "frost", "fog"}
 # life stages, sexes and plant organs: as a plural subject ("Adults are 21 mm long", "The flowers are yellow") in an
 # article about an organism, they are that organism's
 LIFE_STAGES = {"adult", "male", "female", "juvenile", "larva", "tadpole", "egg", "nymph", "pupa", "caterpillar",
@@ -106,3 +109,5 @@ GENERIC_HEADINGS = {
     "records", "venue", "teams", "players", "stadium", "media", "bibliography", "publications", "themes", "plot",
     "characters", "adaptations", "references", "notes", "summary", "introduction", "features", "course", "route",
 }
+# one kind of place: "the town" in an article on a city is the city
+SETTLEMENTS = {"town", "city", "village", "municipality", "settlement", "borough"}

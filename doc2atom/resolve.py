@@ -28,7 +28,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
-                              BODY_PARTS, person_noun)
+                              BODY_PARTS, SETTLEMENTS, CLIMATE_NOUNS, person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -148,6 +148,8 @@ class Discourse:
         if tdoc is not None and len(tdoc):
             root = tdoc[-1]
             plural = root.tag_ in ("NNS", "NNPS") and not bare.lower().endswith(("ss", "us", "is"))
+            if plural and re.search(r"(?<!\w)" + re.escape(bare) + r"[*_]*\s+(?:is|was|has)\b", text, flags=re.I):
+                plural = False  # "*The Salt Roads* is a choral cycle": a work's title, singular
             # a title alone is often mis-tagged PERSON ("Rhine"): believe it only if the text says he or she
             tagged = any(t.ent_type_ == "PERSON" for t in tdoc)
             person = tagged and bool(re.search(r"\b(he|she|his|him|her)\b", text, flags=re.I)) or (
@@ -430,6 +432,20 @@ class Discourse:
             toks = [x.i for x in c]
             a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
             return ent
+        if (lemma in CLIMATE_NOUNS and det in ("", "the") and r.dep_ in ("nsubj", "nsubjpass") and len(c) == 1 + bool(det)
+                and not any(x.dep_ == "prep" for x in r.children) and topic is not None and not topic.person
+                and topic.count > 0 and (topic.place or topic.classes & SETTLEMENTS)):
+            # "Summers are cool" in Holmstad's article: the summers in Holmstad
+            key = "in " + lemma + " " + topic.key
+            ent = self.by_key.get(key)
+            if ent is None:
+                text = source_text(c, skip_det=False)
+                ent = Entity(name=text[:1].lower() + text[1:] + " in " + topic.name, key=key, classes={lemma},
+                             plural=r.tag_ == "NNS", votes=-1)
+                self._add(ent)
+            toks = [x.i for x in c]
+            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
+            return ent
         key = (det + " " if det in DEMONSTRATIVES else "") + norm(x.lemma_ for x in words)
         ent = self.by_key.get(key)
         if (ent is not None and ent.description and det == "the" and len(c) == 2 and r.tag_ == "NN"
@@ -465,7 +481,10 @@ class Discourse:
             # (the document's title names a thing even where the prose writes it in lower case: "the mineral" in
             # the article on orvanite)
             named = e.proper or (e is self.title and e.count > 0)
-            if lemma not in e.classes or (e.plural != plural and not (named and not plural)) or not (named or (
+            # "the town" in the article on a city is that city, though a place the tagger labelled GPE has "town"
+            # among its generic classes too
+            family = SETTLEMENTS if e is self.title and lemma in SETTLEMENTS else {lemma}
+            if not (family & e.classes) or (e.plural != plural and not (named and not plural)) or not (named or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
             s = self._salience(e)

@@ -110,7 +110,8 @@ def test_timeline_entries_read_as_dated_events(nlp):
     got = [(a.type, a.text) for a in atomize(d, nlp)][1:]
     assert got == [("event", "In 1843, Ilse Varn founds Velmora."), ("event", "In 1901, the Tarn Light is built."),
                    ("event", "In 1958, the glassworks close."), ("event", "In the 1950s, a fishing boom."),
-                   ("event", "Around 1970, a ferry starts."), ("event", "On 12 May 1960, the harbour opens."),
+                   ("event", "Around 1970, a ferry starts."),
+                   ("event", "On 12 May 1960, the harbour of Velmora opens."),  # a town's harbour (RELATIONAL)
                    ("event", "In 2004, a museum opens.")], got
 
 

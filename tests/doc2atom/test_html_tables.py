@@ -77,6 +77,7 @@ def test_key_value_table_is_one_row_about_its_subject(nlp, tmp_path):
     ("Status", "2", "The status of Velmora is 2."),
     ("Length", "300 metres", "The length of Velmora is 300 metres."),
     ("Opened", "1911", "Velmora was opened in 1911."),
+    ("Northern Cup", "1987", "The Northern Cup of Velmora is 1987."),  # a name keeps its capitals
 ])
 def test_cell_sentences(header, value, sentence):
     from doc2atom.atomizer import _cell_sentence
@@ -122,4 +123,15 @@ def test_a_table_keyed_by_year_is_about_the_topic_under_a_generic_heading(nlp):
     texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
     assert texts[1:] == ["In 1900, the University of Tallow had 1,200 students.",
                          "In 1900, the population of the University of Tallow was 40,000."]
+
+
+def test_a_climate_table_keyed_by_month_speaks_in_the_present(nlp):
+    from doc2atom.atomizer import atomize
+    from doc2atom.readers import document_from_text
+
+    md = ("# Holmstad\n\nHolmstad is a port city on Quessa.\n\n## Climate\n\n| Month | Mean temperature |\n"
+          "| --- | --- |\n| January | 2 °C |\n| July | 17 °C |\n")
+    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    assert texts[1:] == ["In January, the mean temperature of Holmstad is 2 °C.",
+                         "In July, the mean temperature of Holmstad is 17 °C."]
 
