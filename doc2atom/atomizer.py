@@ -568,7 +568,9 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
     words = h.split()
     if words and words[0].lower().endswith(("ed", "en", "wn", "lt")) and len(words) <= 3:  # "Founded", "Designed by"
         prep = "" if words[-1].lower() in ("by", "in", "at", "on", "from", "for") else (
-            " in" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD))?", value) else "")
+            " in" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD))?", value) or re.fullmatch(_MONTH + r" \d{3,4}", value)
+            else " on" if re.fullmatch(r"\d{1,2} " + _MONTH + r" \d{3,4}", value)
+            or re.fullmatch(_MONTH + r" \d{1,2}, \d{3,4}", value) else "")  # "Launched: 14 March 1998"
         return finish(f"{name} was {low}{prep} {value}")
     if words and words[-1].lower() in ("by", "in", "at", "on", "from", "of"):
         return finish(f"{name}, {low} {value}")

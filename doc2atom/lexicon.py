@@ -111,3 +111,8 @@ GENERIC_HEADINGS = {
 }
 # one kind of place: "the town" in an article on a city is the city
 SETTLEMENTS = {"town", "city", "village", "municipality", "settlement", "borough"}
+# one kind of craft: "the ship" in an article on a ferry is the ferry, and "she" may be it
+VESSELS = {"ship", "ferry", "vessel", "boat", "steamer", "liner", "yacht", "schooner", "frigate", "tanker",
+           "freighter", "submarine", "cruiser", "battleship", "destroyer", "barque", "brig", "sloop", "galleon",
+           "icebreaker", "trawler", "steamship"}
+CLASS_FAMILIES = (SETTLEMENTS, VESSELS)

@@ -28,7 +28,8 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
-                              BODY_PARTS, SETTLEMENTS, CLIMATE_NOUNS, person_noun)
+                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, SETTLEMENTS, VESSELS,
+                              person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
@@ -483,7 +484,7 @@ class Discourse:
             named = e.proper or (e is self.title and e.count > 0)
             # "the town" in the article on a city is that city, though a place the tagger labelled GPE has "town"
             # among its generic classes too
-            family = SETTLEMENTS if e is self.title and lemma in SETTLEMENTS else {lemma}
+            family = next((f for f in CLASS_FAMILIES if lemma in f), {lemma}) if e is self.title else {lemma}
             if not (family & e.classes) or (e.plural != plural and not (named and not plural)) or not (named or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
@@ -527,9 +528,12 @@ class Discourse:
         def ok(e: Entity) -> bool:
             return e.plural == plural and (gender is None or e.gender is None or e.gender == gender)
 
+        def vessel(e: Entity) -> bool:
+            return gender == "f" and bool(e.classes & VESSELS)  # "She entered service in June 1998": the ferry
+
         def fit(e: Entity) -> float:
             """Named-entity tags are noisy ('the Rhine' as PERSON): person agreement is a preference."""
-            if person is None or e.person == person:
+            if person is None or e.person == person or vessel(e):
                 return 0.0
             return -2.5 if person else -1.5
 
@@ -569,7 +573,7 @@ class Discourse:
             scores[id(g)] = max(scores.get(id(g), 0.0), 4.5)
             ents[id(g)] = g
         for k, e in ents.items():
-            scores[k] += fit(e) - (e.topic if person is True and not e.person else 0.0)
+            scores[k] += fit(e) - (e.topic if person is True and not e.person and not vessel(e) else 0.0)
             if (p.dep_ == "nsubjpass" and e.patient and e.last == self.sent - 1
                     and p.head.lemma_ not in STATIVE_PASSIVES):
                 scores[k] += 2.0  # parallel roles: "a flood destroyed the wall. It was rebuilt" -> the wall (but "The

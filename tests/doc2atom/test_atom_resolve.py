@@ -229,6 +229,13 @@ CASES = [
      [("The Salt Roads is a choral cycle by the composer Hedda Marrin.",
        "The Salt Roads is a choral cycle by the composer Hedda Marrin."),
       ("The Salt Roads was first performed in 1897.", "It was first performed in 1897.")]),
+    ("'the ship' in a ferry's article is the ferry, and 'she' may be a vessel (not a person)",
+     "MS Quessa Star", "MS Quessa Star is a passenger ferry between Velmora and Holmstad. The ship was ordered in 1996. "
+                       "She entered service in June 1998.",
+     [("MS Quessa Star is a passenger ferry between Velmora and Holmstad.",
+       "MS Quessa Star is a passenger ferry between Velmora and Holmstad."),
+      ("MS Quessa Star was ordered in 1996.", "The ship was ordered in 1996."),
+      ("MS Quessa Star entered service in June 1998.", "She entered service in June 1998.")]),
     ("'these streams' are the streams just named",
      "Ossel", "The name Rijn is used for smaller streams. These streams are used for draining the land.",
      [("The name Rijn is used for smaller streams.", "The name Rijn is used for smaller streams."),

@@ -78,6 +78,8 @@ def test_key_value_table_is_one_row_about_its_subject(nlp, tmp_path):
     ("Length", "300 metres", "The length of Velmora is 300 metres."),
     ("Opened", "1911", "Velmora was opened in 1911."),
     ("Northern Cup", "1987", "The Northern Cup of Velmora is 1987."),  # a name keeps its capitals
+    ("Launched", "14 March 1998", "Velmora was launched on 14 March 1998."),
+    ("Launched", "March 1998", "Velmora was launched in March 1998."),
 ])
 def test_cell_sentences(header, value, sentence):
     from doc2atom.atomizer import _cell_sentence
