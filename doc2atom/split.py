@@ -320,9 +320,11 @@ def _appositive(t, c, own: set[int]) -> bool:
         return False
     if c.ent_type_ in ("GPE", "LOC") or c.ent_type_ in _NUMERIC or t.ent_type_ in _NUMERIC or t.like_num:
         return False
-    if c.lemma_.lower() in _KIN and (t.ent_type_ in ("GPE", "LOC", "FAC") or (
-            t.dep_ == "pobj" and t.head.lower_ in ("in", "at", "near", "from"))):
+    where = t.dep_ == "pobj" and t.head.lower_ in ("in", "at", "near", "from")  # a place the clause happens at
+    if c.lemma_.lower() in _KIN and (t.ent_type_ in ("GPE", "LOC", "FAC") or where):
         return False
+    if where and any(x.tag_ == "PRP$" for x in c.children):
+        return False  # "lent to an exhibition in Tallow, its only journey abroad": the lending's, not Tallow's
     if _in_brackets(c) or not _definite(t) or t.dep_ == "appos" or any(x.dep_ == "conj" for x in t.children):
         return False
     return not any(x.tag_ in ("WDT", "WP", "WP$") and x.dep_ in ("pobj", "poss") for x in c.subtree)
