@@ -156,6 +156,18 @@ def _dl_lines(dl) -> str:
     return "\n".join(x for x in lines if x)
 
 
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+_NOISE_CLASSES = {"navbox", "vertical-navbox", "navbox-inner", "catlinks", "mw-editsection", "reference",
+                  "references", "reflist", "refbegin", "noprint", "metadata", "mw-jump-link", "toc", "printfooter",
+                  "mw-cite-backlink", "sistersitebox", "portal", "mw-indicators", "navigation-not-searchable",
+                  "hatnote"}
+_NOISE_IDS = {"mw-navigation", "mw-head", "mw-panel", "footer", "catlinks", "siteSub", "contentSub", "jump-to-nav",
+              "toc", "p-lang", "mw-hidden-catlinks"}
+# sections that list sources and links, not facts
+_BACK_MATTER = {"see also", "references", "notes", "external links", "further reading", "bibliography", "sources",
+                "citations", "footnotes", "notes and references", "references and notes", "works cited"}
+
+
 def html_to_text(html: str) -> tuple[str, str]:
     """Visible text of an HTML page (scripts, styles, navigation dropped) and its title.
 
@@ -167,11 +179,30 @@ def html_to_text(html: str) -> tuple[str, str]:
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(["script", "style", "nav", "header", "footer", "noscript", "template", "aside"]):
         tag.decompose()
+    # an encyclopedia page's furniture: navigation boxes, citation marks, edit links, category bars, reference lists
+    noise = [el for el in soup.find_all(True) if (set(el.get("class") or []) & _NOISE_CLASSES
+                                                 or el.get("id") in _NOISE_IDS or el.get("role") == "navigation")]
+    for el in noise:
+        if el.parent is not None:  # (not inside one already removed)
+            el.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     if soup.title:
         soup.title.decompose()
+    h1 = soup.find("h1")
+    head = _words(h1) if h1 is not None else ""
+    if head and title.lower().startswith(head.lower()) and len(title) > len(head):
+        title = head  # "Ossel River - Wikipedia": the page's own heading, without the site's name
     blocks = []
+    back = 0  # while > 0: inside a back-matter section ("See also", "References") opened by a heading of that level
     for el in soup.find_all(_HTML_BLOCKS):
+        if el.name in _HEADINGS:
+            level = int(el.name[1])
+            if back and level <= back:
+                back = 0
+            if not back and _words(el).strip().lower() in _BACK_MATTER:
+                back = level
+        if back:
+            continue
         if el.find_parent("table"):
             continue  # rendered with its table
         if el.name == "table":

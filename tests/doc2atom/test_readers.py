@@ -48,6 +48,21 @@ def test_html_drops_scripts_and_navigation(tmp_path):
     assert d.title == "T"
 
 
+def test_an_encyclopedia_page_loses_its_furniture_and_back_matter():
+    """A page shaped like Wikipedia's (fixtures/wiki_like.html, written for this test): navigation, citation marks,
+    [edit] links, "See also" / "References" sections, a navbox and the category bar are not the article; the title is
+    the page's own heading, without the site's name."""
+    from pathlib import Path
+
+    doc = next(read_file(Path(__file__).resolve().parents[1] / "fixtures" / "wiki_like.html"))
+    assert doc.title == "Ossel River"
+    for gone in ["Main page", "[1]", "[edit]", "See also", "References", "Holm, E.", "Retrieved", "Rivers of Quessa",
+                 "Categories", "last edited", "From Wikipedia"]:
+        assert gone not in doc.text, gone
+    for kept in ["is the longest river of Quessa.", "Its main tributary is the Sarn", "Tarn Hills", "# Course"]:
+        assert kept in doc.text, kept
+
+
 def test_jsonl_one_document_per_line(tmp_path):
     p = tmp_path / "a.jsonl"
     p.write_text(json.dumps({"id": "x", "text": "Alpha is a letter."}) + "\n\n" +
