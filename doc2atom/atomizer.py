@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from doc2atom.atom_types import classify, make_key
+from doc2atom.lexicon import BACK_MATTER
 from doc2atom.resolve import Discourse
 from doc2atom.schemas import AtomDraft, Document
 from doc2atom.split import finish, render, split_sentence, subject_of
@@ -84,6 +85,7 @@ def segment(text: str) -> list[Block]:
     """Blocks of a markdown-ish text: paragraphs, list items (with their intro), tables; headings set context."""
     out: list[Block] = []
     heading: str | None = None
+    back_level = False  # the heading is of a level that may open back matter (not a "# " title)
     pos, in_code = 0, False
     para: list[int] | None = None  # [start, end]
     table: Block | None = None
@@ -91,15 +93,18 @@ def segment(text: str) -> list[Block]:
 
     def close_para():
         nonlocal para
-        if para is not None:
+        if para is not None and not back():
             out.append(Block("prose", para[0], para[1], heading))
-            para = None
+        para = None
+
+    def back() -> bool:  # under "## References", "See also", ...: sources and links, no facts
+        return back_level and heading is not None and heading.lower().rstrip(":") in BACK_MATTER
 
     def close_table():
         nonlocal table
-        if table is not None:
+        if table is not None and not back():
             out.append(table)
-            table = None
+        table = None
 
     for line in lines:
         start, end = pos, pos + len(line.rstrip("\r\n"))
@@ -123,9 +128,11 @@ def segment(text: str) -> list[Block]:
         if not stripped:
             close_para()
             continue
-        if _HEADING.match(line):
+        if _HEADING.match(line) or (para is None and stripped.lower().rstrip(":") in BACK_MATTER):
+            # (a plain-text "References" line alone is that section's heading; a "# ..." title is never back matter)
             close_para()
             heading = stripped.lstrip("#").strip()
+            back_level = not stripped.startswith("#") or stripped.startswith("##")
             continue
         m = _BULLET.match(line)
         if m:
@@ -136,7 +143,8 @@ def segment(text: str) -> list[Block]:
                 intro = prev.intro
             elif prev is not None and prev.kind == "prose" and text[prev.start:prev.end].rstrip().endswith(":"):
                 intro = _last_line(text[prev.start:prev.end])
-            out.append(Block("item", start + m.end(), end, heading, intro))
+            if not back():
+                out.append(Block("item", start + m.end(), end, heading, intro))
             continue
         if para is None:
             para = [start + (len(line) - len(line.lstrip())), end]

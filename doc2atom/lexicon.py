@@ -116,3 +116,7 @@ VESSELS = {"ship", "ferry", "vessel", "boat", "steamer", "liner", "yacht", "scho
            "freighter", "submarine", "cruiser", "battleship", "destroyer", "barque", "brig", "sloop", "galleon",
            "icebreaker", "trawler", "steamship"}
 CLASS_FAMILIES = (SETTLEMENTS, VESSELS)
+# sections that list sources and links, not facts ("## See also", a plain-text "References" line); not "Notes" or
+# "Sources", which may be a document of notes or a river's sources
+BACK_MATTER = {"see also", "references", "external links", "further reading", "bibliography", "citations",
+               "footnotes", "notes and references", "references and notes", "works cited"}

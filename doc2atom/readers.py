@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from doc2atom import errors
+from doc2atom.lexicon import BACK_MATTER
 from doc2atom.schemas import Document
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl")
@@ -163,9 +164,6 @@ _NOISE_CLASSES = {"navbox", "vertical-navbox", "navbox-inner", "catlinks", "mw-e
                   "hatnote"}
 _NOISE_IDS = {"mw-navigation", "mw-head", "mw-panel", "footer", "catlinks", "siteSub", "contentSub", "jump-to-nav",
               "toc", "p-lang", "mw-hidden-catlinks"}
-# sections that list sources and links, not facts
-_BACK_MATTER = {"see also", "references", "notes", "external links", "further reading", "bibliography", "sources",
-                "citations", "footnotes", "notes and references", "references and notes", "works cited"}
 
 
 def html_to_text(html: str) -> tuple[str, str]:
@@ -199,7 +197,7 @@ def html_to_text(html: str) -> tuple[str, str]:
             level = int(el.name[1])
             if back and level <= back:
                 back = 0
-            if not back and _words(el).strip().lower() in _BACK_MATTER:
+            if not back and level >= 2 and _words(el).strip().lower() in BACK_MATTER:
                 back = level
         if back:
             continue

@@ -243,3 +243,19 @@ def test_a_gapped_second_clause_gets_the_first_clauses_verb(nlp):
         assert [a.text for a in atoms] == want, text
     d, atoms = _atoms(cases[0][0], nlp, title="Treaty of Ostvale")
     assert d.text[atoms[1].start:atoms[1].end] == "the Veldtish one by Countess Maren of Tiel."
+
+
+def test_back_matter_sections_give_no_atoms(nlp):
+    """"References" (a plain-text line alone, or a markdown heading) and "See also" list sources and links, not facts:
+    what follows them, up to the next heading, gives no atom."""
+    from doc2atom.readers import document_from_text
+
+    txt = ("The Sarn is a river in the north of Quessa.[1] It is 88 km long.\n\nReferences\n\n"
+           "1. Holm, E. (1988). Rivers of Quessa. p. 40.\n2. \"Sarn\". Quessan Encyclopedia. Retrieved 3 May 2020.\n")
+    got = [a.text for a in atomize(document_from_text("t/sarn.txt", txt, title="Sarn"), nlp)]
+    assert got == ["The Sarn is a river in the north of Quessa.", "The Sarn is 88 km long."]
+    md = ("# Sarn\n\nThe Sarn is a river in the north of Quessa.\n\n## See also\n\n- Ossel\n- Grey Sea\n\n"
+          "## Course\n\nThe Sarn joins the Ossel at Dask.\n")
+    got = [a.text for a in atomize(document_from_text("t/sarn.md", md), nlp)]
+    assert got == ["The Sarn is a river in the north of Quessa.", "The Sarn joins the Ossel at Dask."]
+
