@@ -72,8 +72,8 @@ MEASURE_NOUNS = {"revenue", "cost", "price", "rate", "level", "length", "width",
 RELATIONAL = {"winner", "founder", "population", "source", "mouth", "headquarters", "summit", "owner", "director",
               "chairman", "president", "name", "capital", "copy", "manuscript", "tower", "station", "keeper",
               "building", "site", "entrance", "interior", "roof", "spire", "rector", "mayor", "dean", "chancellor",
-              "principal", "curator", "captain", "coach", "library", "campus", "defeat", "victory", "outcome", "port", "harbour",
-              "airport"}
+              "principal", "curator", "captain", "coach", "library", "campus", "defeat", "victory", "outcome", "port",
+              "harbour", "airport"}
 # weather as a subject in an article about a place: "Summers are cool" in Holmstad's article is Holmstad's summers
 CLIMATE_NOUNS = {"summer", "winter", "spring", "autumn", "snow", "rain", "rainfall", "snowfall", "frost", "fog"}
 # life stages, sexes and plant organs: as a plural subject ("Adults are 21 mm long", "The flowers are yellow") in an

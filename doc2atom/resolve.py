@@ -405,16 +405,8 @@ class Discourse:
                 and topic is not None and (topic.proper or self.organism) and not topic.person and topic.count > 0
                 and lemma not in topic.classes):
             # "The first winner was the Lumen Institute" in the Orrery Prize's article: the winner of the prize
-            key = "rel " + norm(x.lemma_ for x in words) + " of " + topic.key
-            ent = self.by_key.get(key)
-            if ent is None:
-                text = source_text(c, skip_det=False)
-                ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
-                             votes=2 if person_noun(lemma) else -1)
-                self._add(ent)
-            toks = [x.i for x in c]
-            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
-            return ent
+            return self._of_topic(c, a, "rel " + norm(x.lemma_ for x in words) + " of " + topic.key, lemma, "of",
+                                  topic, False, 2 if person_noun(lemma) else -1)
         part = (lemma in LIFE_STAGES and (det in ("", "the") if r.tag_ == "NNS" else det == "the")) or (
             lemma in BODY_PARTS and det == "the")
         if (self.organism and part and r.tag_ in ("NN", "NNS")
@@ -423,30 +415,12 @@ class Discourse:
                             for x in r.children)
                 and topic is not None and not topic.person and topic.count > 0 and lemma not in topic.classes):
             # "Adults are 21 to 25 millimetres long" in the Marrow glass frog's article: the frog's adults
-            key = "rel " + lemma + " of " + topic.key
-            ent = self.by_key.get(key)
-            if ent is None:
-                text = source_text(c, skip_det=False)
-                ent = Entity(name=text[:1].lower() + text[1:] + " of " + topic.name, key=key, classes={lemma},
-                             plural=r.tag_ == "NNS", votes=-1)
-                self._add(ent)
-            toks = [x.i for x in c]
-            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
-            return ent
-        if (lemma in CLIMATE_NOUNS and det in ("", "the") and r.dep_ in ("nsubj", "nsubjpass") and len(c) == 1 + bool(det)
-                and not any(x.dep_ == "prep" for x in r.children) and topic is not None and not topic.person
-                and topic.count > 0 and (topic.place or topic.classes & SETTLEMENTS)):
+            return self._of_topic(c, a, "rel " + lemma + " of " + topic.key, lemma, "of", topic, r.tag_ == "NNS", -1)
+        if (lemma in CLIMATE_NOUNS and det in ("", "the") and r.dep_ in ("nsubj", "nsubjpass")
+                and len(c) == 1 + bool(det) and not any(x.dep_ == "prep" for x in r.children) and topic is not None
+                and not topic.person and topic.count > 0 and (topic.place or topic.classes & SETTLEMENTS)):
             # "Summers are cool" in Holmstad's article: the summers in Holmstad
-            key = "in " + lemma + " " + topic.key
-            ent = self.by_key.get(key)
-            if ent is None:
-                text = source_text(c, skip_det=False)
-                ent = Entity(name=text[:1].lower() + text[1:] + " in " + topic.name, key=key, classes={lemma},
-                             plural=r.tag_ == "NNS", votes=-1)
-                self._add(ent)
-            toks = [x.i for x in c]
-            a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
-            return ent
+            return self._of_topic(c, a, "in " + lemma + " " + topic.key, lemma, "in", topic, r.tag_ == "NNS", -1)
         key = (det + " " if det in DEMONSTRATIVES else "") + norm(x.lemma_ for x in words)
         ent = self.by_key.get(key)
         if (ent is not None and ent.description and det == "the" and len(c) == 2 and r.tag_ == "NN"
@@ -472,6 +446,20 @@ class Discourse:
                                                                  for x in of.subtree)):
                 ent.description = "the " + source_text(r.doc[r.i:of.right_edge.i + 1], skip_det=False)
             self._add(ent)
+        return ent
+
+    def _of_topic(self, c, a: Analysis, key: str, lemma: str, link: str, topic: Entity, plural: bool,
+                  votes: int) -> Entity:
+        """Noun chunk c as "<c> <link> <topic>", an entity of its own ("the first winner of the Orrery Prize",
+        "summers in Holmstad"), with c's tokens replaced by it."""
+        ent = self.by_key.get(key)
+        if ent is None:
+            text = source_text(c, skip_det=False)
+            ent = Entity(name=text[:1].lower() + text[1:] + f" {link} " + topic.name, key=key, classes={lemma},
+                         plural=plural, votes=votes)
+            self._add(ent)
+        toks = [x.i for x in c]
+        a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
         return ent
 
     def _described(self, lemma: str, plural: bool, common: bool = False) -> Entity | None:
