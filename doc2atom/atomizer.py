@@ -483,6 +483,8 @@ def _table_atoms(st: _DocState, block: Block) -> None:
     # a table keyed by year ("Year | Students", "1900 | 1,200") is about the topic at each time, not about "1900"
     firsts = [_clean(text[r[0][0]:r[0][1]]) for r in rows if r]
     topic = st.disc.topic()
+    results = (any(h.strip().lower() in _RESULT_HEADERS for h in header[1:]) and topic is not None
+               and re.search(_EVENT_TITLE, topic.name, flags=re.I) is not None)
     timeline = (topic is not None and len(header) > 1 and firsts and (
         header[0].strip().lower() in _TIME_HEADERS or all(re.fullmatch(_YEAR, f) for f in firsts if f)
         or all(re.fullmatch(_MONTH, f) for f in firsts if f)))
@@ -506,11 +508,16 @@ def _table_atoms(st: _DocState, block: Block) -> None:
             st.atoms.append(AtomDraft(type="list_member", text=finish(f"{ctx}: {name}"),
                                       key=make_key(f"{ctx}: {name}", name, None), start=row[0][0], end=row[0][1]))
             continue
+        # a results table ("Party | Votes | Seats") in an event's article: each row's figures are the event's
+        event = results and topic is not None and topic.key not in name.lower()
         for j in range(1, min(len(row), len(header))):
             h, v = header[j], cells[j]
             if not h or not v:
                 continue
             s = _cell_sentence(name, h, v)
+            if event:
+                s = finish(f"In {topic.name}, " + s[:1].lower() + s[1:] if s.startswith("The ") else
+                           f"In {topic.name}, " + s.replace(f"{name} has ", f"{name} had ", 1))
             st.atoms.append(AtomDraft(type=_value_type(v), text=s, key=make_key(f"{name}: {h.lower()}", s, context),
                                       start=row[j][0], end=row[j][1]))
 
@@ -589,6 +596,11 @@ def _cell_sentence(name: str, header: str, value: str) -> str:
 
 
 _TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade", "month"}
+# columns of a results table (an election's, a competition's): the figures belong to the event the article is about
+_RESULT_HEADERS = {"votes", "seats", "points", "goals", "wins", "losses", "draws", "medals", "gold", "silver", "bronze",
+                   "score", "rank", "position", "vote share", "share", "result"}
+_EVENT_TITLE = (r"\b(elections?|referendum|championships?|cup|tournament|games|olympics|season|race|marathon|"
+                r"grand prix|contest|final|league|rally)\b")
 _YEAR = r"(c\. )?\d{3,4}( (BC|AD|BCE|CE))?(s)?"
 _MONTH = (r"(?i:jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|sep(t(ember)?)?|oct(ober)?"
           r"|nov(ember)?|dec(ember)?)")

@@ -137,3 +137,17 @@ def test_a_climate_table_keyed_by_month_speaks_in_the_present(nlp):
     assert texts[1:] == ["In January, the mean temperature of Holmstad is 2 °C.",
                          "In July, the mean temperature of Holmstad is 17 °C."]
 
+
+def test_a_results_table_in_an_event_article_says_which_event(nlp):
+    """"Party | Votes" rows in an election's article are that election's figures; in another article, as they stand."""
+    from doc2atom.atomizer import atomize
+    from doc2atom.readers import document_from_text
+
+    table = "| Party | Votes |\n| --- | --- |\n| Harbour Party | 48,210 |\n"
+    md = "# 1994 Quessa general election\n\nThe 1994 Quessa general election was held in October 1994.\n\n" + table
+    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    assert texts[-1] == "In the 1994 Quessa general election, Harbour Party had 48,210 votes."
+    md = "# Harbour Party\n\nThe Harbour Party is a party on Quessa.\n\n" + table
+    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    assert texts[-1] == "Harbour Party has 48,210 votes."
+
