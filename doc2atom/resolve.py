@@ -319,6 +319,11 @@ class Discourse:
         if r.dep_ == "attr" and r.head.lemma_ == "be" and r.pos_ == "NOUN":
             s = next((x for x in r.head.children if x.dep_ in ("nsubj", "nsubjpass")), None)
             return a.mention.get(s.i) if s is not None else None  # "X is a river": the river is X
+        topic = self.topic()
+        if (r.lower_ in ("turnout", "attendance") and det in ("", "the") and r.dep_ in ("nsubj", "nsubjpass")
+                and len(c) == 1 + bool(det) and topic is not None and not topic.person and topic.count > 0):
+            # "Turnout was 71 per cent." in an election's article (a sentence's first word, tagged a name)
+            return self._of_topic(c, a, "in " + r.lower_ + " " + topic.key, r.lower_, "in", topic, False, -1)
         propn = [x for x in words if x.pos_ == "PROPN"]
         proper = r.pos_ == "PROPN" or (bool(propn) and r.ent_type_ in NAMED)
         if proper:
