@@ -181,7 +181,7 @@ def html_to_text(html: str) -> tuple[str, str]:
     noise = [el for el in soup.find_all(True) if (set(el.get("class") or []) & _NOISE_CLASSES
                                                  or el.get("id") in _NOISE_IDS or el.get("role") == "navigation")]
     for el in noise:
-        if el.parent is not None:  # (not inside one already removed)
+        if not el.decomposed:  # (not inside one already removed)
             el.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     if soup.title:
