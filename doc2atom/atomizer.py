@@ -25,6 +25,7 @@ from doc2atom.split import finish, render, split_sentence, subject_of
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _HEADING = re.compile(r"^\s*#{1,6}\s")
+_EDIT_HEADING = re.compile(r"([^\s.!?][^.!?]{0,60}?)\s*\[edit\]")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 # markup dropped from atom text (kept in the document): links keep their label
 _MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation needed|[a-z])\]|\*\*|__|`|\s+"
@@ -127,6 +128,11 @@ def segment(text: str) -> list[Block]:
         close_table()
         if not stripped:
             close_para()
+            continue
+        edit = _EDIT_HEADING.fullmatch(stripped) if para is None else None
+        if edit:  # "History[edit]": a heading in text copied from a wiki page
+            close_para()
+            heading, back_level = edit.group(1), True
             continue
         if _HEADING.match(line) or (para is None and stripped.lower().rstrip(":") in BACK_MATTER):
             # (a plain-text "References" line alone is that section's heading; a "# ..." title is never back matter)

@@ -259,3 +259,14 @@ def test_back_matter_sections_give_no_atoms(nlp):
     got = [a.text for a in atomize(document_from_text("t/sarn.md", md), nlp)]
     assert got == ["The Sarn is a river in the north of Quessa.", "The Sarn joins the Ossel at Dask."]
 
+
+def test_wiki_edit_headings_in_copied_text(nlp):
+    """Text copied from a wiki page keeps "History[edit]" lines: they are headings, and "See also[edit]" /
+    "References[edit]" open back matter."""
+    from doc2atom.readers import document_from_text
+
+    txt = ("Dask is a market town on the Sarn.[1]\n\nHistory[edit]\n\nThe town grew up around a ford on the Sarn.\n\n"
+           "See also[edit]\n\nSarn\n\nReferences[edit]\n\nHolm, E. (1988). Rivers of Quessa. p. 41.\n")
+    got = [a.text for a in atomize(document_from_text("t/dask.txt", txt, title="Dask"), nlp)]
+    assert got == ["Dask is a market town on the Sarn.", "Dask grew up around a ford on the Sarn."], got
+
