@@ -520,10 +520,7 @@ def _table_atoms(st: _DocState, block: Block) -> None:
             h, v = header[j], cells[j]
             if not h or not v:
                 continue
-            s = _cell_sentence(name, h, v)
-            if event:
-                s = finish(f"In {topic.name}, " + s[:1].lower() + s[1:] if s.startswith("The ") else
-                           f"In {topic.name}, " + s.replace(f"{name} has ", f"{name} had ", 1))
+            s = _cell_sentence(name, h, v, at=f"In {topic.name}," if event else None)
             st.atoms.append(AtomDraft(type=_value_type(v), text=s, key=make_key(f"{name}: {h.lower()}", s, context),
                                       start=row[j][0], end=row[j][1]))
 
@@ -583,22 +580,25 @@ def _lower_header(h: str) -> str:
     return h[0].lower() + h[1:]
 
 
-def _cell_sentence(name: str, header: str, value: str) -> str:
+def _cell_sentence(name: str, header: str, value: str, at: str | None = None) -> str:
+    """One table cell or field as a sentence about `name`. at: an opening that places it ("In the 1994 Quessa
+    general election,"), which also puts a count in the past."""
     h = header.strip()
     low = _lower_header(h)
     words = h.split()
+    pre = f"{at} " if at else ""
     if words and words[0].lower().endswith(("ed", "en", "wn", "lt")) and len(words) <= 3:  # "Founded", "Designed by"
         prep = "" if words[-1].lower() in ("by", "in", "at", "on", "from", "for") else (
             " in" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD))?", value) or re.fullmatch(_MONTH + r" \d{3,4}", value)
             else " on" if re.fullmatch(r"\d{1,2} " + _MONTH + r" \d{3,4}", value)
             or re.fullmatch(_MONTH + r" \d{1,2}, \d{3,4}", value) else "")  # "Launched: 14 March 1998"
-        return finish(f"{name} was {low}{prep} {value}")
+        return finish(f"{pre}{name} was {low}{prep} {value}")
     if words and words[-1].lower() in ("by", "in", "at", "on", "from", "of"):
-        return finish(f"{name}, {low} {value}")
-    if (len(words) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
-            and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count: "Platforms" 3 -> "X has 3 platforms."
-        return finish(f"{name} has {value} {low[:-1] if value == '1' else low}")
-    return finish(f"The {low} of {name} is {value}")
+        return finish(f"{pre}{name}, {low} {value}")
+    noun = _count(h, value)
+    if noun is not None:  # "Platforms" 3 -> "X has 3 platforms."
+        return finish(f"{pre}{name} {'had' if at else 'has'} {value} {noun}")
+    return finish(f"{pre}{'the' if at else 'The'} {low} of {name} is {value}")
 
 
 _TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade", "month"}
@@ -612,19 +612,28 @@ _MONTH = (r"(?i:jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust
           r"|nov(ember)?|dec(ember)?)")
 
 
+def _count(header: str, value: str) -> str | None:
+    """The counted noun when a cell is a bare count under a one-word plural header ("Platforms" 3 -> "platforms",
+    1 -> "platform"); None for anything else."""
+    h = header.strip()
+    if (len(h.split()) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
+            and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):
+        low = _lower_header(h)
+        return low[:-1] if value == "1" else low
+    return None
+
+
 def _time_sentence(topic: str, when: str, header: str, value: str) -> str:
     """A cell of a table keyed by time: "In 1900, the University of Tallow had 1,200 students." / "In 1900, the
     population of Velmora was 4,200." """
-    h = header.strip()
-    low = _lower_header(h)
     year = re.fullmatch(_YEAR, when) is not None
     # a year is a time past; a month ("January | 2 °C" in a climate table) recurs
     at = f"In {when}," if year or re.fullmatch(_MONTH, when) else f"In {when[:1].lower() + when[1:]},"
     has, be = ("had", "was") if year else ("has", "is")
-    if (len(h.split()) == 1 and re.fullmatch(r"[A-Za-z]+[^su]s", h) and h.lower() not in _NOT_PLURAL
-            and re.fullmatch(r"\d[\d,]*(\.\d+)?", value)):  # a count
-        return finish(f"{at} {topic} {has} {value} {low[:-1] if value == '1' else low}")
-    return finish(f"{at} the {low} of {topic} {be} {value}")
+    noun = _count(header, value)
+    if noun is not None:
+        return finish(f"{at} {topic} {has} {value} {noun}")
+    return finish(f"{at} the {_lower_header(header.strip())} of {topic} {be} {value}")
 
 
 # one-word headers that end in -s but do not name a count of things

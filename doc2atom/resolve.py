@@ -319,7 +319,7 @@ class Discourse:
         if r.dep_ == "attr" and r.head.lemma_ == "be" and r.pos_ == "NOUN":
             s = next((x for x in r.head.children if x.dep_ in ("nsubj", "nsubjpass")), None)
             return a.mention.get(s.i) if s is not None else None  # "X is a river": the river is X
-        topic = self.topic()
+        topic = self.topic()  # (the same for every rule below: nothing in this call changes the section)
         if (r.lower_ in ("turnout", "attendance") and det in ("", "the") and r.dep_ in ("nsubj", "nsubjpass")
                 and len(c) == 1 + bool(det) and topic is not None and not topic.person and topic.count > 0):
             # "Turnout was 71 per cent." in an election's article (a sentence's first word, tagged a name)
@@ -390,7 +390,6 @@ class Discourse:
             # points back)
             # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
             ent = self._described(lemma, r.tag_ == "NNS", common=det in DEMONSTRATIVES)
-            topic = self.topic()
             if (ent is None and r.lower_ in TAXON_NOUNS and det == "the" and topic is not None
                     and not topic.person and topic.count > 0):
                 # "The species was first described in 1998" in the Marrow glass frog's article
@@ -402,7 +401,6 @@ class Discourse:
                     toks = [x.i for x in c]
                     a.refs.update({x: Ref(ent, toks, False, "description") for x in toks})
                 return ent
-        topic = self.topic()
         if (det == "the" and lemma in RELATIONAL and r.tag_ == "NN" and r.dep_ in ("nsubj", "nsubjpass")
                 and all(x.i == r.i or x.dep_ == "det" or x.pos_ in ("ADJ", "NUM") for x in c)  # "the first winner"
                 and not any(x.dep_ in ("poss", "appos", "compound") or (x.dep_ == "prep" and x.lower_ == "of")

@@ -114,40 +114,39 @@ def test_html_structure_cases(html, expected):
     assert text.split("\n\n") == expected
 
 
-def test_a_table_keyed_by_year_is_about_the_topic_under_a_generic_heading(nlp):
-    """"| 1900 | 1,200 |" under "Year | Students" is the topic's figure in 1900, not "1900 has 1,200 students"; the
-    heading "## Organisation" names a part of the article, not the table's subject."""
+def _md_atoms(md: str, nlp) -> list[str]:
+    """The atoms' texts of a markdown document."""
     from doc2atom.atomizer import atomize
     from doc2atom.readers import document_from_text
 
+    return [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+
+
+def test_a_table_keyed_by_year_is_about_the_topic_under_a_generic_heading(nlp):
+    """"| 1900 | 1,200 |" under "Year | Students" is the topic's figure in 1900, not "1900 has 1,200 students"; the
+    heading "## Organisation" names a part of the article, not the table's subject."""
     md = ("# University of Tallow\n\nThe University of Tallow is a public university in Tallow.\n\n## Organisation\n\n"
           "| Year | Students | Population |\n| --- | --- | --- |\n| 1900 | 1,200 | 40,000 |\n")
-    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    texts = _md_atoms(md, nlp)
     assert texts[1:] == ["In 1900, the University of Tallow had 1,200 students.",
                          "In 1900, the population of the University of Tallow was 40,000."]
 
 
 def test_a_climate_table_keyed_by_month_speaks_in_the_present(nlp):
-    from doc2atom.atomizer import atomize
-    from doc2atom.readers import document_from_text
-
     md = ("# Holmstad\n\nHolmstad is a port city on Quessa.\n\n## Climate\n\n| Month | Mean temperature |\n"
           "| --- | --- |\n| January | 2 °C |\n| July | 17 °C |\n")
-    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    texts = _md_atoms(md, nlp)
     assert texts[1:] == ["In January, the mean temperature of Holmstad is 2 °C.",
                          "In July, the mean temperature of Holmstad is 17 °C."]
 
 
 def test_a_results_table_in_an_event_article_says_which_event(nlp):
     """"Party | Votes" rows in an election's article are that election's figures; in another article, as they stand."""
-    from doc2atom.atomizer import atomize
-    from doc2atom.readers import document_from_text
-
     table = "| Party | Votes |\n| --- | --- |\n| Harbour Party | 48,210 |\n"
     md = "# 1994 Quessa general election\n\nThe 1994 Quessa general election was held in October 1994.\n\n" + table
-    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    texts = _md_atoms(md, nlp)
     assert texts[-1] == "In the 1994 Quessa general election, Harbour Party had 48,210 votes."
     md = "# Harbour Party\n\nThe Harbour Party is a party on Quessa.\n\n" + table
-    texts = [a.text for a in atomize(document_from_text("t.md", md), nlp)]
+    texts = _md_atoms(md, nlp)
     assert texts[-1] == "Harbour Party has 48,210 votes."
 
