@@ -157,11 +157,22 @@ def classify(doc, own: list[int], verb: int | None, kind: str, subject: str,
     return Typed("statement", f"{subject} {v.lemma_}")
 
 
-def make_key(head: str, text: str, context: str | None) -> str:
-    """'<context>; <head>; <text>', the context left out when the text names it already."""
+def key_context(heading: str | None, title: str | None) -> list[str]:
+    """What a key says of where its statement stands: the document's title, then the section's heading ("Orvanite",
+    "Uses"). A heading alone ("Uses", "Terms", "Negotiations") does not say whose uses; the title alone is left when
+    the heading repeats it."""
+    out = [c for c in (title, heading) if c and c.strip()]
+    if len(out) == 2 and out[0].lower() in out[1].lower():
+        out = out[1:]
+    return out
+
+
+def make_key(head: str, text: str, context: str | list[str] | None) -> str:
+    """'<context>; <head>; <text>', each part of the context left out when the text or head names it already."""
     parts = []
-    if context and context.lower() not in text.lower() and context.lower() not in head.lower():
-        parts.append(context)
+    for c in ([context] if isinstance(context, str) else context or []):
+        if c and c.lower() not in text.lower() and c.lower() not in head.lower():
+            parts.append(c)
     if head and head.lower() not in text.lower():
         parts.append(head)
     parts.append(text)

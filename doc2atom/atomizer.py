@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from doc2atom.atom_types import classify, make_key
+from doc2atom.atom_types import classify, key_context, make_key
 from doc2atom.lexicon import BACK_MATTER
 from doc2atom.resolve import Discourse
 from doc2atom.schemas import AtomDraft, Document
@@ -284,7 +284,7 @@ class _DocState:
         self.item_lead: str | None = None
 
 
-def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: str,
+def _piece_atoms(st: _DocState, block: Block, offs: list[int], sent, analysis, context: list[str],
                  frame: str | None = None) -> list[AtomDraft]:
     """The atoms of one parsed sentence; `frame` ("Under the Treaty of Ostvale") is said before each."""
     doc = sent.doc
@@ -382,7 +382,7 @@ def _lead_phrase(sent, analysis) -> str | None:
 
 
 def _prose_atoms(st: _DocState, block: Block, parsed, offs: list[int], intro_next: bool) -> None:
-    context = block.heading or st.doc.title
+    context = key_context(block.heading, st.doc.title)
     sents = list(parsed.sents)
     if block.kind != "item":
         st.item_lead = None
@@ -485,7 +485,7 @@ def _table_atoms(st: _DocState, block: Block) -> None:
         return
     header = [_clean(text[s:e]) for s, e in block.rows[0]]
     rows = block.rows[1:] if len(block.rows) > 1 else []
-    context = block.heading or st.doc.title
+    context = key_context(block.heading, st.doc.title)
     # a table keyed by year ("Year | Students", "1900 | 1,200") is about the topic at each time, not about "1900"
     firsts = [_clean(text[r[0][0]:r[0][1]]) for r in rows if r]
     topic = st.disc.topic()
@@ -510,7 +510,7 @@ def _table_atoms(st: _DocState, block: Block) -> None:
                                           start=row[j][0], end=row[j][1]))
             continue
         if len(row) == 1:
-            ctx = context or header[0]  # a document without a title or heading: the column's header
+            ctx = context[-1] if context else header[0]  # no title or heading: the column's header
             st.atoms.append(AtomDraft(type="list_member", text=finish(f"{ctx}: {name}"),
                                       key=make_key(f"{ctx}: {name}", name, None), start=row[0][0], end=row[0][1]))
             continue
@@ -555,12 +555,13 @@ def _field_atoms(st: _DocState, block: Block, fields) -> None:
     """One attribute per "Key: value" line, about the section's or the document's topic, as a table cell is."""
     topic = st.disc.topic()
     name = topic.name[:1].upper() + topic.name[1:] if topic is not None else None
-    context = block.heading or st.doc.title
+    context = key_context(block.heading, st.doc.title)
     for key, value, lo, hi in fields:
         value = _clean(value)
         text = _cell_sentence(name, key, value) if name else finish(f"{key}: {value}")  # no topic: as written
         st.atoms.append(AtomDraft(type=_value_type(value), text=text,
-                                  key=make_key(f"{name or context}: {key.lower()}", text, context),
+                                  key=make_key(f"{name or (context[-1] if context else key)}: {key.lower()}", text,
+                                               context),
                                   start=block.start + lo, end=block.start + hi))
 
 
@@ -697,7 +698,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
             _field_atoms(cur, b, extra)
         else:
             offs, intro_next, lives = extra
-            context = b.heading or cur.doc.title
+            context = key_context(b.heading, cur.doc.title)
             for _, _, name, facts in lives:
                 cur.disc.life_of(name)
                 for text, lo, hi in facts:

@@ -25,7 +25,8 @@ def test_table_cells_become_attribute_atoms_spanning_the_cell(nlp):
         ("event", "Salt Bridge was opened in 1902.", "1902"),
         ("attribute", "Salt Bridge was designed by Aldo Venn.", "Aldo Venn"),
     ]
-    assert atoms[0].key == "Bridges; Venn Bridge: length; The length of Venn Bridge is 212 metres."
+    # the document's title, then the section's heading: whose bridges
+    assert atoms[0].key == "Brennholt; Bridges; Venn Bridge: length; The length of Venn Bridge is 212 metres."
 
 
 def test_segment_finds_the_table_rows_and_list_intro():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from doc2atom.atom_types import TYPE_DOCS, make_key
+from doc2atom.atom_types import TYPE_DOCS, key_context, make_key
 from doc2atom.atomizer import atomize
 from doc2atom.readers import document_from_text
 from doc2atom.schemas import ATOM_TYPES
@@ -59,3 +59,13 @@ def test_key_leaves_out_what_the_text_already_says():
         "Velmora founded: 1843; Velmora was founded in 1843."
     assert make_key("The town: deep", "The harbour is deep.", "Velmora") == "Velmora; The town: deep; The harbour is deep."
     assert make_key("x y", "X y z.", None) == "X y z."
+
+
+def test_key_context_is_title_then_heading():
+    assert key_context("Uses", "Orvanite") == ["Orvanite", "Uses"]
+    assert key_context("Orvanite in art", "Orvanite") == ["Orvanite in art"]
+    assert key_context(None, "Orvanite") == ["Orvanite"]
+    assert key_context("Uses", "") == ["Uses"]
+    assert make_key("crystal keep: Museum", "The crystal is kept at the Museum.", ["Orvanite", "Uses"]) == \
+        "Orvanite; Uses; crystal keep: Museum; The crystal is kept at the Museum."
+    assert make_key("x", "Orvanite is green.", ["Orvanite", "Uses"]) == "Uses; x; Orvanite is green."

@@ -55,6 +55,19 @@ def test_a_first_sentence_is_not_taken_for_the_title(nlp, tmp_path):
         "The Velmont Observatory has a 40-inch refractor.", "Varga died in 1901."]
 
 
+def test_a_section_key_names_the_document_as_well_as_the_heading(nlp):
+    # "Uses" alone does not say whose uses: a question about orvanite must find the atom by its key
+    text = ("# Orvanite\n\nOrvanite is a rare copper mineral.\n\n## Uses\n\n"
+            "The largest known crystal is kept at the Museum of Quessa.\n\n"
+            "## Orvanite in art\n\nThe painter Lise Orm ground it into a green pigment.\n")
+    _, atoms = _atoms(text, nlp)
+    keys = {a.text: a.key for a in atoms}
+    assert keys["The largest known crystal is kept at the Museum of Quessa."].startswith("Orvanite; Uses; ")
+    # a heading that repeats the title is said once; a text that names the title needs no context for it
+    assert keys["The painter Lise Orm ground Orvanite into a green pigment."].startswith("Orvanite in art; The ")
+    assert not keys["Orvanite is a rare copper mineral."].startswith("Orvanite;")
+
+
 def test_a_one_column_table_without_a_title_is_named_by_its_header(nlp):
     d, atoms = _atoms("Some facts are listed here.\n\n| Station |\n| --- |\n| Velmora |\n| Harlow Point |\n", nlp)
     assert d.title == ""
