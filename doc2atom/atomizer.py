@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 
 from doc2atom.atom_types import classify, key_context, make_key
 from doc2atom.lexicon import BACK_MATTER
-from doc2atom.resolve import Discourse
+from doc2atom.resolve import Discourse, topic_title
 from doc2atom.schemas import AtomDraft, Document
 from doc2atom.split import finish, render, split_sentence, subject_of
 
@@ -277,7 +277,7 @@ class _DocState:
 
     def __init__(self, doc: Document, title_doc):
         self.doc = doc
-        self.disc = Discourse(doc.title, doc.text, title_doc)
+        self.disc = Discourse(topic_title(doc.title, doc.text), doc.text, title_doc)
         self.atoms: list[AtomDraft] = []
         self.heading: str | None = None
         # "Under the treaty:" before a list whose items are sentences: said again before each item's atoms
@@ -655,7 +655,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
 
     def stream():
         for n, (d, bl) in enumerate(zip(docs, plans)):
-            yield (d.title or " ", (n, "title", None, None))
+            yield (topic_title(d.title, d.text) or " ", (n, "title", None, None))
             heading = None
             for k, b in enumerate(bl):
                 if b.heading != heading:

@@ -103,6 +103,24 @@ class Analysis:
         return name
 
 
+def topic_title(title: str, text: str) -> str:
+    """The name a document's title gives its topic in the prose: without a disambiguating bracket ("Orvan (town)"
+    -> "Orvan"), and with a closing abbreviation spelled out where the text spells it ("Harrowgate Rovers F.C." ->
+    "Harrowgate Rovers Football Club", when the article says so)."""
+    t = " ".join(title.split())
+    bare = re.sub(r"\s*\([^()]+\)$", "", t)
+    if bare and bare != t:
+        t = bare
+    m = re.match(r"^(.*?\S)\s+((?:[A-Z]\.){2,}|[A-Z]{2,4})$", t)
+    if m and not re.search(r"(?<!\w)" + re.escape(t) + r"(?!\w)", text.replace(f"# {title}", "", 1)):
+        head, letters = m.group(1), re.sub(r"[^A-Z]", "", m.group(2))
+        spelled = re.search(r"(?<!\w)" + re.escape(head) + "".join(rf"\s+{c}[\w'-]*" for c in letters) + r"(?!\w)",
+                            text)
+        if spelled:
+            t = " ".join(spelled.group(0).split())
+    return t
+
+
 class Discourse:
     """Entities of one document, updated sentence by sentence (call `analyse` then `observe`)."""
 

@@ -68,6 +68,36 @@ def test_a_section_key_names_the_document_as_well_as_the_heading(nlp):
     assert not keys["Orvanite is a rare copper mineral."].startswith("Orvanite;")
 
 
+def test_a_title_disambiguator_stays_out_of_the_atoms(nlp):
+    # "Orvan (town)" is how an encyclopedia titles the page; the prose's "the town" is Orvan
+    _, atoms = _atoms("# Orvan (town)\n\nOrvan is a mining town in the Tessin Range. The town was founded in 1702 "
+                      "by silver miners.\n", nlp, title="Orvan (town)")
+    assert [a.text for a in atoms] == ["Orvan is a mining town in the Tessin Range.",
+                                       "Orvan was founded in 1702 by silver miners."]
+
+
+def test_an_abbreviated_title_is_the_name_the_article_spells_out(nlp):
+    # "the club" is the club the title abbreviates, not the league named just before
+    text = ("# Harrowgate Rovers F.C.\n\nHarrowgate Rovers Football Club is a football club based in Harrowgate. "
+            "The club competes in the Second Division of the Veldt Football League.\n\n## History\n\n"
+            "The club was founded in 1889 by dockworkers. It joined the league in 1902 and won its first title in "
+            "1921. After the Second Division was created in 1930, the Rovers were relegated to it twice.\n\n"
+            "In 2004 the club was bought by the shipping magnate Lena Marsk.\n")
+    _, atoms = _atoms(text, nlp, title="Harrowgate Rovers F.C.")
+    assert atoms[-1].text == "In 2004 Harrowgate Rovers Football Club was bought by the shipping magnate Lena Marsk."
+
+
+def test_topic_title():
+    from doc2atom.resolve import topic_title
+
+    assert topic_title("Mercury (planet)", "Mercury is the smallest planet.") == "Mercury"
+    assert topic_title("Harrowgate Rovers F.C.", "Harrowgate Rovers Football Club is a club.") == \
+        "Harrowgate Rovers Football Club"
+    assert topic_title("Harrowgate Rovers F.C.", "Harrowgate Rovers F.C. is a club.") == "Harrowgate Rovers F.C."
+    assert topic_title("World War II", "World War II was a war.") == "World War II"
+    assert topic_title("Velmora AFC", "Velmora is a town.") == "Velmora AFC"  # not spelled out: kept
+
+
 def test_a_one_column_table_without_a_title_is_named_by_its_header(nlp):
     d, atoms = _atoms("Some facts are listed here.\n\n| Station |\n| --- |\n| Velmora |\n| Harlow Point |\n", nlp)
     assert d.title == ""
