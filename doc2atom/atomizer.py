@@ -588,7 +588,11 @@ def _cell_sentence(name: str, header: str, value: str, at: str | None = None) ->
     low = _lower_header(h)
     words = h.split()
     pre = f"{at} " if at else ""
-    if words and words[0].lower().endswith(("ed", "en", "wn", "lt")) and len(words) <= 3:  # "Founded", "Designed by"
+    adverb = len(words) > 1 and words[0].lower() in ("first", "last", "originally")
+    part = words[1].lower() if adverb else words[0].lower() if words else ""
+    if part and (part.endswith(("ed", "en", "wn", "lt")) or adverb and part in _IRREGULAR_PARTICIPLES) \
+            and len(words) <= 3:
+        # "Founded", "Designed by", "Last won" (an honours table: "League champions was last won in 1975")
         prep = "" if words[-1].lower() in ("by", "in", "at", "on", "from", "for") else (
             " in" if re.fullmatch(r"(c\. )?\d{3,4}( (BC|AD))?", value) or re.fullmatch(_MONTH + r" \d{3,4}", value)
             else " on" if re.fullmatch(r"\d{1,2} " + _MONTH + r" \d{3,4}", value)
@@ -602,6 +606,7 @@ def _cell_sentence(name: str, header: str, value: str, at: str | None = None) ->
     return finish(f"{pre}{'the' if at else 'The'} {low} of {name} is {value}")
 
 
+_IRREGULAR_PARTICIPLES = {"won", "held", "run", "set", "built", "sold", "made", "lost", "hit", "met"}
 _TIME_HEADERS = {"year", "years", "date", "season", "census", "period", "decade", "month"}
 # columns of a results table (an election's, a competition's): the figures belong to the event the article is about
 _RESULT_HEADERS = {"votes", "seats", "points", "goals", "wins", "losses", "draws", "medals", "gold", "silver", "bronze",

@@ -80,6 +80,9 @@ def test_key_value_table_is_one_row_about_its_subject(nlp, tmp_path):
     ("Northern Cup", "1987", "The Northern Cup of Velmora is 1987."),  # a name keeps its capitals
     ("Launched", "14 March 1998", "Velmora was launched on 14 March 1998."),
     ("Launched", "March 1998", "Velmora was launched in March 1998."),
+    ("Last won", "1975", "Velmora was last won in 1975."),  # an honours table's column
+    ("First awarded", "1 May 1921", "Velmora was first awarded on 1 May 1921."),
+    ("Last title", "1975", "The last title of Velmora is 1975."),  # a noun after the adverb: not a participle
 ])
 def test_cell_sentences(header, value, sentence):
     from doc2atom.atomizer import _cell_sentence
