@@ -116,6 +116,10 @@ VESSELS = {"ship", "ferry", "vessel", "boat", "steamer", "liner", "yacht", "scho
            "freighter", "submarine", "cruiser", "battleship", "destroyer", "barque", "brig", "sloop", "galleon",
            "icebreaker", "trawler", "steamship"}
 CLASS_FAMILIES = (SETTLEMENTS, VESSELS)
+# made things a title names ("The Grey Harbour is a 1958 drama film"): a definition by one of these says the topic is
+# no person, whatever the tagger guessed from its name
+WORKS = {"film", "movie", "novel", "book", "album", "song", "single", "play", "opera", "poem", "painting", "sculpture",
+         "symphony", "musical", "series", "magazine", "newspaper", "game", "documentary", "ballet", "novella", "cycle"}
 # sections that list sources and links, not facts ("## See also", a plain-text "References" line); not "Notes" or
 # "Sources", which may be a document of notes or a river's sources
 BACK_MATTER = {"see also", "references", "external links", "further reading", "bibliography", "citations",

@@ -28,7 +28,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
-                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, SETTLEMENTS, VESSELS,
+                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, SETTLEMENTS, VESSELS, WORKS,
                               person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
@@ -687,6 +687,8 @@ class Discourse:
             e.classes.add(cls)
             if person_noun(cls):
                 e.votes += 3  # "X was a glassmaker" outweighs a tagger's guesses
+            elif cls in WORKS or cls in GENERIC or cls in VESSELS:
+                e.votes = min(e.votes, -1)  # "X is a 1958 drama film", though the tagger read "Grey" as a name
         self.prev_mentions = order
         self.prev_people = list(dict.fromkeys(e for _, e, proper in sorted(order, key=lambda x: x[0])
                                               if proper and e.person and not e.plural))

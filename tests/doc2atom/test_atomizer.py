@@ -87,6 +87,16 @@ def test_an_abbreviated_title_is_the_name_the_article_spells_out(nlp):
     assert atoms[-1].text == "In 2004 Harrowgate Rovers Football Club was bought by the shipping magnate Lena Marsk."
 
 
+def test_a_work_defined_as_a_film_is_no_person(nlp):
+    # the tagger reads "Grey Harbour" as a person's name, and the article has a "his"; its definition says film
+    text = ("# The Grey Harbour\n\n*The Grey Harbour* is a 1958 drama film directed by Ansel Korr. Based on the "
+            "novel of the same name by Mara Quist, it follows a lighthouse keeper's daughter.\n\n"
+            "The score was written by Jan Olvik, whose brother managed his career.\n")
+    _, atoms = _atoms(text, nlp, title="The Grey Harbour")
+    assert atoms[1].text == ("Based on the novel of the same name by Mara Quist, the Grey Harbour follows a lighthouse "
+                             "keeper's daughter.")
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
