@@ -553,6 +553,14 @@ class Discourse:
                 e = self._peek(c) or Entity(name=c.text, key="")
                 return Ref(e, [p.i], poss, "cataphor")
         blocked = same_clause_subjects(p, a.mention)
+        # a participle opening the pronoun's clause has the pronoun for its subject: "Founded in 1871 by the brothers
+        # Emil and Otto Brask, it operates ferries" (not the brothers), "Based on the novel ..., it follows ..."
+        opener: set[int] = set()
+        if p.dep_ in ("nsubj", "nsubjpass"):
+            for c in p.head.children:
+                if (c.dep_ == "advcl" and c.i < p.i and c.tag_ in ("VBN", "VBG")
+                        and not any(x.dep_ in ("nsubj", "nsubjpass", "mark") for x in c.children)):
+                    opener |= {x.i for x in c.subtree}
         scores: dict[int, float] = {}
         ents: dict[int, Entity] = {}
         for e in self.entities:
@@ -569,7 +577,7 @@ class Discourse:
             scores[id(e)], ents[id(e)] = s, e
         here: set[int] = set()
         for pos, e, role, _ in local:
-            if pos < p.i and ok(e) and id(e) not in blocked:
+            if pos < p.i and ok(e) and id(e) not in blocked and pos not in opener:
                 scores[id(e)] = max(scores.get(id(e), 0.0), 5.0 + role + e.topic + self._parallel(p, e, a))
                 ents[id(e)] = e
                 here.add(pos)
@@ -608,7 +616,8 @@ class Discourse:
             return None  # "She designed it" with no person in sight: better unresolved than wrong
         local_tokens = set()  # earlier mentions in this sentence that were nearly as good a reading
         for toks, e, _ in a.mentions:
-            if toks and min(toks) < p.i and fit(e) == 0 and scores.get(id(e), -99.0) >= scores[k] - 1.5:
+            if toks and min(toks) < p.i and min(toks) not in opener and fit(e) == 0 and \
+                    scores.get(id(e), -99.0) >= scores[k] - 1.5:
                 local_tokens |= set(toks)
         return Ref(ents[k], [p.i], poss, "pronoun", local_tokens)
 

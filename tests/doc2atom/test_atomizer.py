@@ -97,6 +97,15 @@ def test_a_work_defined_as_a_film_is_no_person(nlp):
                              "keeper's daughter.")
 
 
+def test_a_participle_opening_the_clause_has_the_pronoun_for_its_subject(nlp):
+    # the brothers in "Founded ... by the brothers ..., it" are not what "it" is
+    text = ("# Brask Shipping Company\n\nThe Brask Shipping Company is a shipping line based in Harrowgate. "
+            "Founded in 1871 by the brothers Emil and Otto Brask, it operates ferries across the Quessa Sea.\n")
+    _, atoms = _atoms(text, nlp, title="Brask Shipping Company")
+    assert atoms[1].text == ("Founded in 1871 by the brothers Emil and Otto Brask, the Brask Shipping Company operates "
+                             "ferries across the Quessa Sea.")
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
