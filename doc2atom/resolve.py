@@ -458,7 +458,7 @@ class Discourse:
                 name += " " + source_text(r.doc[of.i:of.right_edge.i + 1], skip_det=False)
             if det in DEMONSTRATIVES:
                 name = det + " " + name
-            elif r.tag_ in ("NN", "NNS"):
+            elif r.tag_ in ("NN", "NNS") and not any(x.tag_ == "POS" for x in c):  # not "the Emil Brask's grandson"
                 name = "the " + name
             ent = Entity(name=name, key=key, classes={lemma},
                          plural=r.tag_ == "NNS", votes=2 if person_noun(lemma) else -1)

@@ -106,6 +106,13 @@ def test_a_participle_opening_the_clause_has_the_pronoun_for_its_subject(nlp):
                              "ferries across the Quessa Sea.")
 
 
+def test_a_possessive_description_takes_no_article(nlp):
+    text = ("# Brask Shipping Company\n\nThe Brask Shipping Company is a shipping line. Emil Brask's grandson "
+            "ran the company from 1952 to 1989. He replaced the steamers with diesel ferries.\n")
+    _, atoms = _atoms(text, nlp, title="Brask Shipping Company")
+    assert atoms[-1].text == "Emil Brask's grandson replaced the steamers with diesel ferries."
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
