@@ -385,6 +385,12 @@ class Discourse:
                 ent.votes += 1
             elif r.ent_type_ in NAMED or classes_of(words) & GENERIC:
                 ent.votes -= 1
+            after = r.doc[c.end:c.end + 3]
+            if (len(after) == 3 and after[0].text == "(" and after[2].text == ")"
+                    and re.fullmatch(r"[A-Z]{2,6}", after[1].text)
+                    and after[1].text == "".join(x.text[0] for x in c if x.text[:1].isupper() and x.lower_ != "the")):
+                # "The Brask Shipping Company (BSC)": a later "BSC" is the company
+                self.by_key.setdefault(after[1].lower_, ent)
             return ent
         people = [e for e in self.prev_people if e.person]
         if (det == "the" and len(c) == 2 and r.lower_ in ("couple", "pair") and r.dep_ in ("nsubj", "nsubjpass")

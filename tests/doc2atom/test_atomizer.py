@@ -113,6 +113,15 @@ def test_a_possessive_description_takes_no_article(nlp):
     assert atoms[-1].text == "Emil Brask's grandson replaced the steamers with diesel ferries."
 
 
+def test_an_acronym_in_brackets_names_the_same_thing(nlp):
+    text = ("# Brask Shipping Company\n\nThe Brask Shipping Company (BSC) is a shipping line based in Harrowgate."
+            "\n\n## History\n\nThe company began with a single steamer, the *Morwen*, which carried mail between "
+            "Harrowgate and Orvan. In 1899 BSC bought its main rival, the Ostmark Line.\n")
+    _, atoms = _atoms(text, nlp, title="Brask Shipping Company")
+    # not "BSC bought the Brask Shipping Company's main rival"
+    assert "In 1899 BSC bought its main rival." in [a.text for a in atoms]
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
