@@ -28,7 +28,10 @@ PERSON_NOUNS = {
     "ruler", "sculptor", "novelist", "farmer", "merchant", "sailor", "pilot", "chef", "baker", "coach", "manager",
     "keeper", "sister", "brother", "grandson", "granddaughter", "grandfather", "grandmother", "uncle", "aunt",
     "nephew", "niece", "cousin", "countess", "baron", "baroness", "knight", "abbot", "abbess", "nun", "athlete",
-    "mountaineer", "engraver", "surveyor", "astronomer",
+    "mountaineer", "engraver", "surveyor", "astronomer", "runner", "swimmer", "skier", "boxer", "wrestler",
+    "footballer", "cricketer", "sprinter", "rower", "dancer", "banker", "businessman", "businesswoman", "entrepreneur",
+    "diplomat", "judge", "senator", "statesman", "nurse", "editor", "publisher", "drummer", "officer", "admiral",
+    "colonel", "lieutenant", "sergeant", "commander", "saint", "missionary", "screenwriter", "songwriter",
 }
 # occupations the list does not name: "watchmaker", "herpetologist", "goldsmith", "pianist" (not "checklist"; not a
 # bare "maker", which firms are too)

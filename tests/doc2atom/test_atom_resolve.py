@@ -295,3 +295,10 @@ def test_keys_never_carry_an_unresolved_subject_pronoun(nlp):
     d = document_from_text("t/v", "Velmora is a harbour town. It was founded in 1843. It exports glass.", title="Velmora")
     for a in atomize(d, nlp):
         assert not a.key.split("; ")[0].lower().startswith("it ")
+
+
+def test_common_occupations_are_person_nouns():
+    from doc2atom.lexicon import person_noun
+
+    assert all(person_noun(w) for w in ("runner", "swimmer", "footballer", "diplomat", "judge"))
+    assert not any(person_noun(w) for w in ("river", "tower", "film"))

@@ -122,6 +122,14 @@ def test_an_acronym_in_brackets_names_the_same_thing(nlp):
     assert "In 1899 BSC bought its main rival." in [a.text for a in atoms]
 
 
+def test_a_lead_with_life_dates_makes_the_topic_a_person(nlp):
+    # the tagger does not read the title alone as a name; "(born ...)" says who she is
+    text = ("# Ana Sollberg\n\nAna Sollberg (born 3 June 1961) is a Veldtish former marathon champion. She won "
+            "the Fenwater Marathon four times.\n")
+    _, atoms = _atoms(text, nlp, title="Ana Sollberg")
+    assert atoms[-1].text == "Ana Sollberg won the Fenwater Marathon four times."
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
