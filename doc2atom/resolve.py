@@ -401,9 +401,10 @@ class Discourse:
             a.refs.update({x: Ref(g, toks, False, "description") for x in toks})
             return g
         t = self.title
-        if (t is not None and not t.proper and r.pos_ == "NOUN"
-                and norm(x.text for x in words if not x.is_punct) == t.key):
-            return t  # "The grey-crested tern (Sterna ...) is a seabird": a common-noun title, mentioned
+        if (t is not None and r.pos_ == "NOUN" and norm(x.text for x in words if not x.is_punct) == t.key):
+            # "The grey-crested tern (Sterna ...) is a seabird": a common-noun title, mentioned; "The Velmora
+            # lady's-slipper (...) is a species of orchid": a name the tagger heads with a common noun
+            return t
         if r.pos_ != "NOUN" or (r.lower_ in NOT_ENTITIES and not (
                 det in DEMONSTRATIVES and r.dep_ in ("nsubj", "nsubjpass", "dobj"))):
             return None  # "part", "number" ... name nothing, but "this number" points at something

@@ -130,6 +130,15 @@ def test_a_lead_with_life_dates_makes_the_topic_a_person(nlp):
     assert atoms[-1].text == "Ana Sollberg won the Fenwater Marathon four times."
 
 
+def test_a_hyphenated_name_headed_by_a_noun_is_the_title(nlp):
+    # "lady's-slipper" parses as a common noun with a hyphen token: still the article's topic, so its flowers are
+    text = ("# Velmora lady's-slipper\n\nThe Velmora lady's-slipper (*Cypripedium velmorense*) is a species of "
+            "orchid endemic to the meadows around Velmora.\n\n## Description\n\nThe plant grows to 30 centimetres "
+            "tall. Each stem bears one or two flowers. The flowers appear in late May.\n")
+    _, atoms = _atoms(text, nlp, title="Velmora lady's-slipper")
+    assert atoms[-1].text == "The flowers of the Velmora lady's-slipper appear in late May."
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
