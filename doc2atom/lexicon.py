@@ -91,6 +91,9 @@ BODY_PARTS = {"crest", "bill", "beak", "wing", "tail", "plumage", "feather", "fu
               "call", "song", "nest", "diet", "range", "habitat", "lifespan", "wingspan"}
 # "the species" in an article about an organism is that organism (it names no class an entity was given)
 TAXON_NOUNS = {"species", "subspecies", "genus"}
+# what an organism's article calls the organism itself ("The plant grows to 45 centimetres"), in such an article only
+ORGANISM_NOUNS = {"plant", "animal", "bird", "fish", "tree", "shrub", "frog", "insect", "mammal", "reptile", "snake",
+                  "butterfly", "moth", "beetle", "spider", "fungus", "orchid", "seabird"}
 # passive participles that describe a state rather than something done to a patient: "It is known for being flat"
 # after "The course ... crosses the Old Bridge" says what the course is like (the resolver's parallel-roles bonus for a
 # patient of the last sentence, "a flood destroyed the wall. It was rebuilt", is for the other kind)

@@ -28,7 +28,7 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
-                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, SETTLEMENTS, VESSELS, WORKS,
+                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, ORGANISM_NOUNS, SETTLEMENTS, VESSELS, WORKS,
                               person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
@@ -415,9 +415,10 @@ class Discourse:
             # points back)
             # "the river" -> a named river; "these streams" -> whatever streams were just mentioned
             ent = self._described(lemma, r.tag_ == "NNS", common=det in DEMONSTRATIVES)
-            if (ent is None and r.lower_ in TAXON_NOUNS and det == "the" and topic is not None
-                    and not topic.person and topic.count > 0):
-                # "The species was first described in 1998" in the Marrow glass frog's article
+            if (ent is None and (r.lower_ in TAXON_NOUNS or (self.organism and r.lower_ in ORGANISM_NOUNS))
+                    and det == "the" and topic is not None and not topic.person and topic.count > 0):
+                # "The species was first described in 1998" in the Marrow glass frog's article; "The plant grows to
+                # 45 centimetres" in an orchid's
                 toks = [x.i for x in c]
                 a.refs.update({x: Ref(topic, toks, False, "description") for x in toks})
                 return topic

@@ -137,6 +137,14 @@ def test_a_hyphenated_name_headed_by_a_noun_is_the_title(nlp):
             "tall. Each stem bears one or two flowers. The flowers appear in late May.\n")
     _, atoms = _atoms(text, nlp, title="Velmora lady's-slipper")
     assert atoms[-1].text == "The flowers of the Velmora lady's-slipper appear in late May."
+    # and "the plant" in an organism's article is the organism
+    assert atoms[1].text == "The Velmora lady's-slipper grows to 30 centimetres tall."
+
+
+def test_the_plant_is_the_organism_only_in_an_organism_article(nlp):
+    _, atoms = _atoms("# Orvan Glassworks\n\nThe Orvan Glassworks is a factory in Orvan. The plant employs 300 "
+                      "people.\n", nlp, title="Orvan Glassworks")
+    assert atoms[-1].text == "The plant employs 300 people."
 
 
 def test_topic_title():
