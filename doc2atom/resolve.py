@@ -58,6 +58,9 @@ class Entity:
     # first mentioned with "a"/"an" and an of-phrase: "the expedition of eleven people up the Ardent River", what a
     # later "the expedition" is replaced by
     description: str = ""
+    # classes the text gave it (a word of its name: "Lake Constance"; "X is a village", "X, a village", "the village
+    # of X"), not the tagger's label ("GPE": city, town, village ...)
+    said: set[str] = field(default_factory=set)
 
     @property
     def person(self) -> bool:
@@ -377,6 +380,7 @@ class Discourse:
             elif clean and not ent.clean and ent.topic == 0:
                 ent.name, ent.clean = text, True
             ent.classes |= classes_of(words) | LABEL_CLASSES.get(r.ent_type_, set())
+            ent.said |= classes_of(words)
             if any(person_noun(w) for w in classes_of(words)):
                 ent.votes += 2  # "the engineer Maud Ellery"
             if life_dates(c):
@@ -494,7 +498,7 @@ class Discourse:
     def _described(self, lemma: str, plural: bool, common: bool = False) -> Entity | None:
         """'the river' -> the most salient named entity whose class is 'river' (with `common`, a
         recent unnamed one will do: 'these streams' -> 'the smaller streams')."""
-        best, score = None, 0.0
+        best, score, told = None, 0.0, False
         for e in self.entities:
             # (the document's title names a thing even where the prose writes it in lower case: "the mineral" in
             # the article on orvanite)
@@ -505,9 +509,13 @@ class Discourse:
             if not (family & e.classes) or (e.plural != plural and not (named and not plural)) or not (named or (
                     common and e.last >= self.sent - 2 and not e.key.split()[0] in DEMONSTRATIVES)):
                 continue
+            # a name the text called a village beats one the tagger's label calls a village too ("the village"
+            # after "above the village of Orlen", not Arnsmark)
+            said = bool(family & e.said) or e is self.title  # (the title by its family: "the city" in Brantwick's
+            # article is Brantwick, not its nickname "the Grey City")
             s = self._salience(e)
-            if s > score:
-                best, score = e, s
+            if (said, s) > (told, score):
+                best, score, told = e, s, said
         if best is None and not plural:  # a name whose head word is the noun: "the Velmont Observatory",
             for e in self.entities:      # "the University of Brantwick" for "the observatory", "the university"
                 words = e.name.split()
@@ -690,6 +698,11 @@ class Discourse:
                     a.classes.append((a.mention[s.i], t.lemma_.lower()))
             if t.dep_ == "appos" and t.pos_ == "NOUN" and a.mention.get(t.head.i) is not None and near(t.head, t):
                 a.classes.append((a.mention[t.head.i], t.lemma_.lower()))
+            if (t.dep_ == "pobj" and t.pos_ == "PROPN" and t.head.lower_ == "of" and t.head.head.pos_ == "NOUN"
+                    and t.head.head.lemma_.lower() in GENERIC | SETTLEMENTS
+                    and any(d.lower_ == "the" for d in t.head.head.children if d.dep_ == "det")
+                    and a.mention.get(t.i) is not None and a.mention[t.i].proper):
+                a.classes.append((a.mention[t.i], t.head.head.lemma_.lower()))  # "the village of Orlen"
 
     def observe(self, a: Analysis) -> None:
         """Record the sentence's mentions; the next sentence sees them as recent."""
@@ -704,6 +717,7 @@ class Discourse:
                 e.last, e.role, e.patient = self.sent, seen[id(e)], id(e) in a.patients
         for e, cls in a.classes:
             e.classes.add(cls)
+            e.said.add(cls)
             if person_noun(cls):
                 e.votes += 3  # "X was a glassmaker" outweighs a tagger's guesses
             elif cls in WORKS or cls in GENERIC or cls in VESSELS:

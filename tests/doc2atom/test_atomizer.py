@@ -147,6 +147,15 @@ def test_the_plant_is_the_organism_only_in_an_organism_article(nlp):
     assert atoms[-1].text == "The plant employs 300 people."
 
 
+def test_the_village_is_the_one_the_text_called_a_village(nlp):
+    # the tagger's GPE label lets any country be "the village"; the text called Orlen one
+    text = ("# Orlen Castle\n\nOrlen Castle is a medieval castle above the village of Orlen. It guarded the pass "
+            "between Veldt and Arnsmark. In 1461 it withstood a siege by an army of Arnsmark.\n\n"
+            "Its stones were used to build houses in the village.\n")
+    _, atoms = _atoms(text, nlp, title="Orlen Castle")
+    assert atoms[-1].text == "Orlen Castle's stones were used to build houses in Orlen."
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
