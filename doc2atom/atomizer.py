@@ -260,12 +260,51 @@ def sentence_starts(clean: str, raw: str, offs: list[int]) -> set[int]:
     return starts
 
 
-def _presegmented(nlp, clean: str, starts: set[int]):
-    """A tokenized Doc whose sentence boundaries are fixed (the parser respects them)."""
+_SMALL_WORDS = {"and", "of", "the", "in", "on", "a", "an", "to", "for", "with", "at", "by", "from", "or", "&"}
+
+
+def titled_spans(raw: str, offs: list[int]) -> list[tuple[int, int]]:
+    """Clean-text spans of the emphasised phrases in a raw block that read as titles of several words ("*Salt and
+    Iron*", "_The Grey Harbour_"): every word capitalised but small ones, at most 8 words."""
+    at = {r: c for c, r in enumerate(offs)}
+    out = []
+    for m in _MARKUP.finditer(raw):
+        g = next((k for k in (2, 3) if m.group(k) is not None), None) if m.lastindex in (2, 3) else None
+        if g is None:
+            continue
+        words = m.group(g).split()
+        if not 2 <= len(words) <= 8 or not words[0][:1].isupper() or any(
+                not (w[:1].isupper() or w[:1].isdigit() or w.lower() in _SMALL_WORDS) for w in words):
+            continue
+        start = m.start(g)
+        if words[0].lower() in ("the", "a", "an"):  # "*The Grey Harbour*": the article stays a word of its own
+            rest = m.group(g)[len(words[0]):]
+            start += len(words[0]) + len(rest) - len(rest.lstrip())
+        lo, hi = at.get(start), at.get(m.end(g) - 1)
+        if lo is not None and hi is not None and lo < hi:
+            out.append((lo, hi + 1))
+    return out
+
+
+def _presegmented(nlp, clean: str, starts: set[int], titles: list[tuple[int, int]] = ()):
+    """A tokenized Doc whose sentence boundaries are fixed (the parser respects them), each titled span one token
+    (so that "*Salt and Iron*, which sold ..." is not parsed as "Salt" and "Iron, which sold ...")."""
     d = nlp.make_doc(clean)
+    spans = [sp for lo, hi in titles if (sp := d.char_span(lo, hi)) is not None and len(sp) > 1]
+    if spans:
+        with d.retokenize() as r:
+            for sp in spans:
+                r.merge(sp)
     for t in d:
         t.is_sent_start = t.i == 0 or t.idx in starts
     return d
+
+
+def _title_tokens(doc) -> None:
+    """After parsing: a merged title is a proper noun, whatever the tagger made of the one odd token."""
+    for t in doc:
+        if " " in t.text and t.text[:1].isupper():
+            t.tag_, t.pos_ = "NNP", "PROPN"
 
 
 def _clean(s: str) -> str:
@@ -686,7 +725,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                     raw = raw[:lo] + " " * (hi - lo) + raw[hi:]  # same length: offsets still map to the source
                 clean, offs = clean_map(raw)
                 nxt = bl[k + 1] if k + 1 < len(bl) else None
-                doc = _presegmented(nlp, clean, sentence_starts(clean, raw, offs))
+                doc = _presegmented(nlp, clean, sentence_starts(clean, raw, offs), titled_spans(raw, offs))
                 yield (doc, (n, "block", b, (offs, nxt is not None and nxt.kind == "item", lives)))
 
     cur: _DocState | None = None
@@ -710,6 +749,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
                     cur.atoms.append(AtomDraft(type="event", text=text, key=make_key(f"{name}: life", text, context),
                                                start=b.start + lo, end=b.start + hi))
             n_before = len(cur.atoms)
+            _title_tokens(parsed)
             _prose_atoms(cur, b, parsed, offs, intro_next)
             # a timeline entry, "- 1843: Ilse Varn founds the town." or a line of them: "In 1843, Ilse Varn founds
             # Velmora."

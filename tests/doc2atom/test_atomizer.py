@@ -156,6 +156,24 @@ def test_the_village_is_the_one_the_text_called_a_village(nlp):
     assert atoms[-1].text == "Orlen Castle's stones were used to build houses in Orlen."
 
 
+def test_an_emphasised_title_is_one_name(nlp):
+    # "*Salt and Iron*" is an album, not "Salt" and "Iron, which sold ..."
+    text = ("# The Lanterns\n\nThe Lanterns are a folk rock band. They are best known for their 1999 album "
+            "*Salt and Iron*, which sold over 300,000 copies in Veldt.\n")
+    _, atoms = _atoms(text, nlp, title="The Lanterns")
+    assert atoms[-1].text == "The Lanterns' 1999 album Salt and Iron sold over 300,000 copies in Veldt."
+    for a in atoms:  # spans still point at the source
+        assert "Salt and Iron" not in a.text or "Salt and Iron" in text[a.start:a.end]
+
+
+def test_titled_spans():
+    from doc2atom.atomizer import clean_map, titled_spans
+
+    raw = "Their album *Salt and Iron* and the film _The Grey Harbour_, but *not this* and *Cypripedium velmorense*."
+    clean, offs = clean_map(raw)
+    assert [clean[lo:hi] for lo, hi in titled_spans(raw, offs)] == ["Salt and Iron", "Grey Harbour"]
+
+
 def test_topic_title():
     from doc2atom.resolve import topic_title
 
