@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from doc2atom.atom_types import classify, key_context, make_key
 from doc2atom.lexicon import BACK_MATTER
+from doc2atom.readers import titled
 from doc2atom.resolve import Discourse, topic_title
 from doc2atom.schemas import AtomDraft, Document
 from doc2atom.split import finish, render, split_sentence, subject_of
@@ -260,9 +261,6 @@ def sentence_starts(clean: str, raw: str, offs: list[int]) -> set[int]:
     return starts
 
 
-_SMALL_WORDS = {"and", "of", "the", "in", "on", "a", "an", "to", "for", "with", "at", "by", "from", "or", "&"}
-
-
 def titled_spans(raw: str, offs: list[int]) -> list[tuple[int, int]]:
     """Clean-text spans of the emphasised phrases in a raw block that read as titles of several words ("*Salt and
     Iron*", "_The Grey Harbour_"): every word capitalised but small ones, at most 8 words."""
@@ -273,8 +271,7 @@ def titled_spans(raw: str, offs: list[int]) -> list[tuple[int, int]]:
         if g is None:
             continue
         words = m.group(g).split()
-        if not 2 <= len(words) <= 8 or not words[0][:1].isupper() or any(
-                not (w[:1].isupper() or w[:1].isdigit() or w.lower() in _SMALL_WORDS) for w in words):
+        if not titled(words):
             continue
         start = m.start(g)
         if words[0].lower() in ("the", "a", "an"):  # "*The Grey Harbour*": the article stays a word of its own

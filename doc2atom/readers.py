@@ -166,6 +166,16 @@ _NOISE_IDS = {"mw-navigation", "mw-head", "mw-panel", "footer", "catlinks", "sit
               "toc", "p-lang", "mw-hidden-catlinks"}
 
 
+_SMALL_WORDS = {"and", "of", "the", "in", "on", "a", "an", "to", "for", "with", "at", "by", "from", "or", "&"}
+
+
+def titled(words: list[str]) -> bool:
+    """Whether an emphasised phrase reads as a title of several words ("Salt and Iron", "The Grey Harbour"): every
+    word capitalised but small ones, 2 to 8 words."""
+    return 2 <= len(words) <= 8 and words[0][:1].isupper() and all(
+        w[:1].isupper() or w[:1].isdigit() or w.lower() in _SMALL_WORDS for w in words)
+
+
 def html_to_text(html: str) -> tuple[str, str]:
     """Visible text of an HTML page (scripts, styles, navigation dropped) and its title.
 
@@ -183,6 +193,10 @@ def html_to_text(html: str) -> tuple[str, str]:
     for el in noise:
         if not el.decomposed:  # (not inside one already removed)
             el.decompose()
+    for el in soup.find_all(["i", "em", "cite"]):  # a work's title in italics: emphasis the atomizer reads
+        words = el.get_text(" ", strip=True).split()
+        if titled(words) and not el.find_parent("title"):
+            el.replace_with("*" + " ".join(words) + "*")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     if soup.title:
         soup.title.decompose()

@@ -153,3 +153,13 @@ def test_a_results_table_in_an_event_article_says_which_event(nlp):
     texts = _md_atoms(md, nlp)
     assert texts[-1] == "Harbour Party has 48,210 votes."
 
+
+
+def test_an_italic_title_in_html_is_one_name(nlp, tmp_path):
+    html = ("<html><body><h1>The Lanterns</h1><p>The Lanterns are a folk rock band. They are best known for their "
+            "1999 album <i>Salt and Iron</i>, which sold over 300,000 copies, and for songs about "
+            "<i>hope</i>.</p></body></html>")
+    doc = _doc(tmp_path, html)
+    assert "*Salt and Iron*" in doc.text and "*hope*" not in doc.text  # one word: no title
+    texts = [a.text for a in atomize(doc, nlp)]
+    assert any(t.startswith("The Lanterns' 1999 album Salt and Iron sold over 300,000 copies") for t in texts), texts
