@@ -71,7 +71,14 @@ def repetition_start(answer: str, min_repeats: int = 4, max_words: int = 4) -> i
                 if best is None or i < best[0]:
                     best = (i, words[i + n][0])
                 break
+    # a loop inside a word: "Harrowgategategategate" (a piece of 2-8 letters four times in a row) -> the offset of
+    # the piece's second copy
+    m = _LETTER_LOOP.search(answer)
+    if m is not None and (best is None or m.start() + len(m.group(1)) < best[1]):
+        return m.start() + len(m.group(1))
     return None if best is None else best[1]
 
+
+_LETTER_LOOP = re.compile(r"([A-Za-z]{2,8}?)\1{3,}")
 
 __all__ = ["repetition_start", "unsupported"]

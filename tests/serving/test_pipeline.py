@@ -152,7 +152,10 @@ def test_repetition_start():
     assert text[:repetition_start(text)].strip() == "General Brenn"
     text = "The Ossel flows north. The Ossel flows north. The Ossel flows north. The Ossel flows north."
     assert text[:repetition_start(text)].strip() == "The Ossel flows north."
-    for ok in ["Otto Brenn was captured and held for two years.", "It had 1, 2, 3, 4 boats.", "ha ha ha", ""]:
+    text = "Harrowgategategategategategategatega"  # a loop inside a word
+    assert text[:repetition_start(text)] == "Harrowgate"
+    for ok in ["Otto Brenn was captured and held for two years.", "It had 1, 2, 3, 4 boats.", "ha ha ha", "",
+               "The Mississippi is long.", "It cost 100000000 marks."]:
         assert repetition_start(ok) is None
 
 
