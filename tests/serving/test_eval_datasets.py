@@ -142,7 +142,7 @@ def test_the_dev_set_reads_every_document_it_names():
     from serving.evaluate.datasets import read_dataset
 
     data = read_dataset(Path(__file__).resolve().parents[2] / "data" / "dev_questions.json", "questions")
-    assert len(data.documents) == 10
+    assert len(data.documents) == 20
     ids = {d.id for d in data.documents}
     assert all(set(q.docs) <= ids and (q.impossible or q.docs) for q in data.questions)
     assert {"paraphrase", "multihop", "out_of_scope"} == {q.type for q in data.questions}
