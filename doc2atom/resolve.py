@@ -34,6 +34,11 @@ from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NO
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
 
+# a title before a name says the name is a person's, and which gender: "Queen Maren of Tiel" is no "his"
+_FEMALE_TITLES = {"queen", "princess", "duchess", "countess", "lady", "dame", "empress", "baroness", "abbess", "mrs",
+                  "madame", "archduchess", "tsarina"}
+_MALE_TITLES = {"king", "prince", "duke", "count", "lord", "sir", "emperor", "baron", "abbot", "mr", "archduke", "tsar",
+                "sultan", "pharaoh"}
 _GENDER = {"she": "f", "her": "f", "hers": "f", "herself": "f", "he": "m", "him": "m", "his": "m", "himself": "m"}
 
 
@@ -121,6 +126,17 @@ def topic_title(title: str, text: str) -> str:
                             text)
         if spelled:
             t = " ".join(spelled.group(0).split())
+        return t
+    # the name the article's first sentence opens with, when it is the title shortened ("Aldric III of Veldt" ->
+    # "Aldric III (1590 - 1641) was King ...", "Tessic language" -> "Tessic is a language ...")
+    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "|", "<"))), "")
+    first = re.sub(r"^[\s*_\"'“]*(?:the\s+)?[*_]*", "", first, flags=re.I)
+    words = t.split()
+    for k in range(len(words) - 1, 0, -1):
+        short = " ".join(words[:k])
+        if first.startswith(short) and re.match(r"[*_]*(?:\s+\(|\s+(?:is|was|are|were|has|had)\b|,)", first[len(short):]) \
+                and short[:1].isupper():
+            return short
     return t
 
 
@@ -383,6 +399,10 @@ class Discourse:
             ent.said |= classes_of(words)
             if any(person_noun(w) for w in classes_of(words)):
                 ent.votes += 2  # "the engineer Maud Ellery"
+            lead = words[0].lower_
+            if words[0].pos_ == "PROPN" and len(words) > 1 and (lead in _FEMALE_TITLES or lead in _MALE_TITLES):
+                ent.votes += 2  # "Queen Maren", "King Osric II": a person, and which
+                ent.gender = ent.gender or ("f" if lead in _FEMALE_TITLES else "m")
             if life_dates(c):
                 ent.votes += 2  # "Ilse Varn (1811–1879)"
             if r.ent_type_ == "PERSON":

@@ -150,6 +150,21 @@ ARTICLES = [
         "Iron*, which sold over 300,000 copies in Veldt.\n",
         ["The Lanterns' 1999 album Salt and Iron sold over 300,000 copies in Veldt."],
         id="emphasised-title"),
+    pytest.param(  # the title shortened in the prose is the topic; "Queen Maren" is no "his", "Princess Ingrid" a person
+        "Aldric III of Veldt",
+        "# Aldric III of Veldt\n\nAldric III (1590 – 12 May 1641) was King of Veldt from 1619 until his death.\n\n"
+        "## Early life\n\nAldric was the second son of King Osric II and Queen Maren of Tiel. His elder brother, "
+        "Prince Edmund, drowned in 1608.\n\n## Reign\n\nAldric married Princess Ingrid of Arnsmark in 1621. They had "
+        "five children.\n",
+        ["Aldric's elder brother, Prince Edmund, drowned in 1608.",
+         "Aldric and Princess Ingrid had five children."],
+        id="regnal-title-and-titled-names"),
+    pytest.param(  # "Tessic language" as a title, "Tessic" in the prose
+        "Tessic language",
+        "# Tessic language\n\nTessic is a language spoken by about 40,000 people in the Tessin Range.\n\n## Status\n\n"
+        "The language is recognised as a minority language in Veldt.\n",
+        ["Tessic is recognised as a minority language in Veldt."],
+        id="title-shortened-in-the-prose"),
 ]
 
 
