@@ -27,6 +27,7 @@ from doc2atom.split import finish, render, split_sentence, subject_of
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _HEADING = re.compile(r"^\s*#{1,6}\s")
 _EDIT_HEADING = re.compile(r"([^\s.!?][^.!?]{0,60}?)\s*\[edit\]")
+_WIKI_HEADING = re.compile(r"(={2,6})\s*([^=\n]{1,80}?)\s*\1")  # "== History ==" in a copy of a wiki's source
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 # markup dropped from atom text (kept in the document): links keep their label
 _MARKUP = re.compile(r"!?\[([^\]\n]+)\]\([^)\n]*\)|\[(?:note \w+|\d+|citation needed|[a-z])\]|\*\*|__|`|\s+"
@@ -134,6 +135,11 @@ def segment(text: str) -> list[Block]:
         if edit:  # "History[edit]": a heading in text copied from a wiki page
             close_para()
             heading, back_level = edit.group(1), True
+            continue
+        wiki = _WIKI_HEADING.fullmatch(stripped)
+        if wiki:  # "== History ==": a heading in a wiki's own markup
+            close_para()
+            heading, back_level = wiki.group(2), True
             continue
         if _HEADING.match(line) or (para is None and stripped.lower().rstrip(":") in BACK_MATTER):
             # (a plain-text "References" line alone is that section's heading; a "# ..." title is never back matter)

@@ -178,6 +178,15 @@ def test_new_kinds_of_article(nlp, title, text, sentences):
         assert d.text[a.start:a.end].strip()
 
 
+def test_wiki_markup_headings_are_headings(nlp):
+    text = ("Holm (Skarra)\n\nHolm is the main town of the island of Skarra.\n\n== History ==\n\nThe town grew around a "
+            "fishing harbour.\n\n=== Since 1900 ===\n\nIt received an airport in 1972.\n")
+    _, atoms = _atoms(text, nlp, title="Holm (Skarra)")
+    assert [a.text for a in atoms] == ["Holm is the main town of the island of Skarra.",
+                                       "Holm grew around a fishing harbour.", "Holm received an airport in 1972."]
+    assert atoms[1].key.startswith("Holm (Skarra); History; ")
+
+
 def test_titled_spans():
     from doc2atom.atomizer import clean_map, titled_spans
 
