@@ -484,6 +484,8 @@ class Discourse:
             return ent
         if ent is None:
             name = source_text(c, skip_det=True)
+            if words[0].is_sent_start and words[0].pos_ != "PROPN" and not words[0].text.isupper():
+                name = name[:1].lower() + name[1:]  # "Symptoms usually begin ... They include": "the symptoms"
             of = next((x for x in r.children if x.dep_ == "prep" and x.lower_ == "of"), None)
             if of is not None and of.right_edge.i - of.i <= 4 and not any(
                     x.lower_ in PRONOUNS or x.tag_ == "PRP$" for x in of.subtree):

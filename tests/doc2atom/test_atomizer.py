@@ -165,6 +165,12 @@ ARTICLES = [
         "The language is recognised as a minority language in Veldt.\n",
         ["Tessic is recognised as a minority language in Veldt."],
         id="title-shortened-in-the-prose"),
+    pytest.param(  # a sentence's first word keeps no capital inside a later atom: not "The Symptoms include"
+        "Quessan fever",
+        "# Quessan fever\n\nQuessan fever is an infectious disease spread by the sand tick.\n\n## Signs\n\nSymptoms "
+        "usually begin five days after the bite. They include a high fever and a red rash.\n",
+        ["The symptoms include a high fever and a red rash."],
+        id="sentence-initial-noun"),
 ]
 
 
