@@ -317,9 +317,9 @@ def _clean(s: str) -> str:
 class _DocState:
     """Per-document state while its blocks stream past."""
 
-    def __init__(self, doc: Document, title_doc):
+    def __init__(self, doc: Document, topic: str, title_doc):
         self.doc = doc
-        self.disc = Discourse(topic_title(doc.title, doc.text), doc.text, title_doc)
+        self.disc = Discourse(topic, doc.text, title_doc)
         self.atoms: list[AtomDraft] = []
         self.heading: str | None = None
         # "Under the treaty:" before a list whose items are sentences: said again before each item's atoms
@@ -699,10 +699,11 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
     """Atomize several documents, sharing spaCy batches; yields one list of atoms per document."""
     docs = list(docs)
     plans: list[list[Block]] = [segment(d.text) for d in docs]
+    topics = [topic_title(d.title, d.text) for d in docs]  # the name each title gives its topic in the prose
 
     def stream():
         for n, (d, bl) in enumerate(zip(docs, plans)):
-            yield (topic_title(d.title, d.text) or " ", (n, "title", None, None))
+            yield (topics[n] or " ", (n, "title", None, None))
             heading = None
             for k, b in enumerate(bl):
                 if b.heading != heading:
@@ -736,7 +737,7 @@ def atomize_many(docs: Iterable[Document], nlp, batch_size: int = 64) -> Iterato
         if what == "title":  # every document streams its title first
             if cur is not None:
                 yield cur.atoms
-            cur = _DocState(docs[n], parsed)
+            cur = _DocState(docs[n], topics[n], parsed)
         elif what == "heading":
             cur.disc.set_section(b.heading, docs[n].text, parsed if b.heading else None)
         elif what == "table":

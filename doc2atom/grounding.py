@@ -50,6 +50,7 @@ def unsupported(answer: str, sources: list[str]) -> list[str]:
 
 
 _WORD = re.compile(r"\S+")
+_LETTER_LOOP = re.compile(r"([A-Za-z]{2,8}?)\1{3,}")  # a piece of 2-8 letters, four times in a row
 
 
 def repetition_start(answer: str, min_repeats: int = 4, max_words: int = 4) -> int | None:
@@ -78,7 +79,5 @@ def repetition_start(answer: str, min_repeats: int = 4, max_words: int = 4) -> i
         return m.start() + len(m.group(1))
     return None if best is None else best[1]
 
-
-_LETTER_LOOP = re.compile(r"([A-Za-z]{2,8}?)\1{3,}")
 
 __all__ = ["repetition_start", "unsupported"]

@@ -115,6 +115,11 @@ GENERIC_HEADINGS = {
     "records", "venue", "teams", "players", "stadium", "media", "bibliography", "publications", "themes", "plot",
     "characters", "adaptations", "references", "notes", "summary", "introduction", "features", "course", "route",
 }
+# a title before a name says the name is a person's, and which gender: "Queen Maren of Tiel" is no "his"
+FEMALE_TITLES = {"queen", "princess", "duchess", "countess", "lady", "dame", "empress", "baroness", "abbess", "mrs",
+                 "madame", "archduchess", "tsarina"}
+MALE_TITLES = {"king", "prince", "duke", "count", "lord", "sir", "emperor", "baron", "abbot", "mr", "archduke", "tsar",
+               "sultan", "pharaoh"}
 # one kind of place: "the town" in an article on a city is the city
 SETTLEMENTS = {"town", "city", "village", "municipality", "settlement", "borough"}
 # one kind of craft: "the ship" in an article on a ferry is the ferry, and "she" may be it

@@ -28,17 +28,12 @@ from doc2atom.clues import (bracketed, cataphor, classes_of, clause_subject, cop
                             source_text)
 from doc2atom.lexicon import (DEMONSTRATIVES, GENERIC, LABEL_CLASSES, MEASURE_NOUNS, NAMED, NOT_ENTITIES, NUMERIC,
                               PRONOUNS, RELATIONAL, STATIVE_PASSIVES, TAXON_NOUNS, LIFE_STAGES, GENERIC_HEADINGS,
-                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, ORGANISM_NOUNS, SETTLEMENTS, VESSELS, WORKS,
-                              person_noun)
+                              BODY_PARTS, CLASS_FAMILIES, CLIMATE_NOUNS, FEMALE_TITLES, MALE_TITLES, ORGANISM_NOUNS,
+                              SETTLEMENTS, VESSELS, WORKS, person_noun)
 
 _TOPIC, _SECTION = 2.5, 3.0  # while a section names its subject, that subject leads
 
 
-# a title before a name says the name is a person's, and which gender: "Queen Maren of Tiel" is no "his"
-_FEMALE_TITLES = {"queen", "princess", "duchess", "countess", "lady", "dame", "empress", "baroness", "abbess", "mrs",
-                  "madame", "archduchess", "tsarina"}
-_MALE_TITLES = {"king", "prince", "duke", "count", "lord", "sir", "emperor", "baron", "abbot", "mr", "archduke", "tsar",
-                "sultan", "pharaoh"}
 _GENDER = {"she": "f", "her": "f", "hers": "f", "herself": "f", "he": "m", "him": "m", "his": "m", "himself": "m"}
 
 
@@ -400,9 +395,9 @@ class Discourse:
             if any(person_noun(w) for w in classes_of(words)):
                 ent.votes += 2  # "the engineer Maud Ellery"
             lead = words[0].lower_
-            if words[0].pos_ == "PROPN" and len(words) > 1 and (lead in _FEMALE_TITLES or lead in _MALE_TITLES):
+            if words[0].pos_ == "PROPN" and len(words) > 1 and (lead in FEMALE_TITLES or lead in MALE_TITLES):
                 ent.votes += 2  # "Queen Maren", "King Osric II": a person, and which
-                ent.gender = ent.gender or ("f" if lead in _FEMALE_TITLES else "m")
+                ent.gender = ent.gender or ("f" if lead in FEMALE_TITLES else "m")
             if life_dates(c):
                 ent.votes += 2  # "Ilse Varn (1811–1879)"
             if r.ent_type_ == "PERSON":
