@@ -487,12 +487,9 @@ class Discourse:
                 name += " " + source_text(r.doc[of.i:of.right_edge.i + 1], skip_det=False)
             if det in DEMONSTRATIVES:
                 name = det + " " + name
-            elif r.tag_ in ("NN", "NNS") and any(x.tag_ == "POS" for x in c):
-                # a possessive is definite as written: "Emil Brask's grandson", "the Rhine's current course" (its
-                # "the" is the Rhine's), not "the Emil Brask's grandson"
-                if det == "the" and c[0].head.tag_ != "NN" and c[0].head.i != r.i:
-                    name = "the " + name
-            elif r.tag_ in ("NN", "NNS"):
+            elif r.tag_ in ("NN", "NNS") and (det == "the" or not any(x.tag_ == "POS" for x in c)):
+                # (a possessive is definite as written: "Emil Brask's grandson", not "the Emil Brask's grandson"; but
+                # "the company's director", "the Rhine's current course")
                 name = "the " + name
             ent = Entity(name=name, key=key, classes={lemma},
                          plural=r.tag_ == "NNS", votes=2 if person_noun(lemma) else -1)

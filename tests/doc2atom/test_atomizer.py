@@ -111,6 +111,11 @@ ARTICLES = [
         "ferries.\n",
         ["Emil Brask's grandson replaced the steamers with diesel ferries."],
         id="possessive-description"),
+    pytest.param(  # ... but one that had its article keeps it: not "Company's first director replaced ..."
+        "Brask Shipping Company",
+        _BRASK + "The company's first director ran it from 1871 to 1890. He replaced the sails with steam.\n",
+        ["The company's first director replaced the sails with steam."],
+        id="possessive-description-with-the"),
     pytest.param(  # not "BSC bought the Brask Shipping Company's main rival"
         "Brask Shipping Company",
         "# Brask Shipping Company\n\nThe Brask Shipping Company (BSC) is a shipping line based in Harrowgate.\n\n"
