@@ -134,17 +134,7 @@ def gpu_ms_cold(fn, n: int = 8, reps: int = 7) -> float:
 
     with_fn = captured([c for _ in range(n) for c in (flush, fn)])
     alone = captured([flush] * n)
-    diffs = []
-    for _ in range(reps):
-        t = []
-        for g in (with_fn, alone):
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            g.replay()
-            ev[1].record()
-            torch.cuda.synchronize()
-            t.append(ev[0].elapsed_time(ev[1]))
-        diffs.append((t[0] - t[1]) / n)
+    diffs = [(_replay_ms(with_fn) - _replay_ms(alone)) / n for _ in range(reps)]
     del with_fn, alone
     return _median_of(diffs)
 
@@ -402,19 +392,22 @@ def graph_kernel_profile(calls: list, reps: int = 5, per: int = 1, top: int = 16
     return sorted(rows, key=lambda r: -r["gpu_us_per_replay"])[:top]
 
 
+def _replay_ms(g) -> float:
+    """GPU milliseconds of one replay of CUDA graph g (synchronised)."""
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    ev[0].record()
+    g.replay()
+    ev[1].record()
+    torch.cuda.synchronize()
+    return ev[0].elapsed_time(ev[1])
+
+
 def graph_us_per_call(calls: list, reps: int = 5) -> float:
     """Median over replays of (one graph holding every call in `calls`) / len(calls), in us."""
     g = captured(calls)
     g.replay()
     torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        g.replay()
-        ev[1].record()
-        torch.cuda.synchronize()
-        ts.append(ev[0].elapsed_time(ev[1]) * 1e3 / len(calls))
+    ts = [_replay_ms(g) * 1e3 / len(calls) for _ in range(reps)]
     del g
     return sorted(ts)[len(ts) // 2]
 
